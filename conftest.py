@@ -1,0 +1,95 @@
+"""Test tiers, options and the skips that say what to install or set.
+
+Tiers (markers, enforced with --strict-markers; every test carries exactly one):
+  cpu  fast, no simulator, no GPU          pytest -m cpu
+  sim  the real LIBERO simulator on CPU    pytest -m sim
+  gpu  a CUDA GPU                          pytest -m gpu
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+import pytest
+
+TIERS = ("cpu", "sim", "gpu")
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("vla-spec")
+    group.addoption(
+        "--openvla-path",
+        default=os.environ.get("VLA_SPEC_OPENVLA_PATH"),
+        help="local OpenVLA checkpoint directory in the Hugging Face format (env: VLA_SPEC_OPENVLA_PATH)",
+    )
+    group.addoption(
+        "--llama-tokenizer",
+        default=os.environ.get("VLA_SPEC_LLAMA_TOKENIZER"),
+        help="path to the Llama-2 tokenizer.model (env: VLA_SPEC_LLAMA_TOKENIZER)",
+    )
+    group.addoption(
+        "--all-tasks",
+        action="store_true",
+        default=os.environ.get("VLA_SPEC_ALL_TASKS") == "1",
+        help="run per-task simulator goldens over all 40 LIBERO tasks, not one per suite (env: VLA_SPEC_ALL_TASKS=1)",
+    )
+
+
+def _missing_tier_requirement(tier: str) -> str | None:
+    """Why a tier cannot run here, or None when it can."""
+    if tier == "sim":
+        if importlib.util.find_spec("libero") is None or importlib.util.find_spec("robosuite") is None:
+            return "sim tier needs the LIBERO simulator: pip install -e '.[sim]'"
+    if tier == "gpu":
+        if importlib.util.find_spec("torch") is None:
+            return "gpu tier needs torch with CUDA and the model extra: pip install -e '.[model]'"
+        import torch
+
+        if not torch.cuda.is_available():
+            return "gpu tier needs a CUDA GPU (torch.cuda.is_available() is False on this machine)"
+    return None
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    reasons: dict[str, str | None] = {}
+    for item in items:
+        tiers = [tier for tier in TIERS if item.get_closest_marker(tier)]
+        if len(tiers) != 1:
+            raise pytest.UsageError(f"{item.nodeid} must carry exactly one tier marker of {TIERS}, has {tiers}")
+        tier = tiers[0]
+        if tier not in reasons:
+            reasons[tier] = _missing_tier_requirement(tier)
+        if reasons[tier]:
+            item.add_marker(pytest.mark.skip(reason=reasons[tier]))
+
+
+def _existing_path(config: pytest.Config, option: str, what: str) -> Path:
+    value = config.getoption(option)
+    if not value:
+        pytest.skip(f"{what} not given: pass --{option.replace('_', '-')} or set its env var")
+    path = Path(value).expanduser()
+    if not path.exists():
+        pytest.fail(f"--{option.replace('_', '-')} points to {path}, which does not exist")
+    return path
+
+
+@pytest.fixture(scope="session")
+def llama_tokenizer_path(pytestconfig: pytest.Config) -> Path:
+    """The real Llama-2 ``tokenizer.model`` (not redistributable: given by option or env var)."""
+    return _existing_path(pytestconfig, "llama_tokenizer", "the Llama-2 tokenizer.model (VLA_SPEC_LLAMA_TOKENIZER)")
+
+
+@pytest.fixture(scope="session")
+def openvla_path(pytestconfig: pytest.Config) -> Path:
+    """A real OpenVLA checkpoint directory (HF format), given by option or env var."""
+    return _existing_path(pytestconfig, "openvla_path", "an OpenVLA checkpoint (VLA_SPEC_OPENVLA_PATH)")
+
+
+@pytest.fixture
+def golden(snapshot):  # type: ignore[no-untyped-def]
+    """A syrupy snapshot stored as JSON under ``golden/<test module>/``."""
+    from vla_spec.golden import GoldenExtension
+
+    return snapshot.use_extension(GoldenExtension)

@@ -1,0 +1,161 @@
+"""Per-embodiment action statistics and the maps between normalized and physical actions.
+
+Action layout (7 dims): x, y, z, roll, pitch, yaw (deltas in the dataset's units; for LIBERO the
+OSC_POSE controller input in [-1, 1]) and gripper. ``mask`` marks the dims that are normalized:
+``[True]*6 + [False]``, so the gripper passes through un-scaled.
+
+* :func:`unnormalize` is the reference ``predict_action`` map (no epsilon, no clip):
+  ``where(mask, 0.5 * (x + 1) * (q99 - q01) + q01, x)``.
+* :func:`normalize` is the training map BOUNDS_Q99:
+  ``clip(2 * (a - q01) / (q99 - q01 + 1e-8) - 1, -1, 1)`` on masked dims, and 0 where min == max.
+
+Statistics are selected by ``unnorm_key`` (a dataset name); :func:`resolve_unnorm_key` mirrors the
+reference ``_check_unnorm_key`` and :func:`libero_unnorm_key` the LIBERO evaluation's fallback.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+BOUNDS_Q99_EPS = 1e-8
+AXIS_NAMES = ("x", "y", "z", "roll", "pitch", "yaw", "gripper")
+
+
+class UnnormKeyError(KeyError):
+    """An ``unnorm_key`` that does not select exactly one set of statistics."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0])
+
+
+def _vector(values: Any) -> np.ndarray:
+    array = np.asarray(values, dtype=np.float64)
+    array.setflags(write=False)
+    return array
+
+
+@dataclass(frozen=True, eq=False)
+class NormStats:
+    """Action statistics of one dataset (float64 vectors of length ``action_dim``)."""
+
+    key: str
+    q01: np.ndarray
+    q99: np.ndarray
+    mask: np.ndarray
+    mean: np.ndarray | None = None
+    std: np.ndarray | None = None
+    min: np.ndarray | None = None
+    max: np.ndarray | None = None
+    num_transitions: int | None = None
+    num_trajectories: int | None = None
+
+    @property
+    def action_dim(self) -> int:
+        return int(self.q01.shape[0])
+
+    @classmethod
+    def from_entry(cls, key: str, entry: Mapping[str, Any]) -> "NormStats":
+        """Build from one value of a ``dataset_statistics.json`` / ``config.json["norm_stats"]``."""
+        action = entry.get("action")
+        if not isinstance(action, Mapping) or "q01" not in action or "q99" not in action:
+            raise ValueError(f"norm stats for {key!r} need an 'action' entry with 'q01' and 'q99'")
+        q01 = _vector(action["q01"])
+        mask = np.asarray(action.get("mask", np.ones_like(q01, dtype=bool)), dtype=bool)
+        mask.setflags(write=False)
+        optional = {name: _vector(action[name]) for name in ("mean", "std", "min", "max") if name in action}
+        return cls(
+            key=key,
+            q01=q01,
+            q99=_vector(action["q99"]),
+            mask=mask,
+            num_transitions=entry.get("num_transitions"),
+            num_trajectories=entry.get("num_trajectories"),
+            **optional,
+        )
+
+
+def parse_norm_stats(raw: Mapping[str, Any]) -> dict[str, NormStats]:
+    """Parse a whole ``{dataset_name: entry}`` mapping, as stored in checkpoints."""
+    return {key: NormStats.from_entry(key, entry) for key, entry in raw.items()}
+
+
+def read_norm_stats_file(path: str | Path) -> dict[str, NormStats]:
+    """Read a ``dataset_statistics.json`` file."""
+    with open(path, encoding="utf-8") as handle:
+        return parse_norm_stats(json.load(handle))
+
+
+@cache
+def shipped_norm_stats() -> Mapping[str, NormStats]:
+    """All statistics shipped in ``vla_spec/stats`` (four LIBERO suites, bridge_orig, fractal)."""
+    registry: dict[str, NormStats] = {}
+    for item in sorted(resources.files("vla_spec.stats").iterdir(), key=lambda p: p.name):
+        if item.name.endswith(".json"):
+            registry.update(parse_norm_stats(json.loads(item.read_text(encoding="utf-8"))))
+    return registry
+
+
+def resolve_unnorm_key(norm_stats: Mapping[str, Any], unnorm_key: str | None) -> str:
+    """Return the key to use, as the reference ``_check_unnorm_key`` does.
+
+    ``None`` is allowed only when there is exactly one dataset; an unknown key is an error that
+    lists the valid keys.
+    """
+    valid = ", ".join(sorted(norm_stats)) or "(none)"
+    if unnorm_key is None:
+        if len(norm_stats) != 1:
+            raise UnnormKeyError(
+                f"unnorm_key is None but the model was trained on {len(norm_stats)} datasets; "
+                f"pass one of: {valid}"
+            )
+        return next(iter(norm_stats))
+    if unnorm_key not in norm_stats:
+        raise UnnormKeyError(f"unknown unnorm_key {unnorm_key!r}; valid keys: {valid}")
+    return unnorm_key
+
+
+def libero_unnorm_key(suite_name: str, norm_stats: Mapping[str, Any]) -> str:
+    """The LIBERO evaluation's choice: the suite name, else ``{suite}_no_noops`` if only that exists."""
+    if suite_name not in norm_stats and f"{suite_name}_no_noops" in norm_stats:
+        return f"{suite_name}_no_noops"
+    return resolve_unnorm_key(norm_stats, suite_name)
+
+
+def load_norm_stats(unnorm_key: str | None, registry: Mapping[str, NormStats] | None = None) -> NormStats:
+    """Statistics for ``unnorm_key`` from ``registry`` (default: the shipped statistics)."""
+    stats = shipped_norm_stats() if registry is None else registry
+    return stats[resolve_unnorm_key(stats, unnorm_key)]
+
+
+def _check_last_dim(values: np.ndarray, stats: NormStats, what: str) -> None:
+    if values.ndim == 0 or values.shape[-1] != stats.action_dim:
+        raise ValueError(
+            f"{what} must have last dimension {stats.action_dim} (the action dim of "
+            f"{stats.key!r}), got shape {values.shape}"
+        )
+
+
+def unnormalize(normalized: Any, stats: NormStats) -> np.ndarray:
+    """Normalized actions (..., 7) in [-1, 1] -> dataset units, as ``predict_action`` does."""
+    x = np.asarray(normalized, dtype=np.float64)
+    _check_last_dim(x, stats, "normalized actions")
+    return np.where(stats.mask, 0.5 * (x + 1.0) * (stats.q99 - stats.q01) + stats.q01, x)
+
+
+def normalize(actions: Any, stats: NormStats) -> np.ndarray:
+    """Dataset-unit actions (..., 7) -> [-1, 1] with BOUNDS_Q99, as OpenVLA training does."""
+    a = np.asarray(actions, dtype=np.float64)
+    _check_last_dim(a, stats, "actions")
+    scaled = np.clip(2.0 * (a - stats.q01) / (stats.q99 - stats.q01 + BOUNDS_Q99_EPS) - 1.0, -1.0, 1.0)
+    result = np.where(stats.mask, scaled, a)
+    if stats.min is not None and stats.max is not None:
+        result = np.where(stats.min == stats.max, 0.0, result)
+    return result
