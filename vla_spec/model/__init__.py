@@ -1,0 +1,10 @@
+"""Native OpenVLA in PyTorch: config, towers, projector, Llama, decoding, loading.
+
+Heavy imports (torch, timm, transformers) happen only when this package is imported.
+"""
+
+from vla_spec.model.config import OpenVLAConfig
+from vla_spec.model.decoding import GreedyResult, greedy_decode
+from vla_spec.model.modeling import ActionPrediction, OpenVLA, Prefix
+
+__all__ = ["ActionPrediction", "GreedyResult", "OpenVLA", "OpenVLAConfig", "Prefix", "greedy_decode"]
