@@ -28,7 +28,12 @@ ACTION_DIM = 7
 def _to_numpy(values: Any) -> tuple[np.ndarray, Any]:
     """Return ``values`` as a numpy array, and the torch tensor it came from (or None)."""
     if type(values).__module__.startswith("torch"):
-        return values.detach().cpu().numpy(), values
+        import torch
+
+        tensor = values.detach().cpu()
+        if tensor.dtype == torch.bfloat16:  # numpy has no bfloat16; float32 holds every bf16 exactly
+            tensor = tensor.float()
+        return tensor.numpy(), values
     return np.asarray(values), None
 
 
