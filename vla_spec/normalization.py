@@ -44,7 +44,11 @@ def _vector(values: Any) -> np.ndarray:
 
 @dataclass(frozen=True, eq=False)
 class NormStats:
-    """Action statistics of one dataset (float64 vectors of length ``action_dim``)."""
+    """Action statistics of one dataset (float64 vectors of length ``action_dim``).
+
+    ``proprio`` holds the checkpoint's proprio statistics by name (q01, q99, mean, ...) when present;
+    OpenVLA never uses them (``load_proprio=False``), so they are all zeros for its LIBERO datasets.
+    """
 
     key: str
     q01: np.ndarray
@@ -56,6 +60,7 @@ class NormStats:
     max: np.ndarray | None = None
     num_transitions: int | None = None
     num_trajectories: int | None = None
+    proprio: Mapping[str, np.ndarray] | None = None  # e.g. 7-dim zeros in OpenVLA LIBERO checkpoints
 
     @property
     def action_dim(self) -> int:
@@ -71,6 +76,8 @@ class NormStats:
         mask = np.asarray(action.get("mask", np.ones_like(q01, dtype=bool)), dtype=bool)
         mask.setflags(write=False)
         optional = {name: _vector(action[name]) for name in ("mean", "std", "min", "max") if name in action}
+        raw_proprio = entry.get("proprio")
+        proprio = {n: _vector(v) for n, v in raw_proprio.items()} if isinstance(raw_proprio, Mapping) else None
         return cls(
             key=key,
             q01=q01,
@@ -78,6 +85,7 @@ class NormStats:
             mask=mask,
             num_transitions=entry.get("num_transitions"),
             num_trajectories=entry.get("num_trajectories"),
+            proprio=proprio,
             **optional,
         )
 
