@@ -39,4 +39,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Under ``python -m vla_spec.cli`` this file is ``__main__``, a second copy of the module whose
+    # CliError is not the class the subcommands raise: run the package module's main instead.
+    from vla_spec.cli import main as package_main
+
+    sys.exit(package_main())
