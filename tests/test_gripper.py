@@ -5,7 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from vla_spec.gripper import ENV_CLOSE, ENV_OPEN, env_to_training, invert_gripper_action, normalize_gripper_action, policy_to_env
+from vla_spec.gripper import (
+    ENV_CLOSE,
+    ENV_OPEN,
+    env_to_training,
+    invert_gripper_action,
+    normalize_gripper_action,
+    policy_to_env,
+)
 from vla_spec.tokens import ActionTokenizer
 
 pytestmark = pytest.mark.cpu

@@ -22,7 +22,14 @@ import numpy as np
 
 from vla_spec.cli import CliError
 from vla_spec.gripper import ENV_CLOSE, policy_to_env
-from vla_spec.normalization import AXIS_NAMES, NormStats, UnnormKeyError, load_norm_stats, shipped_norm_stats, unnormalize
+from vla_spec.normalization import (
+    AXIS_NAMES,
+    NormStats,
+    UnnormKeyError,
+    load_norm_stats,
+    shipped_norm_stats,
+    unnormalize,
+)
 from vla_spec.resolution import OSC_POSE_SCALE, PHYSICAL_UNITS, axis_resolutions
 from vla_spec.tokens import ACTION_DIM, ActionTokenizer
 
@@ -120,7 +127,10 @@ def format_decode(report: dict[str, Any]) -> str:
     """The human-readable table of a :func:`decode_report`."""
     libero = report["physical"] is not None
     note = OSC_POSE_NOTE if libero else "dataset units; no OSC_POSE meaning for this key"
-    lines = [f"unnorm_key: {report['unnorm_key']} ({note})", f"{'axis':<8} {'token':>5} {'normalized':>11} {'action':>11}  per step"]
+    lines = [
+        f"unnorm_key: {report['unnorm_key']} ({note})",
+        f"{'axis':<8} {'token':>5} {'normalized':>11} {'action':>11}  per step",
+    ]
     for i, axis in enumerate(report["axes"]):
         if not libero:
             meaning = "-"
@@ -128,7 +138,8 @@ def format_decode(report: dict[str, Any]) -> str:
             meaning = f"env {report['env_gripper']:+.0f} ({report['gripper_meaning']})"
         else:
             meaning = f"{report['physical'][i]:+.6f} {report['physical_units'][i]}"
-        lines.append(f"{axis:<8} {report['token_ids'][i]:>5} {report['normalized'][i]:>+11.6f} {report['action'][i]:>+11.6f}  {meaning}")
+        numbers = f"{report['token_ids'][i]:>5} {report['normalized'][i]:>+11.6f} {report['action'][i]:>+11.6f}"
+        lines.append(f"{axis:<8} {numbers}  {meaning}")
     return "\n".join(lines)
 
 
@@ -164,7 +175,10 @@ def stats_report() -> dict[str, Any]:
 
 def format_stats(report: dict[str, Any]) -> str:
     """The human-readable listing of a :func:`stats_report`."""
-    lines = ["grid step per axis: normalized 2/255; dataset units (q99 - q01)/255; physical for LIBERO keys", f"({OSC_POSE_NOTE})"]
+    lines = [
+        "grid step per axis: normalized 2/255; dataset units (q99 - q01)/255; physical for LIBERO keys",
+        f"({OSC_POSE_NOTE})",
+    ]
     for key, entry in report.items():
         lines.append("")
         transitions = entry["num_transitions"] if entry["num_transitions"] is not None else "n/a"
