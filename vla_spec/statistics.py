@@ -109,7 +109,7 @@ def z_value(confidence: float = DEFAULT_CONFIDENCE) -> float:
     return NormalDist().inv_cdf(0.5 + confidence / 2.0)
 
 
-def _percent(fraction: float, digits: int = 1) -> str:
+def percent(fraction: float, digits: int = 1) -> str:
     """0.847 -> '84.7 %'."""
     return f"{100.0 * fraction:.{digits}f} %"
 
@@ -152,7 +152,7 @@ def compare_to_published(
     published = PUBLISHED_OPENVLA[suite]
     ours = wilson_interval(successes, n, confidence)
     target = published.rate_percent / 100.0
-    interval = f"our {_percent(confidence, 0)} interval [{_percent(ours.low)}, {_percent(ours.high)}] ({successes}/{n})"
+    interval = f"our {percent(confidence, 0)} interval [{percent(ours.low)}, {percent(ours.high)}] ({successes}/{n})"
     if target > ours.high:
         verdict: Verdict = "below"
         where = "lies above"
