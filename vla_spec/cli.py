@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 
 # Each module defines ``register(subparsers)``, which adds its parsers and sets ``func`` on them.
-COMMAND_MODULES: tuple[str, ...] = ("vla_spec.commands.spec",)
+COMMAND_MODULES: tuple[str, ...] = ("vla_spec.commands.spec", "vla_spec.commands.sim")
 
 
 class CliError(Exception):

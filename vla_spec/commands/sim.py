@@ -1,0 +1,354 @@
+"""``vla-spec rollout`` and ``vla-spec report``: run LIBERO episodes into a log, summarize logs.
+
+::
+
+    vla-spec rollout --suite libero_object --tasks 0-9 --inits 0-4 --policy expert --workers 2 \\
+        --log runs/x.jsonl [--seeds 0] [--trace] [--video-dir DIR]
+    vla-spec report runs/x.jsonl [--compare runs/y.jsonl] [--plot out.png]
+
+Rerunning ``rollout`` with the same arguments resumes the log (see :mod:`vla_spec.episodes`).
+Ranges are ``0-9``, ``3`` or ``0,2,5-7`` (inclusive). Policies come from :data:`POLICIES`; a
+policy's options (``--unnorm-key``...) come from :data:`POLICY_OPTIONS`, so adding a policy is one
+entry in each. The simulator, tqdm and matplotlib are imported inside the handlers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import importlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from vla_spec.cli import CliError
+from vla_spec.statistics import DEFAULT_CONFIDENCE, PUBLISHED_OPENVLA, SuccessRow, percent
+
+if TYPE_CHECKING:  # the simulator side is imported inside the handlers
+    from vla_spec.episodes import LogContents
+    from vla_spec.rollout import EpisodeResult, EpisodeSpec
+
+
+@dataclass(frozen=True)
+class PolicyEntry:
+    """A policy by name: ``target`` is ``"module:callable"`` returning a Policy when called with
+    the options in ``options`` (keyword arguments named after the option's ``dest``)."""
+
+    target: str
+    help: str
+    options: tuple[str, ...] = ()
+
+
+#: CLI options that policies may take: dest -> (flag, help). Only options given are passed on.
+POLICY_OPTIONS: dict[str, tuple[str, str]] = {
+    "unnorm_key": ("--unnorm-key", "norm-stats key to decode actions with (default: the suite's own)"),
+}
+
+POLICIES: dict[str, PolicyEntry] = {
+    "expert": PolicyEntry(
+        "vla_spec.commands.sim:SuiteExpert",
+        "scripted privileged pick-and-place expert (vla_spec.sim.expert), no camera; "
+        "--unnorm-key bridge_orig makes it a negative control",
+        ("unnorm_key",),
+    ),
+    "wait": PolicyEntry(
+        "vla_spec.commands.sim:WaitPolicy",
+        "the protocol's wait action [0,0,0,0,0,0,-1] at every step: a null baseline, never succeeds",
+    ),
+}
+
+
+class WaitPolicy:
+    """Always the wait action (no motion, gripper open); needs no camera and fails every episode."""
+
+    needs_camera = False
+
+    def reset(self, task: Any) -> None:
+        pass
+
+    def act(self, obs: Any) -> Any:
+        import numpy as np
+
+        from vla_spec.rollout import PolicyStep
+        from vla_spec.sim.suites import WAIT_ACTION
+
+        return PolicyStep(action=np.asarray(WAIT_ACTION, dtype=np.float64))
+
+
+class SuiteExpert:
+    """:class:`vla_spec.sim.expert.PickPlaceExpert` for whichever suite the episode is in (the
+    expert's action path uses its suite's statistics), built once per suite."""
+
+    needs_camera = False
+
+    def __init__(self, unnorm_key: str | None = None) -> None:
+        self.unnorm_key = unnorm_key
+        self._experts: dict[str, Any] = {}
+        self._current: Any = None
+
+    def reset(self, task: Any) -> None:
+        from vla_spec.sim.expert import PickPlaceExpert
+
+        if task.suite not in self._experts:
+            self._experts[task.suite] = PickPlaceExpert.for_suite(task.suite, unnorm_key=self.unnorm_key)
+        self._current = self._experts[task.suite]
+        self._current.reset(task)
+
+    def act(self, obs: Any) -> Any:
+        return self._current.act(obs)
+
+
+def build_policy(name: str, **params: Any) -> Any:
+    """Build the registered policy ``name`` (module level, so ``partial(build_policy, ...)`` pickles)."""
+    if name not in POLICIES:
+        raise CliError(f"unknown policy {name!r}; known: {', '.join(sorted(POLICIES))}")
+    module_name, _, attribute = POLICIES[name].target.partition(":")
+    return getattr(importlib.import_module(module_name), attribute)(**params)
+
+
+def parse_indices(text: str, what: str) -> tuple[int, ...]:
+    """``"0-2,5"`` -> ``(0, 1, 2, 5)``: inclusive ranges, order kept, repeats dropped."""
+    out: dict[int, None] = {}
+    for part in text.split(","):
+        low, dash, high = part.strip().partition("-")
+        try:
+            first = int(low)
+            last = int(high) if dash else first
+        except ValueError:
+            raise CliError(f"bad {what} {text!r}: expected indices like 0-9, 3 or 0,2,5-7") from None
+        if first < 0 or last < first:
+            raise CliError(f"bad {what} {text!r}: {part.strip()!r} is not an increasing range of indices >= 0")
+        out.update(dict.fromkeys(range(first, last + 1)))
+    return tuple(out)
+
+
+def build_specs(suites: Sequence[str], tasks: Sequence[int], inits: Sequence[int], seeds: Sequence[int]) -> list[EpisodeSpec]:
+    """Every (suite, task, init, seed) combination, checked against the installed benchmark."""
+    from vla_spec.rollout import EpisodeSpec
+    from vla_spec.sim.suites import INIT_STATES_PER_TASK, MAX_STEPS, num_tasks
+
+    for suite in suites:
+        if suite not in MAX_STEPS:
+            raise CliError(f"unknown suite {suite!r}; known: {', '.join(MAX_STEPS)}")
+        available = num_tasks(suite)
+        if max(tasks) >= available:
+            raise CliError(f"{suite} has tasks 0-{available - 1}, not {max(tasks)}")
+    if max(inits) >= INIT_STATES_PER_TASK:
+        raise CliError(f"init indices run 0-{INIT_STATES_PER_TASK - 1}, not {max(inits)}")
+    return [EpisodeSpec(s, t, i, e) for s in suites for t in tasks for i in inits for e in seeds]
+
+
+def register(subparsers: Any) -> None:
+    """Add ``rollout`` and ``report`` to the ``vla-spec`` parser."""
+    rollout = subparsers.add_parser(
+        "rollout",
+        help="run LIBERO episodes with a policy into a resumable JSONL log",
+        description="Run every (suite, task, init, seed) episode not yet in --log; rerun to resume.",
+    )
+    rollout.add_argument("--suite", required=True, help="suite(s), comma-separated, e.g. libero_object")
+    rollout.add_argument("--tasks", default="0-9", help="task ids, e.g. 0-9 or 0,3 (default 0-9)")
+    rollout.add_argument("--inits", default="0-49", help="initial-state indices (default 0-49)")
+    rollout.add_argument("--seeds", default="0", help="env seeds, env.seed() before reset (default 0)")
+    rollout.add_argument(
+        "--policy", required=True, help="; ".join(f"{name}: {entry.help}" for name, entry in POLICIES.items())
+    )
+    for dest, (flag, text) in POLICY_OPTIONS.items():
+        rollout.add_argument(flag, dest=dest, default=None, help=text)
+    rollout.add_argument("--workers", type=int, default=1, help="worker processes (each ~2 GB RAM; 1 = in-process)")
+    rollout.add_argument("--log", required=True, type=Path, help="JSONL episode log to create or resume")
+    rollout.add_argument("--trace", action="store_true", help="record per-step tokens and actions in the log")
+    rollout.add_argument("--video-dir", type=Path, help="write one mp4 per episode here (forces the camera)")
+    rollout.add_argument("--no-progress", action="store_true", help="no progress bar")
+    rollout.set_defaults(func=run_rollout)
+
+    report = subparsers.add_parser(
+        "report",
+        help="success per task and suite with Wilson intervals, vs the published numbers or another log",
+        description="Summarize an episode log; --compare tests whether success changed between two logs.",
+    )
+    report.add_argument("log", type=Path, help="JSONL episode log")
+    report.add_argument("--compare", type=Path, help="a second log (B) to test against the first (A)")
+    report.add_argument("--plot", type=Path, help="write a bar chart with the intervals (PNG, SVG, PDF)")
+    report.add_argument("--confidence", type=float, default=DEFAULT_CONFIDENCE, help="interval level (0.95)")
+    report.set_defaults(func=run_report)
+
+
+def _policy_params(args: argparse.Namespace) -> dict[str, Any]:
+    entry = POLICIES.get(args.policy)
+    if entry is None:
+        raise CliError(f"unknown policy {args.policy!r}; known: {', '.join(sorted(POLICIES))}")
+    given = {dest: getattr(args, dest) for dest in POLICY_OPTIONS if getattr(args, dest) is not None}
+    extra = [POLICY_OPTIONS[dest][0] for dest in given if dest not in entry.options]
+    if extra:
+        raise CliError(f"{', '.join(extra)} does not apply to policy {args.policy!r}")
+    return given
+
+
+def run_rollout(args: argparse.Namespace) -> int:
+    from vla_spec.runner import run_episodes
+    from vla_spec.sim.env import SimulatorUnavailable
+
+    params = _policy_params(args)
+    if args.workers < 1:
+        raise CliError(f"--workers must be at least 1, got {args.workers}")
+    suites = [s.strip() for s in args.suite.split(",") if s.strip()]
+    specs = build_specs(
+        suites,
+        parse_indices(args.tasks, "--tasks"),
+        parse_indices(args.inits, "--inits"),
+        parse_indices(args.seeds, "--seeds"),
+    )
+    try:
+        results = run_episodes(
+            functools.partial(build_policy, args.policy, **params),
+            specs,
+            args.log,
+            workers=args.workers,
+            record_trace=args.trace,
+            video_dir=args.video_dir,
+            progress=not args.no_progress,
+            policy_name=args.policy,
+            policy_params=params,
+        )
+    except SimulatorUnavailable as error:
+        raise CliError(str(error)) from None
+    print(f"log: {args.log}")
+    print(format_success_table(results))
+    errors = [r for r in results if r.error]
+    if errors:
+        print(f"{len(errors)} episode(s) ended with an error, e.g. {errors[0].suite} task {errors[0].task_id}: {errors[0].error}")
+    return 0
+
+
+def _label(row: SuccessRow) -> tuple[str, str]:
+    return (row.suite or "all suites", "all" if row.task_id is None else str(row.task_id))
+
+
+def format_success_table(results: Sequence[EpisodeResult], confidence: float = DEFAULT_CONFIDENCE) -> str:
+    """Per task, per suite and overall: successes/n, rate and Wilson interval, one row each."""
+    from vla_spec.statistics import success_rows
+
+    head = f"{'suite':<16}{'task':>5}{'success':>10}{'rate':>9}   {percent(confidence, 0)} Wilson interval"
+    lines = [head]
+    for row in success_rows(results, confidence):
+        p = row.proportion
+        suite, task = _label(row)
+        lines.append(f"{suite:<16}{task:>5}{f'{p.successes}/{p.n}':>10}{percent(p.rate):>9}   [{percent(p.low)}, {percent(p.high)}]")
+    return "\n".join(lines)
+
+
+def _suite_counts(results: Sequence[EpisodeResult]) -> dict[str, tuple[int, int]]:
+    counts: dict[str, tuple[int, int]] = {}
+    for r in results:
+        wins, n = counts.get(r.suite, (0, 0))
+        counts[r.suite] = (wins + bool(r.success), n + 1)
+    return counts
+
+
+def _describe_log(name: str, log: LogContents) -> list[str]:
+    config, versions = log.header.config, log.header.versions
+    planned = len(config.get("specs") or ())
+    stack = ", ".join(f"{k} {versions.get(k)}" for k in ("mujoco", "robosuite", "libero", "torch", "transformers", "MUJOCO_GL"))
+    sha = versions.get("git_sha")
+    lines = [
+        f"{name}{log.path}: policy {config.get('policy')} {dict(config.get('policy_params') or {})}, "
+        f"{len(log.results)}/{planned} episodes finished, {len(log.resumes)} resume(s)",
+        f"  {stack}; git {sha[:10] if sha else 'unknown'}{' (dirty)' if versions.get('git_dirty') else ''}",
+    ]
+    if log.truncated:
+        lines.append("  note: the last line was partial (a killed writer) and is ignored")
+    errors = sum(1 for r in log.results if r.error)
+    if errors:
+        lines.append(f"  note: {errors} episode(s) ended with an error (counted as failures)")
+    return lines
+
+
+def _verdict_lines(results: Sequence[EpisodeResult], confidence: float) -> list[str]:
+    from vla_spec.statistics import compare_to_published
+
+    lines = []
+    for suite, (wins, n) in sorted(_suite_counts(results).items()):
+        if suite in PUBLISHED_OPENVLA:
+            v = compare_to_published(suite, wins, n, confidence)
+            lines.append(f"vs published OpenVLA, {suite}: {v.verdict}: {v.reason}")
+    return lines
+
+
+def _comparison_lines(a: LogContents, b: LogContents, confidence: float) -> list[str]:
+    from vla_spec.episodes import spec_key
+    from vla_spec.statistics import two_proportion_test
+
+    counts_a, counts_b = _suite_counts(a.results), _suite_counts(b.results)
+    groups: dict[str, tuple[tuple[int, int], tuple[int, int]]] = {
+        s: (counts_a[s], counts_b[s]) for s in sorted(counts_a.keys() & counts_b.keys())
+    }
+    if len(groups) > 1:
+        total = lambda counts: tuple(map(sum, zip(*(counts[s] for s in groups))))  # noqa: E731
+        groups["all suites"] = (total(counts_a), total(counts_b))
+    if not groups:
+        return ["compare: the two logs share no suite"]
+    lines = [f"A vs B, two-sided pooled z-test; {percent(confidence, 0)} Newcombe interval of the difference A - B"]
+    for name, ((wa, na), (wb, nb)) in groups.items():
+        t = two_proportion_test(wa, na, wb, nb, confidence)
+        lines.append(
+            f"{name:<16} A {wa}/{na} ({percent(t.a.rate)})  B {wb}/{nb} ({percent(t.b.rate)})  "
+            f"diff {100 * t.difference:+.1f} pp [{100 * t.low:+.1f}, {100 * t.high:+.1f}]  z {t.z:+.2f}  p {t.p_value:.3g}"
+        )
+    keys_a = {spec_key(r) for r in a.results}
+    keys_b = {spec_key(r) for r in b.results}
+    if keys_a != keys_b:
+        lines.append(f"note: the logs cover different episodes ({len(keys_a - keys_b)} only in A, {len(keys_b - keys_a)} only in B)")
+    return lines
+
+
+def plot_success(path: Path, logs: Mapping[str, Sequence[EpisodeResult]], confidence: float = DEFAULT_CONFIDENCE) -> None:
+    """Bar chart of per-task success (one bar per log per task) with Wilson-interval error bars."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from vla_spec.statistics import success_rows
+
+    tables = {name: {_label(r): r.proportion for r in success_rows(results, confidence)} for name, results in logs.items()}
+    labels = sorted({label for table in tables.values() for label in table}, key=lambda l: (l[0] == "all suites", l))
+    width = 0.8 / len(tables)
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.5 * len(labels) * len(tables) + 2), 4))
+    for k, (name, table) in enumerate(tables.items()):
+        xs = [i + (k - (len(tables) - 1) / 2) * width for i, label in enumerate(labels) if label in table]
+        props = [table[label] for label in labels if label in table]
+        rates = [100 * p.rate for p in props]
+        errors = [[100 * (p.rate - p.low) for p in props], [100 * (p.high - p.rate) for p in props]]
+        ax.bar(xs, rates, width, yerr=errors, capsize=3, label=name)
+    ax.set_xticks(range(len(labels)), [f"{s}\n{t}" for s, t in labels], fontsize=7)
+    ax.set_ylim(0, 105)
+    ax.set_ylabel(f"success % ({percent(confidence, 0)} Wilson interval)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def run_report(args: argparse.Namespace) -> int:
+    from vla_spec.episodes import read_log
+
+    log = read_log(args.log)
+    if not log.results:
+        raise CliError(f"{args.log} has no finished episodes yet")
+    lines = _describe_log("A: " if args.compare else "", log)
+    lines += [format_success_table(log.results, args.confidence), *_verdict_lines(log.results, args.confidence)]
+    logs = {str(args.log): log.results}
+    if args.compare:
+        other = read_log(args.compare)
+        if not other.results:
+            raise CliError(f"{args.compare} has no finished episodes yet")
+        lines += ["", *_describe_log("B: ", other), format_success_table(other.results, args.confidence)]
+        lines += [*_verdict_lines(other.results, args.confidence), "", *_comparison_lines(log, other, args.confidence)]
+        logs[str(args.compare)] = other.results
+    if args.plot:
+        plot_success(args.plot, logs, args.confidence)
+        lines.append(f"plot: {args.plot}")
+    print("\n".join(lines))
+    return 0

@@ -1,0 +1,282 @@
+"""Run many episodes: resume from the log, shard over worker processes, log each result on arrival.
+
+:func:`run_episodes` opens (or resumes) the :mod:`episode log <vla_spec.episodes>`, drops the
+episodes already in it and runs the rest, either in this process (``workers=1``) or in ``workers``
+processes started with the ``spawn`` context, so that every worker builds its own simulator (EGL
+contexts do not survive ``fork``). Only the parent writes the log, one fsynced line per episode,
+as results arrive: a kill loses at most the episodes in flight, and rerunning the same call
+finishes the rest.
+
+Scheduling keeps a worker on one (suite, task) while that task has episodes left (its cached
+environment is reused: building one costs 3-7 s); a free worker takes the task with the most
+episodes left that no other worker is on, or else joins the busiest one (:class:`TaskScheduler`).
+Episode outcomes do not depend on the worker (each episode seeds and resets its environment), so
+any ``workers`` gives the same results.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import queue
+import sys
+import traceback
+from collections import deque
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from vla_spec.episodes import EpisodeLog, RunConfig, SpecKey, spec_key
+from vla_spec.rollout import EpisodeResult, EpisodeSpec, Policy, run_episode
+
+__all__ = ["TaskScheduler", "describe_policy", "run_episodes", "video_path_for"]
+
+#: How often (seconds) the parent checks that busy workers are still alive, and a worker its parent.
+POLL_S = 1.0
+
+
+def describe_policy(make_policy: Callable[[], Policy]) -> tuple[str, dict[str, Any]]:
+    """A name and parameters for the log header: ``functools.partial(f, *args, **kw)`` gives
+    ``("module.f", {"args": [...], **kw})``; a class or function gives its dotted name and ``{}``."""
+    params: dict[str, Any] = {}
+    target: Any = make_policy
+    if isinstance(make_policy, functools.partial):
+        target = make_policy.func
+        if make_policy.args:
+            params["args"] = list(make_policy.args)
+        params.update(make_policy.keywords)
+    name = f"{getattr(target, '__module__', '?')}.{getattr(target, '__qualname__', type(target).__qualname__)}"
+    return name, params
+
+
+def video_path_for(video_dir: Path, spec: EpisodeSpec) -> Path:
+    """``<video_dir>/<suite>_task<NN>_init<NN>_seed<S>.mp4``."""
+    return Path(video_dir) / f"{spec.suite}_task{spec.task_id:02d}_init{spec.init_index:02d}_seed{spec.env_seed}.mp4"
+
+
+class TaskScheduler:
+    """Hands out episodes to workers, keeping each worker on one (suite, task) as long as it can.
+
+    ``next_for(worker)`` returns the next episode of the worker's current task; when that task has
+    none left, the worker moves to the task with the most episodes left that no other worker holds
+    (ties: the earliest in the input), or, when every task is held, joins the one with the most left.
+    Returns None when nothing is left. Every spec is handed out exactly once, in input order within
+    a task.
+    """
+
+    def __init__(self, specs: Sequence[EpisodeSpec]) -> None:
+        self._left: dict[tuple[str, int], deque[EpisodeSpec]] = {}
+        for spec in specs:
+            self._left.setdefault((spec.suite, spec.task_id), deque()).append(spec)
+        self._order = {task: index for index, task in enumerate(self._left)}
+        self._holding: dict[Hashable, tuple[str, int]] = {}
+
+    def next_for(self, worker: Hashable) -> EpisodeSpec | None:
+        task = self._holding.get(worker)
+        if task is None or not self._left.get(task):
+            self._holding.pop(worker, None)
+            task = self._pick_task()
+            if task is None:
+                return None
+            self._holding[worker] = task
+        spec = self._left[task].popleft()
+        if not self._left[task]:
+            del self._left[task]
+        return spec
+
+    def _pick_task(self) -> tuple[str, int] | None:
+        if not self._left:
+            return None
+        held = set(self._holding.values())
+        free = [task for task in self._left if task not in held] or list(self._left)
+        return max(free, key=lambda task: (len(self._left[task]), -self._order[task]))
+
+    def ordered(self) -> list[EpisodeSpec]:
+        """All remaining specs in the order one worker would run them (consumes the scheduler)."""
+        out = []
+        while (spec := self.next_for(0)) is not None:
+            out.append(spec)
+        return out
+
+
+def _episode_kwargs(spec: EpisodeSpec, record_trace: bool, video_dir: Path | None) -> dict[str, Any]:
+    return {"record_trace": record_trace, "video_path": None if video_dir is None else video_path_for(video_dir, spec)}
+
+
+def _worker_main(
+    make_policy: Callable[[], Policy],
+    record_trace: bool,
+    video_dir: Path | None,
+    inbox: Any,
+    outbox: Any,
+    worker: int,
+) -> None:
+    """A worker process: build the policy, then run specs from ``inbox`` until it gets None."""
+    import multiprocessing
+
+    parent = multiprocessing.parent_process()
+    try:
+        policy = make_policy()
+        while True:
+            try:
+                spec = inbox.get(timeout=POLL_S)
+            except queue.Empty:
+                if parent is not None and not parent.is_alive():
+                    return  # orphaned (the parent was killed): stop instead of running on
+                continue
+            if spec is None:
+                return
+            outbox.put(("result", worker, run_episode(policy, spec, **_episode_kwargs(spec, record_trace, video_dir))))
+    except BaseException:  # noqa: BLE001 - report anything (a policy that fails to build) to the parent
+        outbox.put(("error", worker, traceback.format_exc()))
+
+
+class _Progress:
+    """A tqdm bar (or nothing) counting episodes, with successes so far as its postfix."""
+
+    def __init__(self, total: int, done: Sequence[EpisodeResult], enabled: bool) -> None:
+        self.wins = sum(bool(r.success) for r in done)
+        self.count = len(done)
+        self.bar = None
+        if enabled:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, initial=self.count, unit="ep", desc="episodes", file=sys.stderr, dynamic_ncols=True)
+            self._postfix()
+            self.bar.refresh()
+
+    def _postfix(self) -> None:
+        if self.bar is not None:
+            self.bar.set_postfix_str(f"success {self.wins}/{self.count}", refresh=False)
+
+    def add(self, result: EpisodeResult) -> None:
+        self.wins += bool(result.success)
+        self.count += 1
+        if self.bar is not None:
+            self._postfix()
+            self.bar.update(1)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _run_here(
+    make_policy: Callable[[], Policy], specs: Sequence[EpisodeSpec], log: EpisodeLog, progress: _Progress,
+    record_trace: bool, video_dir: Path | None,
+) -> None:
+    policy = make_policy()
+    for spec in TaskScheduler(specs).ordered():
+        result = run_episode(policy, spec, **_episode_kwargs(spec, record_trace, video_dir))
+        log.append(result)
+        progress.add(result)
+
+
+def _run_in_workers(
+    make_policy: Callable[[], Policy], specs: Sequence[EpisodeSpec], log: EpisodeLog, progress: _Progress,
+    record_trace: bool, video_dir: Path | None, workers: int,
+) -> None:
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    outbox = context.Queue()
+    inboxes = [context.Queue() for _ in range(workers)]
+    processes = [
+        context.Process(
+            target=_worker_main,
+            args=(make_policy, record_trace, video_dir, inboxes[w], outbox, w),
+            name=f"vla-spec-worker-{w}",
+            daemon=True,
+        )
+        for w in range(workers)
+    ]
+    scheduler = TaskScheduler(specs)
+    in_flight: dict[int, EpisodeSpec] = {}
+
+    def hand_out(worker: int) -> None:
+        spec = scheduler.next_for(worker)
+        inboxes[worker].put(spec)  # None tells the worker to stop
+        if spec is not None:
+            in_flight[worker] = spec
+
+    try:
+        for process in processes:
+            process.start()
+        for worker in range(workers):
+            hand_out(worker)
+        while in_flight:
+            try:
+                kind, worker, payload = outbox.get(timeout=POLL_S)
+            except queue.Empty:
+                for worker, spec in in_flight.items():
+                    if not processes[worker].is_alive():
+                        raise RuntimeError(
+                            f"worker {worker} died (exit code {processes[worker].exitcode}) while running "
+                            f"{spec_key(spec)}; finished episodes are in {log.path}: rerun to resume"
+                        ) from None
+                continue
+            if kind == "error":
+                raise RuntimeError(f"worker {worker} failed:\n{payload}")
+            if spec_key(payload) != spec_key(in_flight[worker]):
+                raise RuntimeError(f"worker {worker} returned {spec_key(payload)} for {spec_key(in_flight[worker])}")
+            del in_flight[worker]
+            log.append(payload)
+            progress.add(payload)
+            hand_out(worker)
+        for process in processes:
+            process.join(timeout=30)
+    finally:
+        for process in processes:
+            if process.is_alive():
+                process.terminate()
+                process.join(timeout=10)
+
+
+def run_episodes(
+    make_policy: Callable[[], Policy],
+    specs: Sequence[EpisodeSpec],
+    log_path: str | os.PathLike[str],
+    workers: int = 1,
+    record_trace: bool = False,
+    video_dir: str | os.PathLike[str] | None = None,
+    progress: bool = True,
+    *,
+    policy_name: str | None = None,
+    policy_params: Mapping[str, Any] | None = None,
+) -> list[EpisodeResult]:
+    """Run every spec not yet in the log at ``log_path``; return all results, in ``specs`` order.
+
+    ``make_policy`` builds the policy (once per process) and must be picklable for ``workers > 1``
+    (a module-level class or function, or a ``functools.partial`` of one). ``policy_name`` and
+    ``policy_params`` go to the log header (default: :func:`describe_policy`). ``workers=1`` runs
+    in this process; more start that many ``spawn`` processes (capped at the number of episodes to
+    run). Raises :class:`~vla_spec.episodes.LogMismatch` when the log belongs to another run,
+    ``RuntimeError`` when a worker fails or dies (finished episodes stay in the log).
+    """
+    if workers < 1:
+        raise ValueError(f"workers must be at least 1, got {workers}")
+    if not specs:
+        raise ValueError("no episodes to run")
+    described_name, described_params = describe_policy(make_policy)
+    config = RunConfig(
+        policy=policy_name or described_name,
+        policy_params=described_params if policy_params is None else policy_params,
+        specs=tuple(specs),
+        record_trace=record_trace,
+        workers=workers,
+        video_dir=None if video_dir is None else str(video_dir),
+    )
+    video = None if video_dir is None else Path(video_dir)
+    with EpisodeLog.open(log_path, config) as log:
+        pending = log.pending(specs)
+        done = [log.finished[spec_key(spec)] for spec in specs if spec_key(spec) in log.finished]
+        bar = _Progress(len(specs), done, enabled=progress)
+        try:
+            if pending and workers == 1:
+                _run_here(make_policy, pending, log, bar, record_trace, video)
+            elif pending:
+                _run_in_workers(make_policy, pending, log, bar, record_trace, video, min(workers, len(pending)))
+        finally:
+            bar.close()
+        finished: dict[SpecKey, EpisodeResult] = log.finished
+        return [finished[spec_key(spec)] for spec in specs]
