@@ -1,0 +1,321 @@
+"""A scripted pick-and-place expert that reads privileged simulator state.
+
+It exists to prove the simulator loop and the action path work before any model is involved: a
+positive control (it must succeed) and, with one knob of its action path changed, the negative
+controls (it must fail). Its commands go through OpenVLA's real action path
+(:class:`vla_spec.sim.interface.TokenizedActionPath`): command -> training gripper convention ->
+``normalize`` with the suite's statistics -> 7 tokens -> decode -> ``unnormalize`` ->
+``policy_to_env``; the environment only ever sees the decoded command.
+
+Supported goals: conjunctions of ``('in', obj, site_region)``, ``('in', obj, object)`` and
+``('on', obj, object)`` where ``obj`` is a movable object (all of libero_object and
+libero_spatial; the pick-and-place tasks of libero_goal and libero_10). Other predicates
+(open/close/turnon, regions under "on") raise :class:`UnsupportedTask` in ``reset``.
+
+Script per sub-goal: above the grasp point -> descend -> close -> lift -> over the target ->
+lower -> open -> retreat up. Positions are metres in the world frame (z up; the Panda starts
+gripper-down with its fingers closing along world y). The gripper is held top-down (quaternion
+xyzw = (1, 0, 0, 0)).
+
+Command range (a decision): each arm dimension is limited to ``[q01, q99]`` of the suite's
+statistics, the range OpenVLA's training data was normalized to (``normalize`` clips outside it,
+so a larger command would silently saturate and lose its resolution). E.g. libero_object allows
+x in [-0.538, 0.846], about 0.006-0.009 m per step at steady state.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from vla_spec.gripper import ENV_CLOSE, ENV_OPEN
+from vla_spec.sim.interface import Observation, PolicyStep, TaskContext, TokenizedActionPath
+
+#: Controller gain: command units per metre of position error (1.0 commands 0.05 m).
+POSITION_GAIN = 15.0
+#: Orientation gain: command units per radian of orientation error (1.0 commands 0.5 rad).
+ROTATION_GAIN = 1.0
+#: Target top-down orientation of the end effector, quaternion xyzw (robosuite convention).
+TOP_DOWN_QUAT = np.array([1.0, 0.0, 0.0, 0.0])
+GRIPPER_HALF_OPENING = 0.035  # m: objects with a y half-width below this are grasped across
+APPROACH_HEIGHT = 0.08  # m above the grasp point before descending
+LIFT_HEIGHT = 0.06  # m: the carried object rises at least this much above where it was grasped
+CLEARANCE = 0.06  # m between the carried object's bottom and the target's top while carrying
+CLOSE_STEPS = 12
+OPEN_STEPS = 10
+POSITION_TOLERANCE = 0.008  # m
+STALL_STEPS = 60  # leave a move phase after this many steps even if the tolerance is not met
+
+
+class UnsupportedTask(ValueError):
+    """The task's goal is not a pick-and-place the expert knows how to script."""
+
+
+@dataclass(frozen=True)
+class Box:
+    """World-frame axis-aligned bounding box (metres)."""
+
+    low: np.ndarray
+    high: np.ndarray
+
+    @property
+    def center(self) -> np.ndarray:
+        return (self.low + self.high) / 2.0
+
+    @property
+    def half(self) -> np.ndarray:
+        return (self.high - self.low) / 2.0
+
+
+def _quat_conjugate(q: np.ndarray) -> np.ndarray:
+    return np.array([-q[0], -q[1], -q[2], q[3]])
+
+
+def _quat_multiply(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    ax, ay, az, aw = a
+    bx, by, bz, bw = b
+    return np.array(
+        [
+            aw * bx + ax * bw + ay * bz - az * by,
+            aw * by - ax * bz + ay * bw + az * bx,
+            aw * bz + ax * by - ay * bx + az * bw,
+            aw * bw - ax * bx - ay * by - az * bz,
+        ]
+    )
+
+
+def rotation_error(current_xyzw: np.ndarray, target_xyzw: np.ndarray) -> np.ndarray:
+    """Axis-angle vector (radians, world frame) that rotates ``current`` onto ``target``."""
+    q = _quat_multiply(target_xyzw, _quat_conjugate(current_xyzw))
+    if q[3] < 0:
+        q = -q
+    sin_half = np.linalg.norm(q[:3])
+    if sin_half < 1e-12:
+        return np.zeros(3)
+    angle = 2.0 * np.arctan2(sin_half, q[3])
+    return q[:3] / sin_half * angle
+
+
+class Scene:
+    """Read-only privileged views of a LIBERO environment (``ControlEnv``) in world coordinates."""
+
+    def __init__(self, env: Any) -> None:
+        self.task_env = env.env
+        self.model = self.task_env.sim.model._model
+        self.data = self.task_env.sim.data._data
+
+    def is_object(self, name: str) -> bool:
+        return name in self.task_env.obj_body_id
+
+    def is_movable(self, name: str) -> bool:
+        return name in self.task_env.objects_dict
+
+    def is_site(self, name: str) -> bool:
+        return name in self.task_env.object_sites_dict
+
+    def body_pos(self, name: str) -> np.ndarray:
+        return np.array(self.data.xpos[self.task_env.obj_body_id[name]])
+
+    def object_box(self, name: str) -> Box:
+        """Bounding box of the object's collision geoms (the subtree of its root body)."""
+        root = self.task_env.obj_body_id[name]
+        geoms = [
+            g
+            for g in range(self.model.ngeom)
+            if self.model.body_rootid[self.model.geom_bodyid[g]] == root
+            and (self.model.geom_contype[g] or self.model.geom_conaffinity[g])
+        ]
+        if not geoms:
+            raise UnsupportedTask(f"object {name!r} has no collision geoms to grasp")
+        corners = np.array([[sx, sy, sz] for sx in (-1, 1) for sy in (-1, 1) for sz in (-1, 1)], dtype=float)
+        points = []
+        for g in geoms:
+            center, half = self.model.geom_aabb[g, :3], self.model.geom_aabb[g, 3:]
+            local = center + corners * half
+            rotation = self.data.geom_xmat[g].reshape(3, 3)
+            points.append(self.data.geom_xpos[g] + local @ rotation.T)
+        stacked = np.concatenate(points)
+        return Box(stacked.min(axis=0), stacked.max(axis=0))
+
+    def site_box(self, name: str) -> Box:
+        """The region box LIBERO's ``in_box`` tests (half size ``|R size|``, low z extended 0.01)."""
+        site = self.task_env.object_sites_dict[name]
+        position = np.array(self.task_env.sim.data.get_site_xpos(name))
+        rotation = np.array(self.task_env.sim.data.get_site_xmat(name))
+        half = np.abs(rotation @ np.asarray(site.size, dtype=float))
+        low = position - half
+        low[2] -= 0.01
+        return Box(low, position + half)
+
+
+@dataclass(frozen=True)
+class PickPlace:
+    """One sub-goal: move ``obj`` ``relation`` ('in' | 'on') ``target``."""
+
+    relation: str
+    obj: str
+    target: str
+
+
+def pick_place_goals(env: Any) -> list[PickPlace]:
+    """The task's goal as pick-and-place sub-goals, or :class:`UnsupportedTask`."""
+    scene = Scene(env)
+    goals = []
+    for predicate in env.env.parsed_problem["goal_state"]:
+        relation = predicate[0].lower()
+        if relation not in ("in", "on") or len(predicate) != 3:
+            raise UnsupportedTask(f"goal predicate {predicate} is not pick-and-place")
+        _, obj, target = predicate
+        if not scene.is_movable(obj):
+            raise UnsupportedTask(f"{obj!r} in {predicate} is not a movable object")
+        if not (scene.is_object(target) or (relation == "in" and scene.is_site(target))):
+            raise UnsupportedTask(f"target {target!r} of {predicate} is neither an object nor a containing region")
+        goals.append(PickPlace(relation, obj, target))
+    return goals
+
+
+class PickPlaceExpert:
+    """Scripted privileged expert; a :class:`vla_spec.sim.interface.Policy` needing no camera.
+
+    ``path`` is the action path its commands travel (use :meth:`for_suite`); the negative
+    controls are the same expert with ``unnorm_key="bridge_orig"`` or ``invert_gripper=False``.
+    """
+
+    needs_camera = False
+
+    def __init__(self, path: TokenizedActionPath) -> None:
+        self.path = path
+        stats = path.encoder.stats
+        self.command_low = np.asarray(stats.q01[:6], dtype=float)
+        self.command_high = np.asarray(stats.q99[:6], dtype=float)
+        self._scene: Scene | None = None
+        self._goals: list[PickPlace] = []
+        self._phase = "done"
+        self._phase_steps = 0
+        self._gripper = ENV_OPEN
+        self._grasp_offset = np.zeros(3)
+        self._grasp_center_z = 0.0
+
+    @classmethod
+    def for_suite(cls, suite: str, *, unnorm_key: str | None = None, invert_gripper: bool = True) -> "PickPlaceExpert":
+        return cls(TokenizedActionPath.for_suite(suite, unnorm_key=unnorm_key, invert_gripper=invert_gripper))
+
+    # -- Policy protocol -------------------------------------------------------------------------
+    def reset(self, task: TaskContext) -> None:
+        if task.env is None:
+            raise UnsupportedTask("the scripted expert needs the privileged env in TaskContext.env")
+        self._scene = Scene(task.env)
+        self._goals = pick_place_goals(task.env)
+        self._gripper = ENV_OPEN
+        self._set_phase("approach")
+
+    def act(self, obs: Observation) -> PolicyStep:
+        eef = np.asarray(obs.raw["robot0_eef_pos"], dtype=float)
+        quat = np.asarray(obs.raw["robot0_eef_quat"], dtype=float)
+        target = self._plan(eef)
+        command = np.zeros(7)
+        command[:3] = POSITION_GAIN * (target - eef)
+        command[3:6] = ROTATION_GAIN * rotation_error(quat, TOP_DOWN_QUAT) / 0.5
+        command[:6] = np.clip(command[:6], self.command_low, self.command_high)
+        command[6] = self._gripper
+        self._phase_steps += 1
+        return self.path(command)
+
+    # -- the script ------------------------------------------------------------------------------
+    def _set_phase(self, phase: str) -> None:
+        self._phase = phase
+        self._phase_steps = 0
+
+    def _grasp_point(self, obj: str) -> np.ndarray:
+        box = self._scene.object_box(obj)
+        point = box.center.copy()
+        height = box.high[2] - box.low[2]
+        if box.half[1] > GRIPPER_HALF_OPENING:
+            # Too wide to grasp across: pinch the near wall (rim) on the -y or +y side, whichever is
+            # closer to the robot's y = 0 line, with the fingers straddling it.
+            side = -1.0 if box.center[1] > 0 else 1.0
+            point[1] = box.center[1] + side * (box.half[1] - 0.012)
+            point[2] = box.high[2] - min(0.02, height / 2)
+        else:
+            point[2] = max(box.high[2] - 0.03, box.low[2] + height / 2)
+        return point
+
+    def _place_point(self, goal: PickPlace, held: Box) -> np.ndarray:
+        """Where the held object's bounding-box centre should be when released."""
+        scene = self._scene
+        if scene.is_site(goal.target):
+            region = scene.site_box(goal.target)
+            center = region.center.copy()
+            center[2] = max(region.center[2], region.low[2] + held.half[2] + 0.01)
+            return center
+        support = scene.object_box(goal.target)
+        center = support.center.copy()
+        center[:2] = scene.body_pos(goal.target)[:2]
+        center[2] = support.high[2] + held.half[2] + 0.01 if goal.relation == "on" else support.low[2] + held.half[2] + 0.02
+        return center
+
+    def _moved(self, eef: np.ndarray, target: np.ndarray, tolerance: float = POSITION_TOLERANCE) -> bool:
+        return bool(np.all(np.abs(target - eef) < tolerance)) or self._phase_steps >= STALL_STEPS
+
+    def _plan(self, eef: np.ndarray) -> np.ndarray:
+        """Advance the phase machine; return the end-effector target (world, metres)."""
+        if not self._goals:
+            self._set_phase("done")
+        if self._phase == "done":
+            return eef
+        goal = self._goals[0]
+        scene = self._scene
+        if self._phase == "approach":
+            target = self._grasp_point(goal.obj) + np.array([0.0, 0.0, APPROACH_HEIGHT])
+            target[2] = max(target[2], eef[2]) if self._phase_steps < 2 else target[2]
+            if self._moved(eef, target, 0.012):
+                self._set_phase("descend")
+            return target
+        if self._phase == "descend":
+            target = self._grasp_point(goal.obj)
+            if self._moved(eef, target):
+                grasped = scene.object_box(goal.obj).center
+                self._grasp_offset = eef - grasped
+                self._grasp_center_z = float(grasped[2])
+                self._gripper = ENV_CLOSE
+                self._set_phase("close")
+            return target
+        if self._phase == "close":
+            if self._phase_steps >= CLOSE_STEPS:
+                self._set_phase("lift")
+            return eef
+        held = scene.object_box(goal.obj)
+        place = self._place_point(goal, held)
+        target_box = scene.site_box(goal.target) if scene.is_site(goal.target) else scene.object_box(goal.target)
+        carry_z = max(place[2], target_box.high[2] + held.half[2]) + CLEARANCE  # held box centre height
+        carry_z = max(carry_z, self._grasp_center_z + LIFT_HEIGHT)
+        offset = self._grasp_offset  # end effector relative to the held object's box centre
+        if self._phase == "lift":
+            target = np.array([eef[0], eef[1], carry_z + offset[2]])
+            if self._moved(eef, target, 0.015):
+                self._set_phase("carry")
+            return target
+        if self._phase == "carry":
+            target = np.array([place[0] + offset[0], place[1] + offset[1], carry_z + offset[2]])
+            if self._moved(eef, target, 0.01):
+                self._set_phase("lower")
+            return target
+        if self._phase == "lower":
+            target = place + offset
+            if self._moved(eef, target, 0.01):
+                self._gripper = ENV_OPEN
+                self._set_phase("release")
+            return target
+        if self._phase == "release":
+            if self._phase_steps >= OPEN_STEPS:
+                self._set_phase("retreat")
+            return eef
+        if self._phase == "retreat":
+            target = eef + np.array([0.0, 0.0, 0.05])
+            if self._phase_steps >= 8:
+                self._goals = self._goals[1:]
+                self._set_phase("approach" if self._goals else "done")
+            return target
+        raise AssertionError(f"unknown phase {self._phase}")
