@@ -304,17 +304,17 @@ def _comparison_lines(a: LogContents, b: LogContents, confidence: float) -> list
 
 def plot_success(path: Path, logs: Mapping[str, Sequence[EpisodeResult]], confidence: float = DEFAULT_CONFIDENCE) -> None:
     """Bar chart of per-task success (one bar per log per task) with Wilson-interval error bars."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
     from vla_spec.statistics import success_rows
 
     tables = {name: {_label(r): r.proportion for r in success_rows(results, confidence)} for name, results in logs.items()}
     labels = sorted({label for table in tables.values() for label in table}, key=lambda l: (l[0] == "all suites", l))
     width = 0.8 / len(tables)
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.5 * len(labels) * len(tables) + 2), 4))
+    fig = Figure(figsize=(max(6.0, 0.5 * len(labels) * len(tables) + 2), 4))
+    FigureCanvasAgg(fig)  # Agg, no GUI and no pyplot state
+    ax = fig.add_subplot()
     for k, (name, table) in enumerate(tables.items()):
         xs = [i + (k - (len(tables) - 1) / 2) * width for i, label in enumerate(labels) if label in table]
         props = [table[label] for label in labels if label in table]
@@ -328,12 +328,13 @@ def plot_success(path: Path, logs: Mapping[str, Sequence[EpisodeResult]], confid
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
-    plt.close(fig)
 
 
 def run_report(args: argparse.Namespace) -> int:
     from vla_spec.episodes import read_log
+    from vla_spec.statistics import z_value
 
+    z_value(args.confidence)  # a bad level fails before any work
     log = read_log(args.log)
     if not log.results:
         raise CliError(f"{args.log} has no finished episodes yet")

@@ -1,0 +1,117 @@
+"""Spec: ``vla-spec report`` summarizes a log with Wilson intervals, the published-number verdict and,
+with ``--compare``, the two-proportion test; ``rollout``/``report`` reject bad input with one line
+and exit status 2 before touching the simulator. Synthetic logs: no simulator needed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from vla_spec.cli import CliError, main
+from vla_spec.commands.sim import parse_indices
+from vla_spec.episodes import EpisodeLog, RunConfig
+from vla_spec.rollout import EpisodeResult, EpisodeSpec
+from vla_spec.statistics import two_proportion_test
+
+pytestmark = pytest.mark.cpu
+
+VERSIONS = {"python": "3.11.7", "mujoco": "3.3.2", "robosuite": "1.4.0", "libero": "0.1.1", "MUJOCO_GL": "egl", "git_sha": "0123456789abcdef"}
+
+
+def write_log(path: Path, outcomes: dict[tuple[str, int], list[bool]], error_on: int | None = None) -> Path:
+    """A log with one episode per entry of ``outcomes[(suite, task)]`` (init index = position)."""
+    specs = [EpisodeSpec(suite, task, i) for (suite, task), wins in outcomes.items() for i in range(len(wins))]
+    with EpisodeLog.open(path, RunConfig("expert", {}, tuple(specs)), VERSIONS) as log:
+        for number, spec in enumerate(specs):
+            success = outcomes[(spec.suite, spec.task_id)][spec.init_index]
+            log.append(EpisodeResult(spec.suite, spec.task_id, "do it", spec.init_index, 0, 50, success, 1.0,
+                                     "RuntimeError: boom" if number == error_on else None, None))
+    return path
+
+
+A = {("libero_object", 0): [True, True, True, False], ("libero_object", 1): [True, False, False, False], ("libero_goal", 0): [True, True]}
+B = {("libero_object", 0): [False] * 4, ("libero_object", 1): [False] * 4, ("libero_goal", 0): [True, True]}
+
+
+def test_report_prints_wilson_table_and_published_verdicts(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    log = write_log(tmp_path / "a.jsonl", A, error_on=5)
+    assert main(["report", str(log)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == f"{log}: policy expert {{}}, 10/10 episodes finished, 0 resume(s)"
+    assert "mujoco 3.3.2" in out[1] and "git 0123456789" in out[1]
+    assert "  note: 1 episode(s) ended with an error (counted as failures)" in out
+    table = out[out.index(next(line for line in out if line.startswith("suite"))):]
+    assert table[1:7] == [
+        "libero_goal         0       2/2  100.0 %   [34.2 %, 100.0 %]",
+        "libero_object       0       3/4   75.0 %   [30.1 %, 95.4 %]",
+        "libero_object       1       1/4   25.0 %   [4.6 %, 69.9 %]",
+        "libero_goal       all       2/2  100.0 %   [34.2 %, 100.0 %]",
+        "libero_object     all       4/8   50.0 %   [21.5 %, 78.5 %]",
+        "all suites        all      6/10   60.0 %   [31.3 %, 83.2 %]",
+    ]
+    assert "vs published OpenVLA, libero_object: below: published 88.4 % lies above our 95 % interval [21.5 %, 78.5 %] (4/8)" in out
+    assert "vs published OpenVLA, libero_goal: consistent: published 79.2 % lies inside our 95 % interval [34.2 %, 100.0 %] (2/2)" in out
+
+
+def test_report_compare_runs_the_two_proportion_test_and_plots(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    a, b = write_log(tmp_path / "a.jsonl", A), write_log(tmp_path / "b.jsonl", B)
+    plot = tmp_path / "plots" / "success.png"
+    assert main(["report", str(a), "--compare", str(b), "--plot", str(plot)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    test = two_proportion_test(4, 8, 0, 8)
+    line = next(line for line in out if line.startswith("libero_object    A"))
+    assert line == (
+        f"libero_object    A 4/8 (50.0 %)  B 0/8 (0.0 %)  diff +50.0 pp [{100 * test.low:+.1f}, {100 * test.high:+.1f}]"
+        f"  z {test.z:+.2f}  p {test.p_value:.3g}"
+    )
+    assert any(line.startswith("all suites       A 6/10 (60.0 %)  B 2/10 (20.0 %)") for line in out)
+    assert not any(line.startswith("note: the logs cover different episodes") for line in out)
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and plot.stat().st_size > 1000
+
+
+def test_report_notes_logs_over_different_episodes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    a = write_log(tmp_path / "a.jsonl", A)
+    b = write_log(tmp_path / "b.jsonl", {("libero_object", 0): [False, True]})
+    assert main(["report", str(a), "--compare", str(b)]) == 0
+    assert "note: the logs cover different episodes (8 only in A, 0 only in B)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["report", "{tmp}/none.jsonl"], "vla-spec report: error: episode log {tmp}/none.jsonl does not exist"),
+        (["report", "{tmp}/empty.jsonl"], "vla-spec report: error: {tmp}/empty.jsonl has no finished episodes yet"),
+        (["report", "{tmp}/empty.jsonl", "--confidence", "1.5"], "vla-spec report: error: confidence must lie strictly between 0 and 1, got 1.5"),
+        (["rollout", "--suite", "libero_object", "--tasks", "1-x", "--policy", "wait", "--log", "{tmp}/x.jsonl"],
+         "vla-spec rollout: error: bad --tasks '1-x': expected indices like 0-9, 3 or 0,2,5-7"),
+        (["rollout", "--suite", "libero_object", "--inits", "4-2", "--policy", "wait", "--log", "{tmp}/x.jsonl"],
+         "vla-spec rollout: error: bad --inits '4-2': '4-2' is not an increasing range of indices >= 0"),
+        (["rollout", "--suite", "libero_100", "--policy", "wait", "--log", "{tmp}/x.jsonl"],
+         "vla-spec rollout: error: unknown suite 'libero_100'; known: libero_spatial, libero_object, libero_goal, libero_10, libero_90"),
+        (["rollout", "--suite", "libero_object", "--policy", "oracle", "--log", "{tmp}/x.jsonl"],
+         "vla-spec rollout: error: unknown policy 'oracle'; known: expert, wait"),
+        (["rollout", "--suite", "libero_object", "--policy", "wait", "--unnorm-key", "bridge_orig", "--log", "{tmp}/x.jsonl"],
+         "vla-spec rollout: error: --unnorm-key does not apply to policy 'wait'"),
+        (["rollout", "--suite", "libero_object", "--policy", "wait", "--workers", "0", "--log", "{tmp}/x.jsonl"],
+         "vla-spec rollout: error: --workers must be at least 1, got 0"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str], message: str) -> None:
+    with EpisodeLog.open(tmp_path / "empty.jsonl", RunConfig("wait", {}, (EpisodeSpec("libero_object", 0, 0),)), VERSIONS):
+        pass
+    assert main([arg.format(tmp=tmp_path) for arg in argv]) == 2
+    captured = capsys.readouterr()
+    assert captured.err == message.format(tmp=tmp_path) + "\n"
+    assert not (tmp_path / "x.jsonl").exists()
+
+
+@pytest.mark.parametrize(("text", "expected"), [("0-9", tuple(range(10))), ("3", (3,)), ("0,2,5-7", (0, 2, 5, 6, 7)), ("4,1-2,2", (4, 1, 2))])
+def test_index_ranges(text: str, expected: tuple[int, ...]) -> None:
+    assert parse_indices(text, "--tasks") == expected
+
+
+@pytest.mark.parametrize("text", ["", "a", "1-", "-1", "3-1", "1,,2", "1.5"])
+def test_bad_index_ranges(text: str) -> None:
+    with pytest.raises(CliError, match="--tasks"):
+        parse_indices(text, "--tasks")
