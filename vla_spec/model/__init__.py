@@ -5,6 +5,16 @@ Heavy imports (torch, timm, transformers) happen only when this package is impor
 
 from vla_spec.model.config import OpenVLAConfig
 from vla_spec.model.decoding import GreedyResult, greedy_decode
+from vla_spec.model.loading import CheckpointError, from_pretrained
 from vla_spec.model.modeling import ActionPrediction, OpenVLA, Prefix
 
-__all__ = ["ActionPrediction", "GreedyResult", "OpenVLA", "OpenVLAConfig", "Prefix", "greedy_decode"]
+__all__ = [
+    "ActionPrediction",
+    "CheckpointError",
+    "GreedyResult",
+    "OpenVLA",
+    "OpenVLAConfig",
+    "Prefix",
+    "from_pretrained",
+    "greedy_decode",
+]

@@ -1,0 +1,64 @@
+"""The model must look at its inputs (openvla issue #346), and the check must catch a model that doesn't."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from vla_spec.model import OpenVLA
+from vla_spec.model.liveness import HOOKED_MODULES, check_liveness
+from vla_spec.model.tiny import load_tiny
+
+pytestmark = pytest.mark.cpu
+
+
+@pytest.fixture(scope="module")
+def tiny() -> OpenVLA:
+    return load_tiny()
+
+
+def without_vision(model: OpenVLA, mode: str) -> OpenVLA:
+    """A broken copy sharing the weights: the image never reaches the LLM (issue #346 failure modes)."""
+    broken = copy.copy(model)  # shallow: same submodules, own __dict__ for the patched method
+    if mode == "skipped":  # vision path not run at all; patch slots left as zeros
+        broken.encode_images = lambda pixel_values: torch.zeros(
+            pixel_values.shape[0], model.vision_backbone.num_patches, model.config.hidden_size, dtype=model.dtype
+        )
+    else:  # "zeroed": towers and projector run, but their output is discarded
+        broken.encode_images = lambda pixel_values: OpenVLA.encode_images(model, pixel_values) * 0
+    return broken
+
+
+def test_tiny_model_is_live(tiny):
+    report = check_liveness(tiny)
+    assert report.ok, report.problems
+    assert report.calls == {name: 1 for name in HOOKED_MODULES}
+    assert report.image_delta > 1e-2 and report.instruction_delta > 1e-4
+
+
+@pytest.mark.parametrize("mode", ["skipped", "zeroed"])
+def test_liveness_check_catches_a_model_that_ignores_the_image(tiny, mode):
+    report = check_liveness(without_vision(tiny, mode))
+    assert not report.ok
+    assert report.image_delta == 0.0
+    assert any("black and white images give the same logits" in p for p in report.problems)
+    if mode == "skipped":
+        assert report.calls == {name: 0 for name in HOOKED_MODULES}
+        assert sum("was never called" in p for p in report.problems) == 3
+
+
+def test_liveness_check_catches_a_model_that_ignores_the_instruction(tiny):
+    broken = copy.copy(tiny)
+    broken.prompt_ids = lambda instructions: OpenVLA.prompt_ids(tiny, ["put the bowl on the stove"] * len(instructions))
+    report = check_liveness(broken)
+    assert report.instruction_delta == 0.0
+    assert report.problems == ("two instructions give the same logits (max diff 0 <= 0.0001)",)
+
+
+def test_black_and_white_images_give_different_tokens(tiny):
+    black, white = np.zeros((224, 224, 3), np.uint8), np.full((224, 224, 3), 255, np.uint8)
+    result = tiny.predict_action([black, white], ["put the bowl on the stove"] * 2, "libero_spatial")
+    assert not np.array_equal(result.token_ids[0], result.token_ids[1])

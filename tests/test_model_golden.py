@@ -1,0 +1,126 @@
+"""Goldens of the tiny checkpoint: token ids, actions and margins for fixed images x instructions.
+
+The CPU float32 golden is exact (syrupy JSON under golden/test_model_golden/). A golden recorded on
+another device class (e.g. CUDA bfloat16, by the gpu tier) may differ from it only at steps whose
+recorded margin was a near-tie: see vla_spec.model.agreement.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from vla_spec.model import OpenVLA, from_pretrained
+from vla_spec.model.agreement import near_tie_divergences
+from vla_spec.model.goldens import GOLDEN_INSTRUCTIONS, golden_cases, golden_record, load_image
+from vla_spec.model.tiny import load_tiny
+from vla_spec.prompt import SPECIAL_EMPTY_TOKEN_ID
+
+
+@pytest.fixture(scope="module")
+def tiny() -> OpenVLA:
+    return load_tiny()
+
+
+@pytest.fixture(scope="module")
+def record(tiny) -> dict:
+    return golden_record(tiny)
+
+
+@pytest.mark.cpu
+def test_tiny_golden_cpu_float32(record, golden):
+    assert record["device_class"] == "cpu-float32"
+    assert record == golden
+
+
+@pytest.mark.cpu
+def test_goldens_vary_with_image_and_instruction(record):
+    """A golden of a model that ignores its inputs would be blind (DESIGN.md pitfall)."""
+    rows = {(c["image"], c["instruction"]): tuple(c["token_ids"]) for c in record["cases"]}
+    assert len(set(rows.values())) >= len(rows) // 2
+    images = {c["image"] for c in record["cases"]}
+    for text in GOLDEN_INSTRUCTIONS:  # the image changes the tokens for every instruction
+        assert len({rows[(image, text)] for image in images}) > 1
+    # the instruction changes the tokens for at least two images
+    assert sum(len({rows[(image, t)] for t in GOLDEN_INSTRUCTIONS}) > 1 for image in images) >= 2
+    assert len({tok for row in rows.values() for tok in row}) >= 3  # not one token everywhere
+
+
+@pytest.mark.cpu
+def test_golden_actions_follow_from_tokens(tiny, record):
+    from vla_spec.normalization import unnormalize
+
+    stats = tiny.norm_stats[record["unnorm_key"]]
+    for case in record["cases"]:
+        ids = np.array(case["token_ids"])
+        assert tiny.action_tokenizer.is_action_id(ids).all()
+        expected = unnormalize(tiny.action_tokenizer.decode(ids), stats)
+        assert case["actions"] == pytest.approx(expected.tolist(), abs=1e-6)
+
+
+@pytest.mark.cpu
+def test_batch_equals_single_calls(tiny, record):
+    """Left padding: a batch of N gives the tokens of N single calls (prompts of different lengths)."""
+    by_case = {(c["image"], c["instruction"]): c for c in record["cases"]}
+    for image, text in [golden_cases()[0], golden_cases()[-1]]:
+        single = tiny.predict_action(load_image(image), text, "libero_spatial")
+        assert single.token_ids[0].tolist() == by_case[(image, text)]["token_ids"]
+        assert np.allclose(single.margins[0], by_case[(image, text)]["margins"], atol=0.051)
+
+
+@pytest.mark.cpu
+def test_prefix_layout(tiny):
+    """[BOS] + 256 patches + prompt ids (ending in 29871), left-padded; the decoder sees exactly this."""
+    short, long = GOLDEN_INSTRUCTIONS[0], GOLDEN_INSTRUCTIONS[2]
+    ids = tiny.prompt_ids([short, long])
+    assert ids[0][-1] == ids[1][-1] == SPECIAL_EMPTY_TOKEN_ID and ids[0][0] == ids[1][0] == 1
+    prefix = tiny.prefix([load_image("black")] * 2, [short, long])
+    lengths = [1 + 256 + len(i) - 1 for i in ids]
+    assert tuple(prefix.inputs_embeds.shape) == (2, max(lengths), tiny.config.hidden_size)
+    assert prefix.attention_mask.sum(1).tolist() == lengths
+    pad = max(lengths) - lengths[0]
+    assert prefix.attention_mask[0, :pad].sum() == 0 and prefix.attention_mask[0, pad:].all()
+    bos = tiny.language_model.get_input_embeddings().weight[1]
+    assert (prefix.inputs_embeds[0, pad] == bos).all() and (prefix.inputs_embeds[1, 0] == bos).all()
+    assert (prefix.inputs_embeds[0, :pad] == 0).all()
+
+
+@pytest.mark.cpu
+def test_decoder_is_swappable(tiny):
+    from vla_spec.model.decoding import GreedyResult, greedy_decode
+
+    seen = []
+
+    def spy(language_model, inputs_embeds, attention_mask, n_tokens):
+        seen.append((tuple(inputs_embeds.shape), n_tokens))
+        return greedy_decode(language_model, inputs_embeds, attention_mask, n_tokens)
+
+    result = tiny.predict_action(load_image("white"), GOLDEN_INSTRUCTIONS[0], "libero_spatial", decoder=spy)
+    assert seen and seen[0][1] == 7 and result.token_ids.shape == (1, 7)
+    assert isinstance(greedy_decode(tiny.language_model, *_prefix(tiny), 2), GreedyResult)
+
+
+def _prefix(model):
+    prefix = model.prefix(load_image("white"), GOLDEN_INSTRUCTIONS[0])
+    return prefix.inputs_embeds, prefix.attention_mask
+
+
+@pytest.mark.cpu
+def test_near_tie_agreement_rule():
+    golden_ids = [[5, 6, 7], [5, 6, 7]]
+    margins = [[2.0, 0.01, 3.0], [2.0, 2.0, 2.0]]
+    assert near_tie_divergences([[5, 9, 1], [5, 6, 7]], golden_ids, margins) == []  # flip at a near-tie
+    problems = near_tie_divergences([[5, 6, 7], [5, 6, 8]], golden_ids, margins)
+    assert len(problems) == 1 and problems[0].startswith("row 1 step 2")
+
+
+@pytest.mark.gpu
+def test_real_checkpoint_golden(openvla_path, golden):
+    """Real weights (bfloat16 on CUDA): record with --openvla-path DIR --snapshot-update."""
+    import torch
+
+    model = from_pretrained(openvla_path, dtype=torch.bfloat16, device="cuda")
+    key = "libero_spatial" if "libero_spatial" in model.norm_stats else None
+    record = golden_record(model, unnorm_key=key)
+    assert record["device_class"] == "cuda-bfloat16"
+    assert record == golden
