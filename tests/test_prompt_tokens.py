@@ -1,0 +1,83 @@
+"""The prompt as token ids: BOS + prompt + 29871, with the real Llama-2 tokenizer and with ours."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from vla_spec.model.tiny import tiny_checkpoint_path
+from vla_spec.model.tokenizer import load_tokenizer, prompt_ids
+from vla_spec.prompt import BOS_TOKEN_ID, SPECIAL_EMPTY_TOKEN_ID, build_prompt
+
+INSTRUCTION = "put the apple in the bowl"
+
+# tokenizer_config.json as the released OpenVLA checkpoints ship it (Llama-2 + <PAD> = 32000).
+OPENVLA_TOKENIZER_CONFIG = {
+    "tokenizer_class": "LlamaTokenizer",
+    "add_bos_token": True,
+    "add_eos_token": False,
+    "bos_token": "<s>",
+    "eos_token": "</s>",
+    "unk_token": "<unk>",
+    "pad_token": "<PAD>",
+    "legacy": False,
+    "model_max_length": 2048,
+    "padding_side": "right",
+    "clean_up_tokenization_spaces": False,
+    "added_tokens_decoder": {
+        "32000": {"content": "<PAD>", "lstrip": False, "normalized": False, "rstrip": False, "single_word": False, "special": True}
+    },
+}
+
+
+@pytest.fixture(scope="module")
+def real_tokenizer(llama_tokenizer_path: Path, tmp_path_factory: pytest.TempPathFactory):
+    """Llama-2's tokenizer.model laid out as in a real OpenVLA checkpoint folder, loaded by our loader."""
+    source = llama_tokenizer_path / "tokenizer.model" if llama_tokenizer_path.is_dir() else llama_tokenizer_path
+    folder = tmp_path_factory.mktemp("openvla-tokenizer")
+    shutil.copy(source, folder / "tokenizer.model")
+    (folder / "tokenizer_config.json").write_text(json.dumps(OPENVLA_TOKENIZER_CONFIG))
+    (folder / "special_tokens_map.json").write_text(
+        json.dumps({"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<PAD>"})
+    )
+    return load_tokenizer(folder)
+
+
+@pytest.mark.cpu
+def test_real_prompt_is_21_ids_then_29871(real_tokenizer):
+    raw = list(real_tokenizer(build_prompt(INSTRUCTION))["input_ids"])
+    assert len(raw) == 21 and raw[0] == BOS_TOKEN_ID and raw[-1] != SPECIAL_EMPTY_TOKEN_ID
+    assert prompt_ids(real_tokenizer, INSTRUCTION) == raw + [SPECIAL_EMPTY_TOKEN_ID]
+
+
+@pytest.mark.cpu
+def test_real_tokenizer_has_pad_32000_and_llama2_action_range(real_tokenizer):
+    assert real_tokenizer.convert_tokens_to_ids("<PAD>") == 32000 and real_tokenizer.pad_token_id == 32000
+    assert len(real_tokenizer) == 32001
+    assert real_tokenizer.convert_ids_to_tokens(SPECIAL_EMPTY_TOKEN_ID) == "▁"
+    assert real_tokenizer.vocab_size == 32000  # action ids 31744..31999 are its last 256 pieces
+
+
+@pytest.mark.cpu
+def test_tiny_tokenizer_keeps_the_special_ids():
+    """Our tiny tokenizer is not Llama-2's, but BOS, 29871 and <PAD> have the same ids."""
+    tokenizer = load_tokenizer(tiny_checkpoint_path())
+    ids = prompt_ids(tokenizer, INSTRUCTION)
+    assert ids[0] == BOS_TOKEN_ID and ids[-1] == SPECIAL_EMPTY_TOKEN_ID
+    assert ids.count(SPECIAL_EMPTY_TOKEN_ID) == 1  # appended exactly once
+    assert tokenizer.convert_tokens_to_ids("<PAD>") == 32000
+    assert prompt_ids(tokenizer, INSTRUCTION) != prompt_ids(tokenizer, "put the bowl on the stove")
+    assert prompt_ids(tokenizer, "Put The Apple In The Bowl") == ids  # build_prompt lower-cases
+
+
+@pytest.mark.cpu
+def test_tokenizer_without_bos_is_refused():
+    class NoBos:
+        def __call__(self, text, add_special_tokens=True):
+            return {"input_ids": [5, 6, 7]}
+
+    with pytest.raises(ValueError, match="must add BOS"):
+        prompt_ids(NoBos(), INSTRUCTION)
