@@ -179,17 +179,22 @@ def pick_place_goals(env: Any) -> list[PickPlace]:
 class PickPlaceExpert:
     """Scripted privileged expert; a :class:`vla_spec.sim.interface.Policy` needing no camera.
 
-    ``path`` is the action path its commands travel (use :meth:`for_suite`); the negative
-    controls are the same expert with ``unnorm_key="bridge_orig"`` or ``invert_gripper=False``.
+    At each ``reset`` it builds its action path for the episode's suite
+    (:meth:`TokenizedActionPath.for_suite`): encode with the suite's statistics, decode with
+    ``unnorm_key`` (default: the suite's) and ``invert_gripper``. The negative controls are this
+    expert with ``unnorm_key="bridge_orig"`` or ``invert_gripper=False``; nothing else changes.
+    Picklable and cheap to build, so ``functools.partial(PickPlaceExpert, ...)`` can be handed to
+    worker processes.
     """
 
     needs_camera = False
 
-    def __init__(self, path: TokenizedActionPath) -> None:
-        self.path = path
-        stats = path.encoder.stats
-        self.command_low = np.asarray(stats.q01[:6], dtype=float)
-        self.command_high = np.asarray(stats.q99[:6], dtype=float)
+    def __init__(self, *, unnorm_key: str | None = None, invert_gripper: bool = True) -> None:
+        self.unnorm_key = unnorm_key
+        self.invert_gripper = invert_gripper
+        self.path: TokenizedActionPath | None = None
+        self.command_low = np.zeros(6)
+        self.command_high = np.zeros(6)
         self._scene: Scene | None = None
         self._goals: list[PickPlace] = []
         self._phase = "done"
@@ -198,30 +203,36 @@ class PickPlaceExpert:
         self._grasp_offset = np.zeros(3)
         self._grasp_center_z = 0.0
 
-    @classmethod
-    def for_suite(cls, suite: str, *, unnorm_key: str | None = None, invert_gripper: bool = True) -> "PickPlaceExpert":
-        return cls(TokenizedActionPath.for_suite(suite, unnorm_key=unnorm_key, invert_gripper=invert_gripper))
-
     # -- Policy protocol -------------------------------------------------------------------------
     def reset(self, task: TaskContext) -> None:
         if task.env is None:
             raise UnsupportedTask("the scripted expert needs the privileged env in TaskContext.env")
+        self.path = TokenizedActionPath.for_suite(task.suite, unnorm_key=self.unnorm_key, invert_gripper=self.invert_gripper)
+        stats = self.path.encoder.stats
+        self.command_low = np.asarray(stats.q01[:6], dtype=float)
+        self.command_high = np.asarray(stats.q99[:6], dtype=float)
         self._scene = Scene(task.env)
         self._goals = pick_place_goals(task.env)
         self._gripper = ENV_OPEN
         self._set_phase("approach")
 
     def act(self, obs: Observation) -> PolicyStep:
+        if self.path is None:
+            raise RuntimeError("PickPlaceExpert.act before reset")
         eef = np.asarray(obs.raw["robot0_eef_pos"], dtype=float)
         quat = np.asarray(obs.raw["robot0_eef_quat"], dtype=float)
         target = self._plan(eef)
+        self._phase_steps += 1
+        return self.path(self.command(eef, quat, target))
+
+    def command(self, eef: np.ndarray, quat: np.ndarray, target: np.ndarray) -> np.ndarray:
+        """Environment command toward ``target``: P control, top-down orientation, stats range."""
         command = np.zeros(7)
         command[:3] = POSITION_GAIN * (target - eef)
         command[3:6] = ROTATION_GAIN * rotation_error(quat, TOP_DOWN_QUAT) / 0.5
         command[:6] = np.clip(command[:6], self.command_low, self.command_high)
         command[6] = self._gripper
-        self._phase_steps += 1
-        return self.path(command)
+        return command
 
     # -- the script ------------------------------------------------------------------------------
     def _set_phase(self, phase: str) -> None:
