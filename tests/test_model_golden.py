@@ -41,6 +41,8 @@ def test_goldens_vary_with_image_and_instruction(record):
     images = {c["image"] for c in record["cases"]}
     for text in GOLDEN_INSTRUCTIONS:  # the image changes the tokens for every instruction
         assert len({rows[(image, text)] for image in images}) > 1
+    for text in GOLDEN_INSTRUCTIONS:  # issue #346 probe: black vs white must change the tokens
+        assert rows[("black", text)] != rows[("white", text)]
     # the instruction changes the tokens for at least two images
     assert sum(len({rows[(image, t)] for t in GOLDEN_INSTRUCTIONS}) > 1 for image in images) >= 2
     assert len({tok for row in rows.values() for tok in row}) >= 3  # not one token everywhere
@@ -86,23 +88,29 @@ def test_prefix_layout(tiny):
 
 
 @pytest.mark.cpu
-def test_decoder_is_swappable(tiny):
-    from vla_spec.model.decoding import GreedyResult, greedy_decode
+def test_decoder_is_swappable(tiny, record):
+    """``predict_action(..., decoder=f)`` hands f the prefix and uses f's tokens and margins."""
+    import torch
+
+    from vla_spec.model.decoding import GreedyResult
 
     seen = []
 
-    def spy(language_model, inputs_embeds, attention_mask, n_tokens):
-        seen.append((tuple(inputs_embeds.shape), n_tokens))
-        return greedy_decode(language_model, inputs_embeds, attention_mask, n_tokens)
+    def fixed(language_model, inputs_embeds, attention_mask, n_tokens):
+        seen.append((language_model is tiny.language_model, tuple(inputs_embeds.shape), attention_mask.sum().item(), n_tokens))
+        return GreedyResult(torch.full((1, n_tokens), 31872, dtype=torch.int64), torch.ones(1, n_tokens))
 
-    result = tiny.predict_action(load_image("white"), GOLDEN_INSTRUCTIONS[0], "libero_spatial", decoder=spy)
-    assert seen and seen[0][1] == 7 and result.token_ids.shape == (1, 7)
-    assert isinstance(greedy_decode(tiny.language_model, *_prefix(tiny), 2), GreedyResult)
+    result = tiny.predict_action(load_image("white"), GOLDEN_INSTRUCTIONS[0], "libero_spatial", decoder=fixed)
+    n_ids = len(tiny.prompt_ids([GOLDEN_INSTRUCTIONS[0]])[0])
+    assert seen == [(True, (1, 256 + n_ids, tiny.config.hidden_size), 256 + n_ids, 7)]
+    assert result.token_ids.tolist() == [[31872] * 7] and result.normalized.tolist() == [[0.0] * 7]
+    assert tiny.decoder is greedy_decode_default()
 
 
-def _prefix(model):
-    prefix = model.prefix(load_image("white"), GOLDEN_INSTRUCTIONS[0])
-    return prefix.inputs_embeds, prefix.attention_mask
+def greedy_decode_default():
+    from vla_spec.model.decoding import greedy_decode
+
+    return greedy_decode
 
 
 @pytest.mark.cpu

@@ -43,7 +43,7 @@ class LivenessReport:
 def check_liveness(
     model: OpenVLA,
     instructions: tuple[str, str] = DEFAULT_INSTRUCTIONS,
-    image_size: int = 256,
+    image_size: int = 224,
     min_delta: float = 1e-4,
 ) -> LivenessReport:
     """Run the three probes (black/white image, two instructions, hook counts) and report."""

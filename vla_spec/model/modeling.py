@@ -134,6 +134,7 @@ class OpenVLA(nn.Module):
             attention_mask=prefix.attention_mask,
             position_ids=positions_from_mask(prefix.attention_mask),
             use_cache=False,
+            logits_to_keep=1,
         )
         return out.logits[:, -1, :].float()
 
