@@ -8,6 +8,7 @@ recorded margin was a near-tie: see vla_spec.model.agreement.
 from __future__ import annotations
 
 import numpy as np
+import torch
 import pytest
 
 from vla_spec.model import OpenVLA, from_pretrained
@@ -90,8 +91,6 @@ def test_prefix_layout(tiny):
 @pytest.mark.cpu
 def test_decoder_is_swappable(tiny, record):
     """``predict_action(..., decoder=f)`` hands f the prefix and uses f's tokens and margins."""
-    import torch
-
     from vla_spec.model.decoding import GreedyResult
 
     seen = []
@@ -125,10 +124,25 @@ def test_near_tie_agreement_rule():
 @pytest.mark.gpu
 def test_real_checkpoint_golden(openvla_path, golden):
     """Real weights (bfloat16 on CUDA): record with --openvla-path DIR --snapshot-update."""
-    import torch
-
     model = from_pretrained(openvla_path, dtype=torch.bfloat16, device="cuda")
     key = "libero_spatial" if "libero_spatial" in model.norm_stats else None
     record = golden_record(model, unnorm_key=key)
     assert record["device_class"] == "cuda-bfloat16"
     assert record == golden
+
+
+@pytest.mark.cpu
+def test_bad_inputs_are_refused_with_the_fix(tiny):
+    from vla_spec.normalization import UnnormKeyError
+
+    image = load_image("black")
+    with pytest.raises(UnnormKeyError, match="unknown unnorm_key 'bridge_orig'; valid keys: libero_10, libero_goal"):
+        tiny.predict_action(image, GOLDEN_INSTRUCTIONS[0], "bridge_orig")
+    with pytest.raises(UnnormKeyError, match="trained on 4 datasets; pass one of"):
+        tiny.predict_action(image, GOLDEN_INSTRUCTIONS[0])
+    with pytest.raises(ValueError, match="2 images but 1 instructions"):
+        tiny.predict_action(np.stack([image, image]), GOLDEN_INSTRUCTIONS[0], "libero_spatial")
+    with pytest.raises(ValueError, match=r"image 0 must have shape H x W x 3 and dtype uint8.*float64"):
+        tiny.predict_action(image / 255.0, GOLDEN_INSTRUCTIONS[0], "libero_spatial")
+    with pytest.raises(ValueError, match=r"pixel_values must have shape \[B, 6, 224, 224\]"):
+        tiny.vision_backbone(torch.zeros(1, 3, 224, 224))

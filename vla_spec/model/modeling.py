@@ -56,6 +56,9 @@ class ActionPrediction:
 
 
 def _as_list(value: Any, kinds: tuple[type, ...]) -> list[Any]:
+    """One item or a sequence of items -> list; a 4-D uint8 array [B, H, W, 3] is a batch."""
+    if isinstance(value, np.ndarray) and value.ndim == 4:
+        return list(value)
     return [value] if isinstance(value, kinds) or not isinstance(value, (list, tuple)) else list(value)
 
 
@@ -147,6 +150,10 @@ class OpenVLA(nn.Module):
         decoder: Decoder | None = None,
     ) -> ActionPrediction:
         """Images (H x W x 3 uint8 RGB, upright as the model was trained) + instructions -> actions.
+
+        ``images``: one image (numpy H x W x 3 uint8 or PIL), a list of them, or a [B, H, W, 3]
+        array; ``instructions``: one string or one per image. For LIBERO observations apply
+        :func:`vla_spec.images.libero_image` first (rotation, JPEG, resize, crop).
 
         ``unnorm_key`` selects the statistics (resolved as the reference ``_check_unnorm_key``);
         ``decoder`` overrides ``self.decoder`` for this call.
