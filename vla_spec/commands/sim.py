@@ -47,7 +47,7 @@ POLICY_OPTIONS: dict[str, tuple[str, str]] = {
 
 POLICIES: dict[str, PolicyEntry] = {
     "expert": PolicyEntry(
-        "vla_spec.commands.sim:SuiteExpert",
+        "vla_spec.sim.expert:PickPlaceExpert",
         "scripted privileged pick-and-place expert (vla_spec.sim.expert), no camera; "
         "--unnorm-key bridge_orig makes it a negative control",
         ("unnorm_key",),
@@ -74,29 +74,6 @@ class WaitPolicy:
         from vla_spec.sim.suites import WAIT_ACTION
 
         return PolicyStep(action=np.asarray(WAIT_ACTION, dtype=np.float64))
-
-
-class SuiteExpert:
-    """:class:`vla_spec.sim.expert.PickPlaceExpert` for whichever suite the episode is in (the
-    expert's action path uses its suite's statistics), built once per suite."""
-
-    needs_camera = False
-
-    def __init__(self, unnorm_key: str | None = None) -> None:
-        self.unnorm_key = unnorm_key
-        self._experts: dict[str, Any] = {}
-        self._current: Any = None
-
-    def reset(self, task: Any) -> None:
-        from vla_spec.sim.expert import PickPlaceExpert
-
-        if task.suite not in self._experts:
-            self._experts[task.suite] = PickPlaceExpert.for_suite(task.suite, unnorm_key=self.unnorm_key)
-        self._current = self._experts[task.suite]
-        self._current.reset(task)
-
-    def act(self, obs: Any) -> Any:
-        return self._current.act(obs)
 
 
 def build_policy(name: str, **params: Any) -> Any:

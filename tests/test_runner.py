@@ -1,0 +1,173 @@
+"""Spec: the runner hands every episode out once, keeps workers on one task, and (sim tier) survives
+a real SIGKILL mid-episode: rerunning keeps the finished episodes, repeats none and finishes the
+rest; 1 worker and 2 workers give identical results."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from vla_spec.commands.sim import WaitPolicy, build_policy
+from vla_spec.rollout import EpisodeResult, EpisodeSpec
+from vla_spec.runner import TaskScheduler, describe_policy, run_episodes, video_path_for
+
+REPO = Path(__file__).resolve().parent.parent
+# Four cheap episodes (the scripted expert needs no camera): two tasks x two initial states.
+SIM_SPECS = [EpisodeSpec("libero_object", task, init) for task in (0, 1) for init in (0, 1)]
+ROLLOUT_ARGS = ["rollout", "--suite", "libero_object", "--tasks", "0,1", "--inits", "0-1", "--policy", "expert", "--no-progress"]
+
+
+def outcome(result: EpisodeResult) -> tuple:
+    """Everything that must not depend on how an episode was scheduled."""
+    return (result.suite, result.task_id, result.init_index, result.env_seed, result.instruction, result.steps, result.success, result.error)
+
+
+# --- cpu tier: scheduling and bookkeeping -------------------------------------------------------
+
+
+@pytest.mark.cpu
+def test_scheduler_keeps_each_worker_on_its_task_and_splits_tasks() -> None:
+    specs = [EpisodeSpec("libero_goal", 5, 0)] + [EpisodeSpec("libero_object", t, i) for t in (0, 1) for i in range(3)]
+    scheduler = TaskScheduler(specs)
+    handed = [(worker, scheduler.next_for(worker)) for worker in (0, 1, 0, 1, 0, 1, 0, 1)]
+    assert [(w, s.task_id, s.init_index) for w, s in handed if s] == [
+        (0, 0, 0), (1, 1, 0), (0, 0, 1), (1, 1, 1), (0, 0, 2), (1, 1, 2), (0, 5, 0),
+    ]
+    assert handed[-1] == (1, None)
+
+
+@pytest.mark.cpu
+def test_scheduler_lets_an_idle_worker_join_a_busy_task() -> None:
+    specs = [EpisodeSpec("libero_10", 3, i) for i in range(4)]
+    scheduler = TaskScheduler(specs)
+    assert [scheduler.next_for(w).init_index for w in (0, 1, 1, 0)] == [0, 1, 2, 3]  # type: ignore[union-attr]
+    assert scheduler.next_for(0) is None and scheduler.next_for(1) is None
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.lists(st.tuples(st.integers(0, 3), st.integers(0, 5)), unique=True, min_size=1, max_size=20),
+    st.lists(st.integers(0, 2), min_size=1, max_size=60),
+)
+@pytest.mark.cpu
+def test_scheduler_hands_out_every_spec_once_in_task_order(pairs: list[tuple[int, int]], requests: list[int]) -> None:
+    specs = [EpisodeSpec("libero_90", task, init) for task, init in pairs]
+    scheduler = TaskScheduler(specs)
+    left = Counter(spec.task_id for spec in specs)
+    last_task: dict[int, int] = {}
+    handed: list[EpisodeSpec] = []
+    for worker in [*requests, *[0] * len(specs)]:
+        spec = scheduler.next_for(worker)
+        if spec is None:
+            continue
+        previous = last_task.get(worker)
+        assert previous in (None, spec.task_id) or left[previous] == 0, "left a task that still had episodes"
+        left[spec.task_id] -= 1
+        last_task[worker] = spec.task_id
+        handed.append(spec)
+    assert sorted(handed, key=specs.index) == specs
+    for task in {s.task_id for s in specs}:
+        assert [s for s in handed if s.task_id == task] == [s for s in specs if s.task_id == task]
+
+
+@pytest.mark.cpu
+def test_policy_description_and_video_names() -> None:
+    assert describe_policy(functools.partial(build_policy, "expert", unnorm_key="bridge_orig")) == (
+        "vla_spec.commands.sim.build_policy",
+        {"args": ["expert"], "unnorm_key": "bridge_orig"},
+    )
+    assert describe_policy(WaitPolicy) == ("vla_spec.commands.sim.WaitPolicy", {})
+    assert video_path_for(Path("v"), EpisodeSpec("libero_10", 3, 12, 7)) == Path("v/libero_10_task03_init12_seed7.mp4")
+
+
+@pytest.mark.cpu
+def test_run_episodes_rejects_nonsense_before_any_work(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="workers must be at least 1"):
+        run_episodes(WaitPolicy, SIM_SPECS, tmp_path / "log.jsonl", workers=0)
+    with pytest.raises(ValueError, match="no episodes"):
+        run_episodes(WaitPolicy, [], tmp_path / "log.jsonl")
+    assert not (tmp_path / "log.jsonl").exists()
+
+
+# --- sim tier: the real simulator ---------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def one_worker_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[EpisodeResult], float]:
+    """The reference: SIM_SPECS with the expert in this process (workers=1), and its wall time."""
+    from vla_spec.sim.env import clear_env_cache
+
+    started = time.perf_counter()
+    results = run_episodes(functools.partial(build_policy, "expert"), SIM_SPECS, tmp_path_factory.mktemp("w1") / "log.jsonl", progress=False)
+    wall = time.perf_counter() - started
+    clear_env_cache()  # give back this process's ~2 GB
+    return results, wall
+
+
+@pytest.mark.sim
+def test_two_workers_give_the_same_results_as_one(
+    one_worker_run: tuple[list[EpisodeResult], float], tmp_path: Path, record_property: pytest.RecordProperty
+) -> None:
+    reference, wall_1 = one_worker_run
+    started = time.perf_counter()
+    results = run_episodes(functools.partial(build_policy, "expert"), SIM_SPECS, tmp_path / "log.jsonl", workers=2, progress=False)
+    wall_2 = time.perf_counter() - started
+    assert [outcome(r) for r in results] == [outcome(r) for r in reference]
+    assert any(r.success for r in reference), "the expert should solve some of these (positive control)"
+    record_property("wall_s_workers_1", round(wall_1, 1))
+    record_property("wall_s_workers_2", round(wall_2, 1))
+    print(f"\n{len(SIM_SPECS)} expert episodes: 1 worker {wall_1:.1f} s, 2 workers {wall_2:.1f} s, speedup {wall_1 / wall_2:.2f}x")
+
+
+def _episode_lines(path: Path) -> list[bytes]:
+    """Complete episode lines of a log, raw bytes (a partial last line is left out)."""
+    raw = path.read_bytes() if path.exists() else b""
+    complete = raw[: raw.rfind(b"\n") + 1]
+    return [line for line in complete.splitlines() if json.loads(line).get("kind") == "episode"]
+
+
+@pytest.mark.sim
+def test_resume_after_sigkill_mid_episode(one_worker_run: tuple[list[EpisodeResult], float], tmp_path: Path) -> None:
+    reference, _ = one_worker_run
+    log = tmp_path / "killed.jsonl"
+    command = [sys.executable, "-m", "vla_spec.cli", *ROLLOUT_ARGS, "--log", str(log)]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    first = subprocess.Popen([*command, "--workers", "2"], cwd=tmp_path, env=env, start_new_session=True,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 300
+        while not _episode_lines(log):
+            assert first.poll() is None, f"rollout ended before it could be killed:\n{first.stdout.read().decode()[-2000:]}"  # type: ignore[union-attr]
+            assert time.monotonic() < deadline, "no episode finished within 300 s"
+            time.sleep(0.1)
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)  # the whole run: parent and its spawned workers
+        first.wait()
+        first.stdout.close()  # type: ignore[union-attr]
+    assert first.returncode == -signal.SIGKILL
+    before = _episode_lines(log)
+    assert 1 <= len(before) < len(SIM_SPECS), "the kill must come after one episode and before the last"
+
+    second = subprocess.run([*command, "--workers", "1"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, second.stderr[-3000:]
+
+    after = _episode_lines(log)
+    assert after[: len(before)] == before, "episodes finished before the kill were rewritten"
+    runs = Counter((r["suite"], r["task_id"], r["init_index"], r["env_seed"]) for r in map(json.loads, after))
+    assert runs == Counter({(s.suite, s.task_id, s.init_index, s.env_seed): 1 for s in SIM_SPECS})
+    kinds = [json.loads(line)["kind"] for line in log.read_text().splitlines()]
+    assert kinds.count("header") == 1 and kinds.count("resume") == 1
+    by_key = {(r["task_id"], r["init_index"]): r for r in map(json.loads, after)}
+    resumed = [EpisodeResult(**{k: v for k, v in by_key[(s.task_id, s.init_index)].items() if k != "kind"}) for s in SIM_SPECS]
+    assert [outcome(r) for r in resumed] == [outcome(r) for r in reference]
