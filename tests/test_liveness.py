@@ -11,9 +11,6 @@ from vla_spec.model import OpenVLA
 from vla_spec.model.liveness import HOOKED_MODULES, check_liveness
 from vla_spec.model.tiny import load_tiny
 
-pytestmark = pytest.mark.cpu
-
-
 @pytest.fixture(scope="module")
 def tiny() -> OpenVLA:
     return load_tiny()
@@ -31,6 +28,7 @@ def without_vision(model: OpenVLA, mode: str) -> OpenVLA:
     return broken
 
 
+@pytest.mark.cpu
 def test_tiny_model_is_live(tiny):
     report = check_liveness(tiny)
     assert report.ok, report.problems
@@ -38,6 +36,7 @@ def test_tiny_model_is_live(tiny):
     assert report.image_delta > 1e-2 and report.instruction_delta > 1e-4
 
 
+@pytest.mark.cpu
 @pytest.mark.parametrize("mode", ["skipped", "zeroed"])
 def test_liveness_check_catches_a_model_that_ignores_the_image(tiny, mode):
     report = check_liveness(without_vision(tiny, mode))
@@ -49,9 +48,19 @@ def test_liveness_check_catches_a_model_that_ignores_the_image(tiny, mode):
         assert sum("was never called" in p for p in report.problems) == 3
 
 
+@pytest.mark.cpu
 def test_liveness_check_catches_a_model_that_ignores_the_instruction(tiny):
     broken = copy.copy(tiny)
     broken.prompt_ids = lambda instructions: OpenVLA.prompt_ids(tiny, ["put the bowl on the stove"] * len(instructions))
     report = check_liveness(broken)
     assert report.instruction_delta == 0.0
     assert report.problems == ("two instructions give the same logits (max diff 0 <= 0.0001)",)
+
+
+@pytest.mark.gpu
+def test_real_checkpoint_is_live(openvla_path):
+    """The issue-346 invariant on real weights (bfloat16, CUDA)."""
+    from vla_spec.model.loading import load_cached
+
+    report = check_liveness(load_cached(str(openvla_path), torch.bfloat16, "cuda"))
+    assert report.ok, report.problems

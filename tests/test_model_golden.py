@@ -11,7 +11,8 @@ import numpy as np
 import torch
 import pytest
 
-from vla_spec.model import OpenVLA, from_pretrained
+from vla_spec.model import OpenVLA
+from vla_spec.model.loading import load_cached
 from vla_spec.model.agreement import near_tie_divergences
 from vla_spec.model.goldens import GOLDEN_INSTRUCTIONS, golden_cases, golden_record, load_image
 from vla_spec.model.tiny import load_tiny
@@ -124,9 +125,9 @@ def test_near_tie_agreement_rule():
 @pytest.mark.gpu
 def test_real_checkpoint_golden(openvla_path, golden):
     """Real weights (bfloat16 on CUDA): record with --openvla-path DIR --snapshot-update."""
-    model = from_pretrained(openvla_path, dtype=torch.bfloat16, device="cuda")
+    model = load_cached(str(openvla_path), torch.bfloat16, "cuda")
     key = "libero_spatial" if "libero_spatial" in model.norm_stats else None
-    record = golden_record(model, unnorm_key=key)
+    record = {"checkpoint": openvla_path.name, **golden_record(model, unnorm_key=key)}
     assert record["device_class"] == "cuda-bfloat16"
     assert record == golden
 

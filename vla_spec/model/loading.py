@@ -14,6 +14,7 @@ only non-persistent buffer (Llama's rotary ``inv_freq``) is rebuilt on the targe
 from __future__ import annotations
 
 import json
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -148,3 +149,12 @@ def from_pretrained(
         raise CheckpointError(f"tensors left uninitialized after loading {folder}: {leftovers[:5]}")
     model.tokenizer = text_tokenizer
     return model.eval()
+
+
+@cache
+def load_cached(path: str, dtype: torch.dtype = torch.bfloat16, device: str = "cpu") -> OpenVLA:
+    """:func:`from_pretrained`, once per process and (path, dtype, device): for test sessions.
+
+    Treat the result as shared and read-only (do not swap its decoder or patch it in place).
+    """
+    return from_pretrained(path, dtype=dtype, device=device)

@@ -8,12 +8,11 @@ Rebuild with ``python scripts/make_tiny_checkpoint.py``.
 
 from __future__ import annotations
 
-from functools import cache
 from pathlib import Path
 
 import torch
 
-from vla_spec.model.loading import from_pretrained
+from vla_spec.model.loading import load_cached
 from vla_spec.model.modeling import OpenVLA
 
 TINY_CHECKPOINT = Path(__file__).resolve().parents[2] / "golden" / "tiny-openvla"
@@ -29,7 +28,6 @@ def tiny_checkpoint_path() -> Path:
     return TINY_CHECKPOINT
 
 
-@cache
 def load_tiny(dtype: torch.dtype = torch.float32, device: str = "cpu") -> OpenVLA:
     """The tiny model, cached per (dtype, device): treat it as read-only (do not swap its decoder)."""
-    return from_pretrained(tiny_checkpoint_path(), dtype=dtype, device=device)
+    return load_cached(str(tiny_checkpoint_path()), dtype, device)
