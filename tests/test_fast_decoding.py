@@ -1,0 +1,104 @@
+"""The fast decoder's static-cache logic, on CPU: it must give the naive decoder's tokens.
+
+(The CUDA-graph path and the 7B speed are covered by tests/test_model_gpu.py and
+benchmarks/bench_predict_action.py.)
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from vla_spec.model.decoding import GreedyResult, greedy_decode
+from vla_spec.model.fast_decoding import FastGreedyDecoder, accelerate, is_accelerated, restore
+
+pytestmark = pytest.mark.cpu
+
+
+def tiny_llama(kv_heads: int):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(kv_heads)
+    config = LlamaConfig(
+        vocab_size=32064, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=kv_heads,
+    )
+    model = LlamaForCausalLM(config).eval()
+    with torch.no_grad():
+        model.lm_head.weight.mul_(50)  # spread the logits: margins of O(1), no accidental near-ties
+    return model
+
+
+def left_padded_batch(seed: int = 0):
+    generator = torch.Generator().manual_seed(seed)
+    embeds = torch.randn(3, 13, 64, generator=generator)
+    mask = torch.ones(3, 13, dtype=torch.long)
+    mask[1, :4] = 0
+    mask[2, :1] = 0
+    embeds[mask == 0] = 0
+    return embeds, mask
+
+
+@pytest.mark.parametrize("kv_heads", [4, 2])
+@pytest.mark.parametrize("fuse", [False, True])
+@pytest.mark.parametrize("pad_multiple", [1, 8])
+def test_static_cache_equals_dynamic_cache(kv_heads, fuse, pad_multiple):
+    model = tiny_llama(kv_heads)
+    embeds, mask = left_padded_batch()
+    naive = greedy_decode(model, embeds, mask, 7)
+    decoder = FastGreedyDecoder(fuse=fuse, pad_multiple=pad_multiple)
+    for _ in range(2):  # the second call reuses the bucket's buffers
+        fast = decoder(model, embeds, mask, 7)
+        assert isinstance(fast, GreedyResult)
+        assert torch.equal(fast.token_ids, naive.token_ids)
+        assert torch.allclose(fast.margins, naive.margins, atol=1e-4)
+    assert len(decoder.buckets) == 1 and decoder.buckets[0][2] == -(-13 // pad_multiple) * pad_multiple
+
+
+def test_padded_row_equals_its_single_call():
+    model = tiny_llama(4)
+    embeds, mask = left_padded_batch()
+    batch = FastGreedyDecoder()(model, embeds, mask, 7)
+    alone = FastGreedyDecoder()(model, embeds[1:2, 4:], mask[1:2, 4:], 7)
+    assert torch.equal(alone.token_ids[0], batch.token_ids[1])
+
+
+@pytest.mark.parametrize("n_tokens", [1, 2, 9])
+def test_token_counts(n_tokens):
+    model = tiny_llama(4)
+    embeds, mask = left_padded_batch(1)
+    naive = greedy_decode(model, embeds, mask, n_tokens)
+    fast = FastGreedyDecoder()(model, embeds, mask, n_tokens)
+    assert fast.token_ids.shape == (3, n_tokens) and torch.equal(fast.token_ids, naive.token_ids)
+
+
+def test_bad_inputs_and_lru():
+    model = tiny_llama(4)
+    embeds, mask = left_padded_batch()
+    decoder = FastGreedyDecoder(max_buckets=2, pad_multiple=1)
+    with pytest.raises(ValueError, match="inputs_embeds must be"):
+        decoder(model, embeds[0], mask[0], 7)
+    with pytest.raises(ValueError, match="n_tokens"):
+        decoder(model, embeds, mask, 0)
+    for length in (13, 12, 11):
+        decoder(model, embeds[:, -length:], mask[:, -length:], 3)
+    assert [key[2] for key in decoder.buckets] == [12, 11]
+
+
+def test_accelerate_tiny_openvla_on_cpu():
+    """On CPU, accelerate() swaps in the fast decoder (eager static cache) with the same tokens."""
+    from vla_spec.model.goldens import GOLDEN_UNNORM_KEY, golden_cases, load_image
+    from vla_spec.model.loading import from_pretrained
+    from vla_spec.model.tiny import tiny_checkpoint_path
+
+    model = from_pretrained(tiny_checkpoint_path(), dtype=torch.float32)
+    cases = golden_cases()[::4]
+    images, texts = [load_image(i) for i, _ in cases], [t for _, t in cases]
+    naive = model.predict_action(images, texts, GOLDEN_UNNORM_KEY)
+    accelerate(model)
+    assert is_accelerated(model) and "encode_images" not in model.__dict__  # no CUDA: vision stays eager
+    fast = model.predict_action(images, texts, GOLDEN_UNNORM_KEY)
+    assert fast.token_ids.tolist() == naive.token_ids.tolist()
+    assert abs(fast.margins - naive.margins).max() < 1e-4
+    restore(model)
+    assert not is_accelerated(model)

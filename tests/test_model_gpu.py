@@ -1,0 +1,243 @@
+"""GPU tier: the tiny checkpoint on CUDA (float32 and bfloat16), and the fast decoder on CUDA.
+
+Agreement rules (see :mod:`vla_spec.model.agreement`):
+
+* CUDA float32 (TF32 off) gives exactly the CPU float32 tokens: the logits differ by ~1e-5 and the
+  smallest CPU margin of the golden cases is ~1e-2.
+* CUDA bfloat16 gives the CPU float32 tokens except where the CPU margin is a near-tie:
+  ``BF16_TIE_MARGIN`` = 0.1 logit (the tiny model's logits span about +-8, and bfloat16 moves them
+  by at most ~0.025 on CPU; 0.1 is four times that, and is part A's ``DEFAULT_TIE_MARGIN``). After
+  a flip at a near-tie the rest of that row is not compared (it is conditioned on another token).
+* The fast decoder (static cache + CUDA graphs) gives the naive decoder's tokens exactly in float32
+  and up to naive near-ties in bfloat16.
+
+Run: ``pytest -m gpu``. Record the CUDA golden once per device class with ``--snapshot-update``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from vla_spec.model.agreement import DEFAULT_TIE_MARGIN, near_tie_divergences
+from vla_spec.model.goldens import GOLDEN_INSTRUCTIONS, GOLDEN_UNNORM_KEY, golden_cases, golden_record, load_image
+from vla_spec.model.liveness import HOOKED_MODULES, check_liveness
+
+pytestmark = pytest.mark.gpu
+
+BF16_TIE_MARGIN = DEFAULT_TIE_MARGIN
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+GOLDEN_DIR = Path(__file__).resolve().parents[1] / "golden" / Path(__file__).stem
+
+
+@pytest.fixture(scope="module", autouse=True)
+def exact_float32():
+    """float32 means float32: no TF32 in matmuls or in the patch-embedding convolutions."""
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    yield
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+def _load(dtype: torch.dtype, device: str):
+    from vla_spec.model.loading import from_pretrained
+    from vla_spec.model.tiny import tiny_checkpoint_path
+
+    return from_pretrained(tiny_checkpoint_path(), dtype=dtype, device=device)
+
+
+@pytest.fixture(scope="module")
+def cpu_record() -> dict:
+    from vla_spec.model.tiny import load_tiny
+
+    return golden_record(load_tiny())
+
+
+@pytest.fixture(scope="module", params=list(DTYPES))
+def cuda_model(request):
+    """The tiny model on CUDA with the naive decoder (one per dtype; not accelerated)."""
+    return _load(DTYPES[request.param], "cuda")
+
+
+@pytest.fixture(scope="module")
+def cuda_record(cuda_model) -> dict:
+    return golden_record(cuda_model)
+
+
+@pytest.fixture(scope="module")
+def fast_model(cuda_model):
+    """A second copy of the tiny model on CUDA, accelerated (fast decoder + graphed vision)."""
+    from vla_spec.model.fast_decoding import accelerate
+
+    return accelerate(_load(cuda_model.dtype, "cuda"))
+
+
+def _ids(record: dict) -> np.ndarray:
+    return np.array([case["token_ids"] for case in record["cases"]])
+
+
+def _margins(record: dict) -> np.ndarray:
+    return np.array([case["margins"] for case in record["cases"]], dtype=np.float64)
+
+
+def _exact_margins(model, cases) -> tuple[np.ndarray, np.ndarray]:
+    """Token ids and unrounded margins of ``model`` (naive decoder) on ``cases``."""
+    result = model.predict_action(
+        [load_image(image) for image, _ in cases], [text for _, text in cases], GOLDEN_UNNORM_KEY
+    )
+    return result.token_ids, result.margins
+
+
+def test_cuda_matches_cpu_golden(cuda_model, cuda_record, cpu_record):
+    """float32: the CPU tokens exactly; bfloat16: the CPU tokens except at CPU near-ties."""
+    assert cuda_record["device_class"] == f"cuda-{str(cuda_model.dtype).removeprefix('torch.')}"
+    cpu_ids, got = _ids(cpu_record), _ids(cuda_record)
+    if cuda_model.dtype == torch.float32:
+        assert got.tolist() == cpu_ids.tolist()
+        assert np.allclose(_margins(cuda_record), _margins(cpu_record), atol=0.11)  # stored rounded to 0.1
+        for mine, theirs in zip(cuda_record["cases"], cpu_record["cases"]):
+            assert mine["actions"] == pytest.approx(theirs["actions"], abs=1e-6)
+    else:
+        from vla_spec.model.tiny import load_tiny
+
+        cpu_ids_exact, cpu_margins = _exact_margins(load_tiny(), golden_cases())
+        assert cpu_ids_exact.tolist() == cpu_ids.tolist()
+        assert near_tie_divergences(got, cpu_ids, cpu_margins, BF16_TIE_MARGIN) == []
+        # not vacuous: most rows agree outright
+        assert (got == cpu_ids).all(axis=1).sum() >= len(got) - 3
+
+
+def test_batch_equals_single_calls_on_cuda(cuda_model, cuda_record):
+    """A left-padded batch gives each row's single-call tokens (prompts of different lengths)."""
+    by_case = {(c["image"], c["instruction"]): c for c in cuda_record["cases"]}
+    for image, text in [golden_cases()[0], golden_cases()[4], golden_cases()[-1]]:
+        single = cuda_model.predict_action(load_image(image), text, GOLDEN_UNNORM_KEY)
+        batch_row = by_case[(image, text)]
+        if cuda_model.dtype == torch.float32:
+            assert single.token_ids[0].tolist() == batch_row["token_ids"]
+        else:
+            problems = near_tie_divergences(
+                single.token_ids, [batch_row["token_ids"]], [batch_row["margins"]], BF16_TIE_MARGIN + 0.05
+            )
+            assert problems == []
+
+
+def test_tiny_model_is_live_on_cuda(cuda_model):
+    report = check_liveness(cuda_model)
+    assert report.ok, report.problems
+    assert report.calls == {name: 1 for name in HOOKED_MODULES}
+
+
+def test_accelerated_model_is_live(fast_model):
+    """Hooks on the towers force the eager vision path, so the liveness check still sees the calls."""
+    report = check_liveness(fast_model)
+    assert report.ok, report.problems
+    assert report.calls == {name: 1 for name in HOOKED_MODULES}
+
+
+def test_fast_decoder_equals_naive(cuda_model, cuda_record, fast_model):
+    """Same tokens as the naive decoder (float32: exactly; bfloat16: up to naive near-ties)."""
+    from vla_spec.model.fast_decoding import FastGreedyDecoder
+
+    fast_record = golden_record(fast_model)
+    decoder = fast_model.decoder
+    assert isinstance(decoder, FastGreedyDecoder) and decoder.buckets
+    assert all(bucket.graph is not None for bucket in decoder._buckets.values())  # CUDA graphs were captured
+    assert golden_record(fast_model) == fast_record  # graph replay is deterministic
+    naive_ids, naive_margins = _exact_margins(cuda_model, golden_cases())
+    fast_ids = _ids(fast_record)
+    if cuda_model.dtype == torch.float32:
+        assert fast_ids.tolist() == naive_ids.tolist()
+        assert np.allclose(_margins(fast_record), _margins(cuda_record), atol=0.11)
+    else:
+        assert near_tie_divergences(fast_ids, naive_ids, naive_margins, BF16_TIE_MARGIN) == []
+        assert (fast_ids == naive_ids).all(axis=1).sum() >= len(fast_ids) - 2
+
+
+@pytest.mark.parametrize("batch", [1, 2, 5])
+def test_fast_decoder_shapes(cuda_model, batch):
+    """Other batch sizes / prefix lengths / token counts: static cache == dynamic cache."""
+    from vla_spec.model.decoding import greedy_decode
+    from vla_spec.model.fast_decoding import FastGreedyDecoder
+
+    cases = golden_cases()[:batch] if batch != 2 else [golden_cases()[0], golden_cases()[2]]
+    prefix = cuda_model.prefix([load_image(i) for i, _ in cases], [t for _, t in cases])
+    for n_tokens in (1, 7, 9):
+        naive = greedy_decode(cuda_model.language_model, prefix.inputs_embeds, prefix.attention_mask, n_tokens)
+        for pad_multiple in (1, 16):
+            fast = FastGreedyDecoder(pad_multiple=pad_multiple)(
+                cuda_model.language_model, prefix.inputs_embeds, prefix.attention_mask, n_tokens
+            )
+            assert fast.token_ids.device.type == "cuda" and fast.token_ids.dtype == torch.int64
+            assert fast.margins.dtype == torch.float32 and fast.token_ids.shape == (batch, n_tokens)
+            if cuda_model.dtype == torch.float32:
+                assert torch.equal(fast.token_ids, naive.token_ids)
+                assert torch.allclose(fast.margins, naive.margins, atol=1e-3)
+            else:
+                assert near_tie_divergences(
+                    fast.token_ids.cpu().numpy(), naive.token_ids.cpu().numpy(), naive.margins.cpu().numpy(),
+                    BF16_TIE_MARGIN,
+                ) == []
+
+
+def test_fused_projections_and_lru(cuda_model):
+    from vla_spec.model.decoding import greedy_decode
+    from vla_spec.model.fast_decoding import FastGreedyDecoder
+
+    decoder = FastGreedyDecoder(fuse=True, max_buckets=2, pad_multiple=1)
+    cases = golden_cases()
+    for size in (1, 3, 4):
+        prefix = cuda_model.prefix([load_image(i) for i, _ in cases[:size]], [t for _, t in cases[:size]])
+        naive = greedy_decode(cuda_model.language_model, prefix.inputs_embeds, prefix.attention_mask, 7)
+        fast = decoder(cuda_model.language_model, prefix.inputs_embeds, prefix.attention_mask, 7)
+        assert near_tie_divergences(
+            fast.token_ids.cpu().numpy(), naive.token_ids.cpu().numpy(), naive.margins.cpu().numpy(),
+            0.0 if cuda_model.dtype == torch.float32 else BF16_TIE_MARGIN,
+        ) == []
+    assert [key[1] for key in decoder.buckets] == [3, 4]  # LRU kept the last two shapes
+
+
+def test_graphed_vision_equals_eager(cuda_model, fast_model):
+    from vla_spec.images import process_images
+    from vla_spec.model.modeling import OpenVLA
+
+    for images in (["black"], ["scene", "marker", "gradient"]):
+        pixels = process_images([load_image(name) for name in images]).to("cuda")
+        graphed = fast_model.encode_images(pixels)
+        eager = OpenVLA.encode_images(fast_model, pixels)
+        assert graphed.shape == eager.shape
+        tol = 1e-5 if cuda_model.dtype == torch.float32 else 2e-2
+        assert torch.allclose(graphed.float(), eager.float(), atol=tol, rtol=tol)
+    assert set(fast_model.encode_images.graphs) == {1, 3}
+
+
+def test_compiled_vision_option(cuda_model):
+    """``accelerate(..., compile_vision=True)``: torch.compile inside the per-batch CUDA graph."""
+    if cuda_model.dtype != torch.bfloat16:
+        pytest.skip("compiled once, in bfloat16 (the speed dtype), to keep the tier fast")
+    from vla_spec.model.fast_decoding import accelerate
+
+    model = accelerate(_load(torch.bfloat16, "cuda"), compile_vision=True)
+    result = model.predict_action(load_image("scene"), GOLDEN_INSTRUCTIONS[1], GOLDEN_UNNORM_KEY)
+    reference = cuda_model.predict_action(load_image("scene"), GOLDEN_INSTRUCTIONS[1], GOLDEN_UNNORM_KEY)
+    assert near_tie_divergences(result.token_ids, reference.token_ids, reference.margins, BF16_TIE_MARGIN) == []
+
+
+def _device_key(model) -> str:
+    major, minor = torch.cuda.get_device_capability(model.device)
+    return f"sm{major}{minor}-{str(model.dtype).removeprefix('torch.')}"
+
+
+def test_tiny_golden_cuda(cuda_model, cuda_record, golden, request):
+    """The CUDA golden, keyed by compute capability and dtype (exact on the same device class).
+
+    Only classes with a recorded file are compared; record a new one with ``--snapshot-update``.
+    """
+    key = _device_key(cuda_model)
+    recorded = list(GOLDEN_DIR.glob(f"test_tiny_golden_cuda*{key}*.json"))
+    if not recorded and not request.config.getoption("--snapshot-update", default=False):
+        pytest.skip(f"no CUDA golden recorded for {key}: run pytest -m gpu --snapshot-update on such a GPU")
+    assert cuda_record == golden(name=key)
