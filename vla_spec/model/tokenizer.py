@@ -9,6 +9,7 @@ differ from Llama-2's. Both load through ``transformers.AutoTokenizer`` from the
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ class MissingTokenizerError(FileNotFoundError):
 
 def load_tokenizer(checkpoint_dir: str | Path) -> Any:
     """Load the tokenizer stored beside the weights (``tokenizer.json`` or ``tokenizer.model``)."""
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer, PretrainedConfig
 
     folder = Path(checkpoint_dir)
     if not any((folder / name).is_file() for name in TOKENIZER_FILES):
@@ -31,7 +32,11 @@ def load_tokenizer(checkpoint_dir: str | Path) -> Any:
             f"{folder} has no tokenizer: expected one of {', '.join(TOKENIZER_FILES)} (with tokenizer_config.json); "
             "copy the tokenizer files of the checkpoint into this folder"
         )
-    return AutoTokenizer.from_pretrained(str(folder))
+    # config.json says model_type "openvla", unknown to transformers: when tokenizer_config.json
+    # names the tokenizer class, a blank config keeps AutoTokenizer from reading (and warning about) it.
+    tokenizer_config = folder / "tokenizer_config.json"
+    declared = tokenizer_config.is_file() and "tokenizer_class" in json.loads(tokenizer_config.read_text(encoding="utf-8"))
+    return AutoTokenizer.from_pretrained(str(folder), **({"config": PretrainedConfig()} if declared else {}))
 
 
 def prompt_ids(tokenizer: Any, instruction: str) -> list[int]:
