@@ -96,7 +96,8 @@ def test_libero_image_checksums(fixtures, golden):
     (recorded, so a diff shows it); the other steps are checked without JPEG as well."""
     from PIL import features
 
-    record = {"libjpeg": features.version("jpg")}
+    turbo = features.version_feature("libjpeg_turbo") if features.check_feature("libjpeg_turbo") else None
+    record = {"libjpeg": features.version("jpg"), "libjpeg_turbo": turbo}
     for name, image in fixtures.items():
         rotated = im.rotate_180(image)
         record[name] = {
