@@ -1,0 +1,294 @@
+"""Time ``OpenVLA.predict_action`` of a 7B-shaped OpenVLA (random bf16 weights) on one GPU.
+
+The model is the project's own :class:`vla_spec.model.modeling.OpenVLA` with the real shapes:
+timm DINOv2 ViT-L/14 (reg4) + SigLIP So400m/14 at 224 px (``pretrained=False``), the fused projector
+2176 -> 8704 -> 4096 -> 4096, and a Llama-2-7B text model (hidden 4096, 32 layers, 32 heads,
+intermediate 11008, vocab 32064). It is built on the meta device, materialized directly on the GPU
+in bfloat16 and filled with random weights (normal(0, 0.02); norms 1; biases 0): nothing 7B-sized
+ever lives on the CPU. The tokenizer is the tiny checkpoint's (golden/tiny-openvla); the
+instruction "put the bowl on the plate" gives 21 prompt ids, so the prefix is
+[BOS] + 256 patches + 20 ids = 277 tokens (the fast path left-pads it to 280).
+
+For each batch size the same inputs go through
+
+* **naive**: ``model.decoder = greedy_decode`` (transformers' dynamic KV cache, one eager forward per
+  token, as the reference ``generate`` does) and eager towers/projector;
+* **fast**: :func:`vla_spec.model.fast_decoding.accelerate` (static KV cache; prefill + 6 decode
+  steps in one CUDA graph per shape; towers + projector in one CUDA graph per batch size);
+* **fast+fused** (``--fused``): the same with fused q/k/v and gate/up weight matrices.
+
+What is timed: one whole ``predict_action`` call (images in, numpy actions out), host clock around
+the call after ``torch.cuda.synchronize()`` (the call ends with a device-to-host copy of the
+tokens, which synchronizes). The images are 224 x 224 x 3 uint8 (what the LIBERO image path
+hands the model), so the processor's resize is a no-op, but its to_tensor + two normalizations +
+host-to-device copy of float32 pixels ARE inside the timed call; ``preproc`` reports
+``process_images`` alone so it can be subtracted. Warm-up calls (which capture the graphs) are
+excluded; the median of ``--iters`` calls is reported.
+
+The fast path's tokens are compared with the naive path's on the same inputs: rows identical, and
+rows whose first difference is at a naive near-tie (margin < 0.1 logit); random weights give flat
+logits and so more near-ties than the real checkpoint.
+
+Usage (on the GPU machine)::
+
+    PYTHONUNBUFFERED=1 python benchmarks/bench_predict_action.py --batches 1 8 32 --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from vla_spec.model.agreement import DEFAULT_TIE_MARGIN, near_tie_divergences  # noqa: E402
+from vla_spec.model.config import OpenVLAConfig  # noqa: E402
+from vla_spec.model.decoding import greedy_decode  # noqa: E402
+from vla_spec.model.fast_decoding import FastGreedyDecoder, accelerate, restore  # noqa: E402
+from vla_spec.model.modeling import OpenVLA  # noqa: E402
+
+TINY = ROOT / "golden" / "tiny-openvla"
+INSTRUCTION = "put the bowl on the plate"
+UNNORM_KEY = "libero_spatial"
+LLAMA2_7B = {
+    "vocab_size": 32064,
+    "hidden_size": 4096,
+    "intermediate_size": 11008,
+    "num_hidden_layers": 32,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 32,
+    "hidden_act": "silu",
+    "max_position_embeddings": 2048,
+    "rms_norm_eps": 1e-5,
+    "rope_theta": 10000.0,
+    "tie_word_embeddings": False,
+    "bos_token_id": 1,
+    "eos_token_id": 2,
+    "pad_token_id": 32000,
+    "model_type": "llama",
+}
+
+
+def openvla_7b_config(tiny_config: Path = TINY / "config.json", text_config: dict | None = None) -> OpenVLAConfig:
+    """The official OpenVLA-7B config (real towers, Llama-2-7B), norm stats from the tiny checkpoint."""
+    raw = json.loads(tiny_config.read_text())
+    raw.pop("vla_spec_timm_overrides", None)
+    raw["text_config"] = dict(text_config or LLAMA2_7B)
+    return OpenVLAConfig.from_dict(raw, source=str(tiny_config))
+
+
+@torch.no_grad()
+def build_random_openvla(config: OpenVLAConfig, device: str, dtype: torch.dtype, seed: int = 0) -> OpenVLA:
+    """Meta-device build, materialized on ``device`` in ``dtype``, random weights; eval mode."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device("meta"):
+            model = OpenVLA(config)
+    finally:
+        torch.set_default_dtype(previous)
+    model.to_empty(device=device)
+    generator = torch.Generator(device=device).manual_seed(seed)
+    for name, param in model.named_parameters():
+        if param.ndim >= 2 or name.endswith(("pos_embed", "cls_token", "reg_token", "latent")):
+            param.normal_(0.0, 0.02, generator=generator)
+        elif "norm" in name and name.endswith("weight"):
+            param.fill_(1.0)
+        elif name.endswith("scale_factor"):
+            param.fill_(0.1)
+        else:
+            param.zero_()
+    rotary = model.language_model.model.rotary_emb  # non-persistent buffer: rebuild, as from_pretrained does
+    with torch.device(device):
+        model.language_model.model.rotary_emb = type(rotary)(config=model.language_model.config)
+    leftovers = [n for n, t in (*model.named_parameters(), *model.named_buffers()) if t.is_meta]
+    if leftovers:
+        raise RuntimeError(f"left on meta: {leftovers[:5]}")
+    from vla_spec.model.tokenizer import load_tokenizer
+
+    model.tokenizer = load_tokenizer(TINY)
+    return model.eval()
+
+
+def timed(fn, iters: int, warmup: int) -> tuple[float, list[float], object]:
+    """Median wall ms of ``fn()`` over ``iters`` calls after ``warmup`` calls; also the last result."""
+    result = None
+    for _ in range(warmup):
+        result = fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(iters):
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        result = fn()
+        torch.cuda.synchronize()
+        times.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times), times, result
+
+
+def cuda_ms(fn, iters: int, warmup: int = 2) -> float:
+    """Median device time (CUDA events) of ``fn()``."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(iters):
+        start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        stop.record()
+        stop.synchronize()
+        times.append(start.elapsed_time(stop))
+    return statistics.median(times)
+
+
+def agreement(fast_ids: np.ndarray, naive_ids: np.ndarray, naive_margins: np.ndarray) -> dict:
+    rows = int((fast_ids == naive_ids).all(axis=1).sum())
+    problems = near_tie_divergences(fast_ids, naive_ids, naive_margins, DEFAULT_TIE_MARGIN)
+    return {
+        "rows": len(naive_ids),
+        "rows_identical": rows,
+        "tokens_identical": int((fast_ids == naive_ids).sum()),
+        "tokens": int(naive_ids.size),
+        "rows_not_explained_by_near_tie": len(problems),
+        "problems": problems[:5],
+        "naive_min_margin": float(naive_margins.min()),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--iters", type=int, default=10, help="timed calls per (path, batch); median reported")
+    parser.add_argument("--naive-iters", type=int, default=None, help="timed naive calls (default: --iters)")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--fused", action="store_true", help="also time the fused-projection fast decoder")
+    parser.add_argument("--compile-vision", action="store_true", help="also time torch.compile'd towers (slow start)")
+    parser.add_argument("--breakdown", action="store_true", help="device time of vision, prefix, decoder (fast)")
+    parser.add_argument("--layers", type=int, default=32, help="Llama layers (fewer for a quick smoke run)")
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("needs a CUDA GPU", file=sys.stderr)
+        return 2
+    naive_iters = args.naive_iters or args.iters
+    from vla_spec.images import process_images
+
+    props = torch.cuda.get_device_properties(0)
+    env = {
+        "gpu": props.name,
+        "torch": torch.__version__,
+        "transformers": __import__("transformers").__version__,
+        "timm": __import__("timm").__version__,
+    }
+    print("#", env, flush=True)
+    t0 = time.perf_counter()
+    config = openvla_7b_config(text_config={**LLAMA2_7B, "num_hidden_layers": args.layers})
+    model = build_random_openvla(config, "cuda", torch.bfloat16)
+    n_params = sum(p.numel() for p in model.parameters())
+    print(
+        f"# built in {time.perf_counter() - t0:.1f} s: {n_params / 1e9:.2f} B parameters, "
+        f"{torch.cuda.memory_allocated() / 2**30:.1f} GiB on the GPU",
+        flush=True,
+    )
+    rng = np.random.default_rng(0)
+    results = []
+    variants = [("fast", dict())]
+    if args.fused:
+        variants.append(("fast+fused", dict(fuse=True)))
+    if args.compile_vision:
+        variants.append(("fast+compiled-vision", dict(compile_vision=True)))
+    for batch in args.batches:
+        images = [rng.integers(0, 256, (224, 224, 3), dtype=np.uint8) for _ in range(batch)]
+        texts = [INSTRUCTION] * batch
+        row: dict = {"batch": batch}
+        prefix_len = int(model.prompt_ids(texts[:1])[0].__len__() + model.vision_backbone.num_patches)
+        row["prefix_tokens"] = prefix_len
+        row["preproc_ms"], _, _ = timed(lambda: process_images(images), args.iters, 1)
+
+        restore(model)
+        model.decoder = greedy_decode
+        call = lambda: model.predict_action(images, texts, UNNORM_KEY)  # noqa: E731
+        row["naive_ms"], row["naive_times"], naive = timed(call, naive_iters, args.warmup)
+        print(f"# batch {batch}: naive {row['naive_ms']:.1f} ms", flush=True)
+
+        for label, options in variants:
+            restore(model)
+            decoder = FastGreedyDecoder(fuse=options.get("fuse", False))
+            accelerate(model, decoder=decoder, compile_vision=options.get("compile_vision", False))
+            start = time.perf_counter()
+            model.predict_action(images, texts, UNNORM_KEY)  # captures the graphs
+            torch.cuda.synchronize()
+            row[f"{label}_first_call_s"] = time.perf_counter() - start
+            row[f"{label}_ms"], row[f"{label}_times"], fast = timed(call, args.iters, args.warmup)
+            row[f"{label}_agreement"] = agreement(fast.token_ids, naive.token_ids, naive.margins)
+            print(
+                f"# batch {batch}: {label} {row[f'{label}_ms']:.1f} ms (first call "
+                f"{row[f'{label}_first_call_s']:.1f} s); agreement {row[f'{label}_agreement']}",
+                flush=True,
+            )
+            if args.breakdown and label == "fast":
+                pixels = process_images(images)
+                ids = model.prompt_ids(texts)
+                prefix = model.embed_prefix(pixels, ids)
+                row["breakdown_ms"] = {
+                    "vision+projector (graph)": cuda_ms(lambda: model.encode_images(pixels), args.iters),
+                    "embed_prefix (incl. vision)": cuda_ms(lambda: model.embed_prefix(pixels, ids), args.iters),
+                    "decoder (graph: prefill + 6 steps)": cuda_ms(
+                        lambda: decoder(model.language_model, prefix.inputs_embeds, prefix.attention_mask, 7),
+                        args.iters,
+                    ),
+                    "naive decoder": cuda_ms(
+                        lambda: greedy_decode(model.language_model, prefix.inputs_embeds, prefix.attention_mask, 7),
+                        max(3, args.iters // 2),
+                    ),
+                    "naive vision+projector (eager)": cuda_ms(
+                        lambda: OpenVLA.encode_images(model, pixels), max(3, args.iters // 2)
+                    ),
+                }
+                print(f"# batch {batch}: breakdown {row['breakdown_ms']}", flush=True)
+            decoder.clear()
+        restore(model)
+        results.append(row)
+        torch.cuda.empty_cache()
+    print(f"# peak GPU memory {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB")
+    print()
+    print(f"predict_action, 7B-shaped OpenVLA, random bf16 weights, {env['gpu']}, torch {env['torch']}, "
+          f"transformers {env['transformers']}; median of {args.iters} calls; preprocessing included (see preproc)")
+    print()
+    print("| batch | prefix tokens | naive ms/call | fast ms/call | actions/s naive | actions/s fast | speedup | "
+          "preproc ms | fast tokens == naive (rows) | rows not at a near-tie |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for row in results:
+        agree = row["fast_agreement"]
+        print(
+            f"| {row['batch']} | {row['prefix_tokens']} | {row['naive_ms']:.1f} | {row['fast_ms']:.1f} | "
+            f"{1e3 * row['batch'] / row['naive_ms']:.1f} | {1e3 * row['batch'] / row['fast_ms']:.1f} | "
+            f"{row['naive_ms'] / row['fast_ms']:.2f}x | {row['preproc_ms']:.1f} | "
+            f"{agree['rows_identical']}/{agree['rows']} | {agree['rows_not_explained_by_near_tie']} |"
+        )
+    for label, _ in variants[1:]:
+        print()
+        print(f"| batch | {label} ms/call | actions/s | rows identical to naive |")
+        print("|---:|---:|---:|---:|")
+        for row in results:
+            agree = row[f"{label}_agreement"]
+            print(
+                f"| {row['batch']} | {row[f'{label}_ms']:.1f} | {1e3 * row['batch'] / row[f'{label}_ms']:.1f} | "
+                f"{agree['rows_identical']}/{agree['rows']} |"
+            )
+    if args.json:
+        args.json.write_text(json.dumps({"env": env, "args": vars(args) | {"json": str(args.json)}, "results": results},
+                                        indent=1, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
