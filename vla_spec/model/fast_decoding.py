@@ -11,8 +11,8 @@ How it is fast
   written in place (prefill writes ``[:L]``, decode step j writes position ``L + j - 1``).
 * **Its own Llama forward over the same modules.** The language model's own submodules (RMSNorms,
   q/k/v/o projections, MLP, rotary embedding, lm_head) are called; only the attention core is
-  ours: ``scaled_dot_product_attention`` with an explicit boolean mask (causal AND key is real; a
-  padded query also sees itself, so pad rows stay finite). Nothing depends on transformers' cache
+  ours: ``scaled_dot_product_attention`` with an explicit additive mask (causal AND key is real; a
+  padded query also sees itself, so pad rows stay finite), built once per call. Nothing depends on transformers' cache
   or mask classes, which change between releases. Only the last position goes through lm_head.
 * **One CUDA graph per (batch, padded prefix length, n_tokens) bucket** holding the whole decode:
   the prefill, the first argmax, and the ``n - 1`` single-token steps unrolled (embedding lookup
@@ -122,7 +122,7 @@ class _Llama:
         mask: torch.Tensor,
     ) -> torch.Tensor:
         """One decoder layer on h [B, q, H]; writes K/V to cache[:, :, start:start+q]; attends to
-        cache[:, :, :start+q] under ``mask`` [B, 1, q, start+q] (bool, True = attend)."""
+        cache[:, :, :start+q] under ``mask`` [B, 1, q, start+q] (additive: 0 = attend, -inf = masked)."""
         layer, w = self.layers[index], self.weights[index]
         attn = layer.self_attn
         batch, q_len, _ = h.shape
@@ -160,6 +160,11 @@ class _Llama:
         return self.lm_head(self.norm(h[:, -1:, :]))[:, -1, :]
 
 
+def _additive(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Boolean mask (True = attend) -> additive bias (0 / -inf), built once per call, not per layer."""
+    return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill_(~allowed, float("-inf"))
+
+
 class _Bucket:
     """Static buffers (and, on CUDA, the captured graph) for one (B, L, n_tokens) shape."""
 
@@ -190,7 +195,8 @@ class _Bucket:
         llama, n_layers = self.llama, len(self.llama.layers)
         valid = self.mask.bool()
         positions = positions_from_mask(self.mask)
-        mask = ((self.causal[None] & valid[:, None, :]) | self.eye[None])[:, None]  # [B, 1, L, L]
+        allowed = ((self.causal[None] & valid[:, None, :]) | self.eye[None])[:, None]  # [B, 1, L, L]
+        mask = _additive(allowed, self.embeds.dtype)
         h = self.embeds
         cos, sin = llama.rotary(h, positions)
         for i in range(n_layers):
@@ -198,7 +204,9 @@ class _Bucket:
         token, margin = top1_and_margin(llama.logits_last(h))
         self.token_ids[:, 0].copy_(token)
         self.margins[:, 0].copy_(margin)
-        key_valid = torch.cat([valid, valid.new_ones(self.batch, self.n_tokens - 1)], dim=1)[:, None, None, :]
+        key_valid = _additive(
+            torch.cat([valid, valid.new_ones(self.batch, self.n_tokens - 1)], dim=1)[:, None, None, :], self.embeds.dtype
+        )
         last = positions[:, -1:]
         for step in range(1, self.n_tokens):
             start = self.length + step - 1
