@@ -18,6 +18,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from vla_spec.cli import CliError
 from vla_spec.commands.sim import WaitPolicy, build_policy
 from vla_spec.rollout import EpisodeResult, EpisodeSpec
 from vla_spec.runner import TaskScheduler, describe_policy, run_episodes, video_path_for
@@ -98,6 +99,15 @@ def test_run_episodes_rejects_nonsense_before_any_work(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="no episodes"):
         run_episodes(WaitPolicy, [], tmp_path / "log.jsonl")
     assert not (tmp_path / "log.jsonl").exists()
+
+
+@pytest.mark.cpu
+def test_a_policy_that_fails_to_build_in_a_worker_raises_here(tmp_path: Path) -> None:
+    """The worker's exception comes back with its own type (so the CLI prints one line)."""
+    with pytest.raises(CliError, match="unknown policy 'nope'") as error:
+        run_episodes(functools.partial(build_policy, "nope"), SIM_SPECS[:1], tmp_path / "log.jsonl", workers=2, progress=False)
+    assert any("raised in worker" in note for note in error.value.__notes__)
+    assert _episode_lines(tmp_path / "log.jsonl") == []
 
 
 # --- sim tier: the real simulator ---------------------------------------------------------------

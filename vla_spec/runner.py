@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import os
+import pickle
 import queue
 import sys
 import traceback
@@ -127,8 +128,18 @@ def _worker_main(
             if spec is None:
                 return
             outbox.put(("result", worker, run_episode(policy, spec, **_episode_kwargs(spec, record_trace, video_dir))))
-    except BaseException:  # noqa: BLE001 - report anything (a policy that fails to build) to the parent
-        outbox.put(("error", worker, traceback.format_exc()))
+    except BaseException as error:  # noqa: BLE001 - report anything (a policy that fails to build) to the parent
+        outbox.put(("error", worker, (_picklable(error), traceback.format_exc())))
+
+
+def _picklable(error: BaseException) -> BaseException:
+    """``error`` itself when it survives pickling (so the parent re-raises the same type), else a
+    RuntimeError with its text."""
+    try:
+        pickle.loads(pickle.dumps(error))
+    except Exception:  # noqa: BLE001 - any pickling failure
+        return RuntimeError(f"{type(error).__name__}: {error}")
+    return error
 
 
 class _Progress:
@@ -216,7 +227,9 @@ def _run_in_workers(
                         ) from None
                 continue
             if kind == "error":
-                raise RuntimeError(f"worker {worker} failed:\n{payload}")
+                error, worker_traceback = payload
+                error.add_note(f"raised in worker {worker}:\n{worker_traceback}")
+                raise error
             if spec_key(payload) != spec_key(in_flight[worker]):
                 raise RuntimeError(f"worker {worker} returned {spec_key(payload)} for {spec_key(in_flight[worker])}")
             del in_flight[worker]
@@ -250,8 +263,10 @@ def run_episodes(
     (a module-level class or function, or a ``functools.partial`` of one). ``policy_name`` and
     ``policy_params`` go to the log header (default: :func:`describe_policy`). ``workers=1`` runs
     in this process; more start that many ``spawn`` processes (capped at the number of episodes to
-    run). Raises :class:`~vla_spec.episodes.LogMismatch` when the log belongs to another run,
-    ``RuntimeError`` when a worker fails or dies (finished episodes stay in the log).
+    run). Raises :class:`~vla_spec.episodes.LogMismatch` when the log belongs to another run; an
+    exception raised while building the policy in a worker is re-raised here (the worker's
+    traceback attached as a note); ``RuntimeError`` when a worker dies. Episode errors do not raise:
+    they are recorded as failures (``EpisodeResult.error``). Finished episodes stay in the log.
     """
     if workers < 1:
         raise ValueError(f"workers must be at least 1, got {workers}")

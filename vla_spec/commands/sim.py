@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from vla_spec.cli import CliError
-from vla_spec.statistics import DEFAULT_CONFIDENCE, PUBLISHED_OPENVLA, SuccessRow, percent
+from vla_spec.statistics import DEFAULT_CONFIDENCE, PUBLISHED_OPENVLA, Proportion, SuccessRow, percent
 
 if TYPE_CHECKING:  # the simulator side is imported inside the handlers
     from vla_spec.episodes import LogContents
@@ -215,12 +215,11 @@ def format_success_table(results: Sequence[EpisodeResult], confidence: float = D
     return "\n".join(lines)
 
 
-def _suite_counts(results: Sequence[EpisodeResult]) -> dict[str, tuple[int, int]]:
-    counts: dict[str, tuple[int, int]] = {}
-    for r in results:
-        wins, n = counts.get(r.suite, (0, 0))
-        counts[r.suite] = (wins + bool(r.success), n + 1)
-    return counts
+def _suite_totals(results: Sequence[EpisodeResult], confidence: float) -> dict[str, Proportion]:
+    """Suite -> its success proportion (the suite rows of :func:`success_rows`)."""
+    from vla_spec.statistics import success_rows
+
+    return {row.suite: row.proportion for row in success_rows(results, confidence) if row.suite and row.task_id is None}
 
 
 def _describe_log(name: str, log: LogContents) -> list[str]:
@@ -245,28 +244,29 @@ def _verdict_lines(results: Sequence[EpisodeResult], confidence: float) -> list[
     from vla_spec.statistics import compare_to_published
 
     lines = []
-    for suite, (wins, n) in sorted(_suite_counts(results).items()):
+    for suite, p in sorted(_suite_totals(results, confidence).items()):
         if suite in PUBLISHED_OPENVLA:
-            v = compare_to_published(suite, wins, n, confidence)
+            v = compare_to_published(suite, p.successes, p.n, confidence)
             lines.append(f"vs published OpenVLA, {suite}: {v.verdict}: {v.reason}")
     return lines
 
 
 def _comparison_lines(a: LogContents, b: LogContents, confidence: float) -> list[str]:
+    """Per shared suite, and over all shared suites when there are several: A vs B."""
     from vla_spec.episodes import spec_key
     from vla_spec.statistics import two_proportion_test
 
-    counts_a, counts_b = _suite_counts(a.results), _suite_counts(b.results)
-    groups: dict[str, tuple[tuple[int, int], tuple[int, int]]] = {
-        s: (counts_a[s], counts_b[s]) for s in sorted(counts_a.keys() & counts_b.keys())
-    }
-    if len(groups) > 1:
-        total = lambda counts: tuple(map(sum, zip(*(counts[s] for s in groups))))  # noqa: E731
-        groups["all suites"] = (total(counts_a), total(counts_b))
-    if not groups:
+    totals_a, totals_b = _suite_totals(a.results, confidence), _suite_totals(b.results, confidence)
+    shared = sorted(totals_a.keys() & totals_b.keys())
+    if not shared:
         return ["compare: the two logs share no suite"]
+    groups = {suite: [suite] for suite in shared}
+    if len(shared) > 1:
+        groups["all suites"] = shared
     lines = [f"A vs B, two-sided pooled z-test; {percent(confidence, 0)} Newcombe interval of the difference A - B"]
-    for name, ((wa, na), (wb, nb)) in groups.items():
+    for name, suites in groups.items():
+        wa, na = sum(totals_a[s].successes for s in suites), sum(totals_a[s].n for s in suites)
+        wb, nb = sum(totals_b[s].successes for s in suites), sum(totals_b[s].n for s in suites)
         t = two_proportion_test(wa, na, wb, nb, confidence)
         lines.append(
             f"{name:<16} A {wa}/{na} ({percent(t.a.rate)})  B {wb}/{nb} ({percent(t.b.rate)})  "
