@@ -118,26 +118,34 @@ class Scene:
     def body_pos(self, name: str) -> np.ndarray:
         return np.array(self.data.xpos[self.task_env.obj_body_id[name]])
 
-    def object_box(self, name: str) -> Box:
-        """Bounding box of the object's collision geoms (the subtree of its root body)."""
+    def geom_boxes(self) -> tuple[np.ndarray, np.ndarray]:
+        """World AABBs (low, high), shape (ngeom, 3) each, of every geom (from ``geom_aabb``)."""
+        rotation = self.data.geom_xmat.reshape(-1, 3, 3)
+        center = self.data.geom_xpos + np.einsum("nij,nj->ni", rotation, self.model.geom_aabb[:, :3])
+        half = np.einsum("nij,nj->ni", np.abs(rotation), self.model.geom_aabb[:, 3:])
+        return center - half, center + half
+
+    def collision_geoms(self) -> np.ndarray:
+        """Boolean mask of geoms that collide (contype or conaffinity set; visual geoms do not)."""
+        return (self.model.geom_contype != 0) | (self.model.geom_conaffinity != 0)
+
+    def geoms_of(self, name: str) -> np.ndarray:
+        """Boolean mask of the collision geoms of object ``name`` (the subtree of its root body)."""
         root = self.task_env.obj_body_id[name]
-        geoms = [
-            g
-            for g in range(self.model.ngeom)
-            if self.model.body_rootid[self.model.geom_bodyid[g]] == root
-            and (self.model.geom_contype[g] or self.model.geom_conaffinity[g])
-        ]
-        if not geoms:
+        return (self.model.body_rootid[self.model.geom_bodyid] == root) & self.collision_geoms()
+
+    def gripper_geoms(self) -> np.ndarray:
+        """Boolean mask of the gripper's collision geoms (bodies named ``gripper0_*``)."""
+        names = [self.task_env.sim.model.body_id2name(int(b)) or "" for b in self.model.geom_bodyid]
+        return np.array([n.startswith("gripper0_") for n in names]) & self.collision_geoms()
+
+    def object_box(self, name: str) -> Box:
+        """Bounding box of the object's collision geoms."""
+        mask = self.geoms_of(name)
+        if not mask.any():
             raise UnsupportedTask(f"object {name!r} has no collision geoms to grasp")
-        corners = np.array([[sx, sy, sz] for sx in (-1, 1) for sy in (-1, 1) for sz in (-1, 1)], dtype=float)
-        points = []
-        for g in geoms:
-            center, half = self.model.geom_aabb[g, :3], self.model.geom_aabb[g, 3:]
-            local = center + corners * half
-            rotation = self.data.geom_xmat[g].reshape(3, 3)
-            points.append(self.data.geom_xpos[g] + local @ rotation.T)
-        stacked = np.concatenate(points)
-        return Box(stacked.min(axis=0), stacked.max(axis=0))
+        low, high = self.geom_boxes()
+        return Box(low[mask].min(axis=0), high[mask].max(axis=0))
 
     def site_box(self, name: str) -> Box:
         """The region box LIBERO's ``in_box`` tests (half size ``|R size|``, low z extended 0.01)."""
@@ -202,6 +210,9 @@ class PickPlaceExpert:
         self._gripper = ENV_OPEN
         self._grasp_offset = np.zeros(3)
         self._grasp_center_z = 0.0
+        self._grasp: np.ndarray | None = None
+        self._gripper_low = np.zeros(3)
+        self._gripper_high = np.zeros(3)
 
     # -- Policy protocol -------------------------------------------------------------------------
     def reset(self, task: TaskContext) -> None:
@@ -213,6 +224,13 @@ class PickPlaceExpert:
         self.command_high = np.asarray(stats.q99[:6], dtype=float)
         self._scene = Scene(task.env)
         self._goals = pick_place_goals(task.env)
+        # the open gripper's collision footprint relative to the end effector (top-down at reset)
+        low, high = self._scene.geom_boxes()
+        mask = self._scene.gripper_geoms()
+        eef = np.array(task.env.env.sim.data.get_site_xpos("gripper0_grip_site"))
+        self._gripper_low = low[mask].min(axis=0) - eef
+        self._gripper_high = high[mask].max(axis=0) - eef
+        self._grasp: np.ndarray | None = None
         self._gripper = ENV_OPEN
         self._set_phase("approach")
 
@@ -239,19 +257,36 @@ class PickPlaceExpert:
         self._phase = phase
         self._phase_steps = 0
 
-    def _grasp_point(self, obj: str) -> np.ndarray:
-        box = self._scene.object_box(obj)
-        point = box.center.copy()
+    def _grasp_candidates(self, box: Box) -> list[np.ndarray]:
+        """Grasp points for an object's box, preferred first (the fingers close along world y)."""
         height = box.high[2] - box.low[2]
         if box.half[1] > GRIPPER_HALF_OPENING:
-            # Too wide to grasp across: pinch the near wall (rim) on the -y or +y side, whichever is
-            # closer to the robot's y = 0 line, with the fingers straddling it.
-            side = -1.0 if box.center[1] > 0 else 1.0
-            point[1] = box.center[1] + side * (box.half[1] - 0.012)
-            point[2] = box.high[2] - min(0.02, height / 2)
-        else:
-            point[2] = max(box.high[2] - 0.03, box.low[2] + height / 2)
-        return point
+            # Too wide to grasp across: pinch a wall (the rim) on the -y or +y side, the side facing
+            # the robot's y = 0 line first, with the fingers straddling it.
+            z = box.high[2] - min(0.02, height / 2)
+            first = -1.0 if box.center[1] > 0 else 1.0
+            sides = (first, -first)
+            return [np.array([box.center[0], box.center[1] + side * (box.half[1] - 0.012), z]) for side in sides]
+        z = max(box.high[2] - 0.03, box.low[2] + height / 2)
+        reach = max(box.half[0] - 0.015, 0.0)
+        shifts = (0.0, -reach / 2, reach / 2, -reach, reach) if reach > 0 else (0.0,)
+        return [np.array([box.center[0] + dx, box.center[1], z]) for dx in shifts]
+
+    def _choose_grasp(self, obj: str) -> np.ndarray:
+        """The candidate grasp whose gripper footprint overlaps other geoms least (ties: preferred)."""
+        scene = self._scene
+        low, high = scene.geom_boxes()
+        others = scene.collision_geoms() & ~scene.geoms_of(obj) & ~scene.gripper_geoms()
+        others &= high[:, 2] > scene.object_box(obj).low[2] + 0.005  # the table top is no obstacle
+        low, high = low[others], high[others]
+        best, best_overlap = None, np.inf
+        for point in self._grasp_candidates(scene.object_box(obj)):
+            g_low, g_high = point + self._gripper_low, point + self._gripper_high
+            extent = np.clip(np.minimum(high, g_high) - np.maximum(low, g_low), 0.0, None)
+            overlap = float(np.prod(extent, axis=1).sum())
+            if overlap < best_overlap - 1e-9:
+                best, best_overlap = point, overlap
+        return best
 
     def _place_point(self, goal: PickPlace, held: Box) -> np.ndarray:
         """Where the held object's bounding-box centre should be when released."""
@@ -279,13 +314,14 @@ class PickPlaceExpert:
         goal = self._goals[0]
         scene = self._scene
         if self._phase == "approach":
-            target = self._grasp_point(goal.obj) + np.array([0.0, 0.0, APPROACH_HEIGHT])
-            target[2] = max(target[2], eef[2]) if self._phase_steps < 2 else target[2]
+            if self._grasp is None:
+                self._grasp = self._choose_grasp(goal.obj)
+            target = self._grasp + np.array([0.0, 0.0, APPROACH_HEIGHT])
             if self._moved(eef, target, 0.012):
                 self._set_phase("descend")
             return target
         if self._phase == "descend":
-            target = self._grasp_point(goal.obj)
+            target = self._grasp
             if self._moved(eef, target):
                 grasped = scene.object_box(goal.obj).center
                 self._grasp_offset = eef - grasped
@@ -327,6 +363,7 @@ class PickPlaceExpert:
             target = eef + np.array([0.0, 0.0, 0.05])
             if self._phase_steps >= 8:
                 self._goals = self._goals[1:]
+                self._grasp = None
                 self._set_phase("approach" if self._goals else "done")
             return target
         raise AssertionError(f"unknown phase {self._phase}")

@@ -1,0 +1,100 @@
+"""Positive and negative controls of the simulator loop and the action path.
+
+Positive: the scripted privileged expert, its commands squeezed through OpenVLA's action path
+(suite stats -> 7 tokens -> decode -> unnormalize -> gripper post-processing), solves libero_object
+and libero_spatial: Wilson 95 % lower bound >= 70 % over 30 episodes per suite (3 init states x 10 tasks).
+
+Negative, the same expert and path with one knob changed (20 episodes each, 10 per suite):
+* ``unnorm_key="bridge_orig"``: tokens are well formed but decode to WidowX-scale deltas
+  (|xyz| <= 0.042 controller units instead of up to 0.94), so the arm barely moves;
+* ``invert_gripper=False``: the gripper closes when the expert means open and vice versa.
+Both must fail: Wilson 95 % upper bound <= 17 % (0/20 gives 16.1 %).
+
+Episodes are fixed (task x init state), so each control is deterministic; run through the
+episode runner with 2 worker processes.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from vla_spec.normalization import load_norm_stats
+from vla_spec.rollout import EpisodeResult, EpisodeSpec
+from vla_spec.runner import run_episodes
+from vla_spec.sim.expert import PickPlaceExpert
+from vla_spec.statistics import wilson_interval
+
+pytestmark = pytest.mark.sim
+
+WORKERS = 2
+POSITIVE_INITS = (0, 1, 2)  # x 10 tasks = 30 episodes per suite
+POSITIVE_MIN_LOWER_BOUND = 0.70
+NEGATIVE_MAX_UPPER_BOUND = 0.17
+
+
+def _specs(suite: str, inits: tuple[int, ...], tasks: range = range(10)) -> list[EpisodeSpec]:
+    return [EpisodeSpec(suite, task_id, init_index) for task_id in tasks for init_index in inits]
+
+
+NEGATIVE_SPECS = _specs("libero_object", (0,)) + _specs("libero_spatial", (0,))
+
+
+def _run(tmp_path: Path, name: str, specs: list[EpisodeSpec], **expert_knobs: object) -> list[EpisodeResult]:
+    results = run_episodes(
+        functools.partial(PickPlaceExpert, **expert_knobs),
+        specs,
+        tmp_path / f"{name}.jsonl",
+        workers=WORKERS,
+        record_trace=True,
+        progress=False,
+    )
+    errors = [f"{r.suite}/{r.task_id}/{r.init_index}: {r.error}" for r in results if r.error]
+    assert not errors, f"episodes raised: {errors}"
+    return results
+
+
+def _max_abs_xyz(results: list[EpisodeResult]) -> float:
+    return max(abs(value) for r in results for entry in r.trace for value in entry["action"][:3])
+
+
+@pytest.fixture(scope="module")
+def positive(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[EpisodeResult]]:
+    folder = tmp_path_factory.mktemp("positive")
+    return {suite: _run(folder, suite, _specs(suite, POSITIVE_INITS)) for suite in ("libero_object", "libero_spatial")}
+
+
+@pytest.mark.parametrize("suite", ["libero_object", "libero_spatial"])
+def test_expert_solves_the_suite(positive: dict[str, list[EpisodeResult]], suite: str) -> None:
+    results = positive[suite]
+    wins = sum(r.success for r in results)
+    interval = wilson_interval(wins, len(results))
+    failed = [(r.task_id, r.init_index) for r in results if not r.success]
+    assert interval.low >= POSITIVE_MIN_LOWER_BOUND, f"{suite}: {wins}/{len(results)} {interval}; failed {failed}"
+    # the expert commands full-scale moves: the suite's q99 on some axis
+    assert _max_abs_xyz(results) >= 0.5
+
+
+def test_wrong_unnorm_key_makes_tiny_actions_and_fails(tmp_path: Path) -> None:
+    results = _run(tmp_path, "bridge", NEGATIVE_SPECS, unnorm_key="bridge_orig")
+    bridge = load_norm_stats("bridge_orig")
+    bridge_limit = float(np.max(np.abs([bridge.q01[:3], bridge.q99[:3]])))
+    assert bridge_limit == pytest.approx(0.0417, abs=1e-4)
+    # decoded with bridge_orig, no arm command exceeds bridge's own q01/q99 range: about 0.84 mm
+    # commanded per step, against up to 0.9375 (47 mm) with the LIBERO statistics
+    assert _max_abs_xyz(results) <= bridge_limit
+    wins = sum(r.success for r in results)
+    interval = wilson_interval(wins, len(results))
+    assert interval.high <= NEGATIVE_MAX_UPPER_BOUND, f"bridge_orig decoding still succeeds: {wins}/{len(results)} {interval}"
+
+
+def test_skipping_the_gripper_inversion_fails(tmp_path: Path) -> None:
+    results = _run(tmp_path, "no_invert", NEGATIVE_SPECS, invert_gripper=False)
+    # the expert starts with an open gripper (env -1 = training 1.0); without inversion it closes
+    assert all(r.trace[0]["action"][6] == 1.0 for r in results)
+    wins = sum(r.success for r in results)
+    interval = wilson_interval(wins, len(results))
+    assert interval.high <= NEGATIVE_MAX_UPPER_BOUND, f"uninverted gripper still succeeds: {wins}/{len(results)} {interval}"

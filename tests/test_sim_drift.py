@@ -1,0 +1,51 @@
+"""Simulator drift goldens: what the policy would see at its first step, per task.
+
+After ``env.seed(0)``, ``reset``, ``set_init_state(init_states[0])`` and the 10 wait steps, record
+the object poses (4 decimals: 0.1 mm), the end-effector position, and the agentview image as the
+policy sees it (rotated 180 degrees): per-channel mean (1 decimal) and an 8x8 average hash.
+Recorded under mujoco 3.3.2 (the pinned stack). A newer MuJoCo (>= 3.3.3) renders LIBERO's floors
+darker (agentview mean about 103 instead of 139): these goldens then fail, which is the point
+(``tox -e sim-mujoco-latest``).
+
+One task per suite by default; all 40 with ``--all-tasks`` (or ``VLA_SPEC_ALL_TASKS=1``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from vla_spec.rollout import start_episode
+from vla_spec.sim import suites
+from vla_spec.sim.env import get_env
+from vla_spec.sim.fingerprint import average_hash, image_mean, object_poses
+from vla_spec.sim.interface import policy_image
+
+pytestmark = pytest.mark.sim
+
+INIT_INDEX = 0
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "suite_task" in metafunc.fixturenames:
+        tasks = range(suites.TASKS_PER_EVAL_SUITE) if metafunc.config.getoption("all_tasks") else range(1)
+        cases = [(suite, task_id) for suite in suites.EVAL_SUITES for task_id in tasks]
+        metafunc.parametrize("suite_task", cases, ids=[f"{suite}-task{task_id}" for suite, task_id in cases])
+
+
+def first_view(suite: str, task_id: int) -> dict[str, object]:
+    """The fingerprint of the first policy observation of ``init_states[INIT_INDEX]``."""
+    env = get_env(suite, task_id, camera=True)
+    obs = start_episode(env, suites.init_states(suite, task_id)[INIT_INDEX])
+    image = policy_image(obs)
+    return {
+        "object_poses": object_poses(obs),
+        "eef_pos": [float(v) + 0.0 for v in np.round(obs["robot0_eef_pos"], 4)],
+        "agentview_mean_rgb": image_mean(image),
+        "agentview_ahash8": average_hash(image),
+        "eye_in_hand_mean_rgb": image_mean(obs["robot0_eye_in_hand_image"][::-1, ::-1]),
+    }
+
+
+def test_first_view_matches_golden(suite_task: tuple[str, int], golden) -> None:  # type: ignore[no-untyped-def]
+    assert first_view(*suite_task) == golden
