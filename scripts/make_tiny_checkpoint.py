@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vla_spec.images import process_images
+from vla_spec.images import MODEL_IMAGE_SIZE, TOWER_NORMALIZATION, process_images
 from vla_spec.model.config import OVERRIDES_KEY, OpenVLAConfig
 from vla_spec.model.modeling import OpenVLA
 from vla_spec.model.tokenizer import prompt_ids
@@ -87,16 +87,13 @@ PREPROCESSOR_CONFIG = {
     "image_processor_type": "PrismaticImageProcessor",
     "processor_class": "PrismaticProcessor",
     "image_resize_strategy": "resize-naive",
-    "input_sizes": [[3, 224, 224], [3, 224, 224]],
+    "input_sizes": [[3, MODEL_IMAGE_SIZE, MODEL_IMAGE_SIZE]] * 2,
     "interpolations": ["bicubic", "bicubic"],
-    "means": [[0.485, 0.456, 0.406], [0.5, 0.5, 0.5]],
-    "stds": [[0.229, 0.224, 0.225], [0.5, 0.5, 0.5]],
+    "means": [list(mean) for mean, _ in TOWER_NORMALIZATION],
+    "stds": [list(std) for _, std in TOWER_NORMALIZATION],
     "tvf_resize_params": [{"antialias": True, "interpolation": 3, "max_size": None, "size": [224, 224]}] * 2,
     "tvf_crop_params": [{"output_size": [224, 224]}] * 2,
-    "tvf_normalize_params": [
-        {"inplace": False, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]},
-        {"inplace": False, "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]},
-    ],
+    "tvf_normalize_params": [{"inplace": False, "mean": list(m), "std": list(s)} for m, s in TOWER_NORMALIZATION],
     "tvf_do_letterbox": False,
     "tvf_letterbox_fill": None,
     "use_fused_vision_backbone": True,

@@ -94,11 +94,15 @@ def test_parameter_names_follow_the_official_pattern(tiny):
 
 
 def test_real_openvla_7b_shapes_on_meta_device():
-    """The official config builds the official shapes (no memory: meta tensors)."""
+    """The official config builds the official shapes (no memory: meta tensors).
+
+    Its text_config is a diff against LlamaConfig defaults; the reference's defaults are pinned."""
     raw = json.loads((tiny_checkpoint_path() / "config.json").read_text())
     raw.pop(OVERRIDES_KEY)
-    raw["text_config"].update(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=32)
+    raw["text_config"] = {"model_type": "llama", "pad_token_id": 32000, "torch_dtype": "bfloat16", "vocab_size": 32064}
     config = OpenVLAConfig.from_dict(raw)
+    llama = config.llama_config()
+    assert (llama.hidden_size, llama.num_hidden_layers, llama.num_key_value_heads, llama.rms_norm_eps) == (4096, 32, 32, 1e-6)
     assert config.timm_model_ids == ("vit_large_patch14_reg4_dinov2.lvd142m", "vit_so400m_patch14_siglip_224")
     with torch.device("meta"):
         model = OpenVLA(config)

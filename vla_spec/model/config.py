@@ -5,6 +5,12 @@ Fields follow ``prismatic/extern/hf/configuration_prismatic.py`` of openvla/open
 (32000 + ``pad_to_multiple_of`` = 32064); the action tokenizer decodes against
 ``text_vocab_size`` = ``vocab_size - pad_to_multiple_of`` = 32000, as the reference ``predict_action``.
 
+``text_config`` in the released ``config.json`` may list only what differs from ``LlamaConfig``'s
+defaults (transformers serializes nested configs as a diff, e.g. just ``model_type``,
+``pad_token_id``, ``torch_dtype``, ``vocab_size``). Missing fields take the defaults of the
+reference's transformers (4.40.1) ``LlamaConfig``, pinned in :data:`REFERENCE_LLAMA_DEFAULTS`, so
+a change of defaults in a newer transformers cannot change the model silently.
+
 One extension, absent from official configs and ignored by the reference code:
 ``"vla_spec_timm_overrides"``: a list with one dict per vision tower (DINOv2 first, SigLIP second)
 of keyword arguments passed on to ``timm.create_model`` (e.g. ``embed_dim``, ``depth``,
@@ -30,6 +36,24 @@ VISION_BACKBONES: dict[str, tuple[tuple[str, ...], int]] = {
     "dinosiglip-vit-so-224px": (("vit_large_patch14_reg4_dinov2.lvd142m", "vit_so400m_patch14_siglip_224"), 224),
 }
 SUPPORTED_ARCH = "no-align+fused-gelu-mlp"
+# transformers 4.40.1 LlamaConfig defaults (= Llama-2-7B shapes; note rms_norm_eps 1e-6 there).
+REFERENCE_LLAMA_DEFAULTS: dict[str, Any] = {
+    "hidden_size": 4096,
+    "intermediate_size": 11008,
+    "num_hidden_layers": 32,
+    "num_attention_heads": 32,
+    "hidden_act": "silu",
+    "max_position_embeddings": 2048,
+    "initializer_range": 0.02,
+    "rms_norm_eps": 1e-6,
+    "rope_theta": 10000.0,
+    "rope_scaling": None,
+    "attention_bias": False,
+    "attention_dropout": 0.0,
+    "tie_word_embeddings": False,
+    "bos_token_id": 1,
+    "eos_token_id": 2,
+}
 
 
 class CheckpointConfigError(ValueError):
@@ -83,6 +107,8 @@ class OpenVLAConfig:
         from transformers import LlamaConfig
 
         keys = {k: v for k, v in self.text_config.items() if k not in ("architectures", "model_type", "_name_or_path")}
+        if keys.get("num_key_value_heads") is None:
+            keys["num_key_value_heads"] = keys["num_attention_heads"]
         return LlamaConfig(**keys)
 
     @classmethod
@@ -101,8 +127,8 @@ class OpenVLAConfig:
         if not raw.get("use_fused_vision_backbone", True):
             raise CheckpointConfigError(f"{source}: use_fused_vision_backbone must be true for {backbone!r}")
         text = raw.get("text_config")
-        if not isinstance(text, Mapping) or "vocab_size" not in text or "hidden_size" not in text:
-            raise CheckpointConfigError(f"{source}: text_config must be a Llama config with vocab_size and hidden_size")
+        if not isinstance(text, Mapping) or "vocab_size" not in text:
+            raise CheckpointConfigError(f"{source}: text_config must be a Llama config with at least vocab_size")
         overrides = raw.get(OVERRIDES_KEY, [{}, {}])
         if not isinstance(overrides, list) or len(overrides) != 2 or not all(isinstance(o, Mapping) for o in overrides):
             raise CheckpointConfigError(f"{source}: {OVERRIDES_KEY} must be a list of two dicts (DINOv2, SigLIP)")
@@ -116,7 +142,7 @@ class OpenVLAConfig:
             pad_to_multiple_of=int(raw.get("pad_to_multiple_of", 64)),
             llm_max_length=int(raw.get("llm_max_length", 2048)),
             n_action_bins=int(raw.get("n_action_bins", 256)),
-            text_config=dict(text),
+            text_config={**REFERENCE_LLAMA_DEFAULTS, **text},
             norm_stats=parse_norm_stats(raw.get("norm_stats") or {}),
             timm_overrides=tuple(dict(o) for o in overrides),
             raw=dict(raw),
