@@ -42,11 +42,12 @@ class ScaleFactorLayerScale(nn.Module):
 
 
 def rename_layerscale(tower: nn.Module) -> nn.Module:
-    """Replace every timm ``LayerScale`` in ``tower`` by :class:`ScaleFactorLayerScale` (in place)."""
-    from timm.layers import LayerScale
+    """Replace every timm ``LayerScale`` in ``tower`` by :class:`ScaleFactorLayerScale` (in place).
 
+    Matched by class name and its ``gamma`` parameter: timm versions define ``LayerScale`` in
+    different modules (``timm.layers`` and ``timm.models.vision_transformer``)."""
     for name, module in list(tower.named_modules()):
-        if isinstance(module, LayerScale):
+        if type(module).__name__ == "LayerScale" and isinstance(getattr(module, "gamma", None), torch.Tensor):
             parent_name, _, child = name.rpartition(".")
             parent = tower.get_submodule(parent_name) if parent_name else tower
             setattr(parent, child, ScaleFactorLayerScale(module.gamma, getattr(module, "inplace", False)))
