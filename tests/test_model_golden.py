@@ -114,6 +114,18 @@ def greedy_decode_default():
 
 
 @pytest.mark.cpu
+def test_record_agrees_with_itself_and_flags_a_clear_flip(record):
+    from vla_spec.model.goldens import divergences_from, read_cpu_golden
+
+    assert divergences_from(record, read_cpu_golden()) == []
+    flipped = {**record, "cases": [dict(c) for c in record["cases"]]}
+    step = record["cases"][0]["near_tie"].index(False)
+    flipped["cases"][0]["token_ids"] = list(record["cases"][0]["token_ids"])
+    flipped["cases"][0]["token_ids"][step] += 1
+    assert len(divergences_from(flipped, record)) == 1
+
+
+@pytest.mark.cpu
 def test_near_tie_agreement_rule():
     golden_ids = [[5, 6, 7], [5, 6, 7]]
     margins = [[2.0, 0.01, 3.0], [2.0, 2.0, 2.0]]

@@ -18,11 +18,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from vla_spec.model.agreement import DEFAULT_TIE_MARGIN
+from vla_spec.model.agreement import DEFAULT_TIE_MARGIN, near_tie_divergences
 from vla_spec.model.decoding import Decoder
 from vla_spec.model.modeling import OpenVLA
 
-IMAGE_DIR = Path(__file__).resolve().parents[2] / "golden" / "images"
+GOLDEN_DIR = Path(__file__).resolve().parents[2] / "golden"
+IMAGE_DIR = GOLDEN_DIR / "images"
+CPU_GOLDEN = GOLDEN_DIR / "test_model_golden" / "test_tiny_golden_cpu_float32.json"
 GOLDEN_IMAGES = ("black", "white", "gradient", "scene", "marker")
 GOLDEN_INSTRUCTIONS = (
     "put the bowl on the stove",
@@ -72,3 +74,29 @@ def golden_record(model: OpenVLA, decoder: Decoder | None = None, unnorm_key: st
             for row, (image, text) in enumerate(cases)
         ],
     }
+
+
+def read_cpu_golden(path: Path = CPU_GOLDEN) -> dict[str, Any]:
+    """The committed exact CPU float32 golden of the tiny checkpoint."""
+    import json
+
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def divergences_from(record: dict[str, Any], reference: dict[str, Any]) -> list[str]:
+    """Cases of ``record`` whose tokens leave ``reference``'s at a step that was not a near-tie.
+
+    Use it to check a golden of another device class (e.g. CUDA bfloat16) against the CPU one:
+    ``divergences_from(golden_record(model), read_cpu_golden()) == []``.
+    """
+    keys = [(c["image"], c["instruction"]) for c in reference["cases"]]
+    if [(c["image"], c["instruction"]) for c in record["cases"]] != keys:
+        raise ValueError("the two records cover different cases: regenerate them with the same golden_cases()")
+    if record["unnorm_key"] != reference["unnorm_key"]:
+        raise ValueError(f"unnorm_key differs: {record['unnorm_key']!r} vs {reference['unnorm_key']!r}")
+    return near_tie_divergences(
+        [c["token_ids"] for c in record["cases"]],
+        [c["token_ids"] for c in reference["cases"]],
+        [c["margins"] for c in reference["cases"]],
+        tie_margin=reference["tie_margin"],
+    )
