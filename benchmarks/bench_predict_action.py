@@ -149,6 +149,48 @@ def cuda_ms(fn, iters: int, warmup: int = 2) -> float:
     return statistics.median(times)
 
 
+def micro(iters: int) -> None:
+    """The two ceilings for this GPU: GEMV bandwidth (decode) and GEMM rate (prefill), bf16."""
+    dev = "cuda"
+    for rows in (1, 8, 32, 280, 8960):
+        x = torch.randn(rows, 4096, device=dev, dtype=torch.bfloat16)
+        weights = [torch.randn(11008, 4096, device=dev, dtype=torch.bfloat16) for _ in range(8)]  # > L2
+        ms = cuda_ms(lambda: [torch.nn.functional.linear(x, w) for w in weights], iters) / len(weights)
+        gbytes = (11008 * 4096 + rows * (4096 + 11008)) * 2 / 1e9
+        tflop = 2 * rows * 4096 * 11008 / 1e12
+        print(f"# micro: x[{rows},4096] @ W[4096,11008]: {ms * 1e3:.1f} us, {gbytes / ms:.2f} TB/s, "
+              f"{tflop / ms * 1e3:.0f} TFLOP/s", flush=True)
+        del weights
+
+
+def profile_decode(model, images, texts) -> None:
+    """Top device kernels of one eager (no graph) static-cache decode, and of predict_action (fast)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with torch.inference_mode():
+        prefix = model.prefix(images, texts)
+        eager = FastGreedyDecoder(use_cuda_graphs=False)
+        eager(model.language_model, prefix.inputs_embeds, prefix.attention_mask, 7)
+        torch.cuda.synchronize()
+        for title, fn in (
+            ("eager static-cache decode", lambda: eager(model.language_model, prefix.inputs_embeds,
+                                                        prefix.attention_mask, 7)),
+            ("fast predict_action (graphs)", lambda: model.predict_action(images, texts, UNNORM_KEY)),
+        ):
+            with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+                fn()
+                torch.cuda.synchronize()
+            averages = prof.key_averages()
+            for key in ("self_cuda_time_total", "self_device_time_total"):
+                try:
+                    table = averages.table(sort_by=key, row_limit=18, max_name_column_width=70)
+                    break
+                except Exception:  # noqa: BLE001 - the sort key was renamed across torch versions
+                    table = None
+            print(f"# profile: {title}\n{table}", flush=True)
+        eager.clear()
+
+
 def agreement(fast_ids: np.ndarray, naive_ids: np.ndarray, naive_margins: np.ndarray) -> dict:
     rows = int((fast_ids == naive_ids).all(axis=1).sum())
     problems = near_tie_divergences(fast_ids, naive_ids, naive_margins, DEFAULT_TIE_MARGIN)
@@ -172,6 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fused", action="store_true", help="also time the fused-projection fast decoder")
     parser.add_argument("--compile-vision", action="store_true", help="also time torch.compile'd towers (slow start)")
     parser.add_argument("--breakdown", action="store_true", help="device time of vision, prefix, decoder (fast)")
+    parser.add_argument("--profile", action="store_true", help="kernel table of one eager fast decode (first batch)")
     parser.add_argument("--layers", type=int, default=32, help="Llama layers (fewer for a quick smoke run)")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
@@ -198,6 +241,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{torch.cuda.memory_allocated() / 2**30:.1f} GiB on the GPU",
         flush=True,
     )
+    if args.breakdown:
+        micro(args.iters)
     rng = np.random.default_rng(0)
     results = []
     variants = [("fast", dict())]
@@ -235,25 +280,28 @@ def main(argv: list[str] | None = None) -> int:
                 flush=True,
             )
             if args.breakdown and label == "fast":
-                pixels = process_images(images)
-                ids = model.prompt_ids(texts)
-                prefix = model.embed_prefix(pixels, ids)
-                row["breakdown_ms"] = {
-                    "vision+projector (graph)": cuda_ms(lambda: model.encode_images(pixels), args.iters),
-                    "embed_prefix (incl. vision)": cuda_ms(lambda: model.embed_prefix(pixels, ids), args.iters),
-                    "decoder (graph: prefill + 6 steps)": cuda_ms(
-                        lambda: decoder(model.language_model, prefix.inputs_embeds, prefix.attention_mask, 7),
-                        args.iters,
-                    ),
-                    "naive decoder": cuda_ms(
-                        lambda: greedy_decode(model.language_model, prefix.inputs_embeds, prefix.attention_mask, 7),
-                        max(3, args.iters // 2),
-                    ),
-                    "naive vision+projector (eager)": cuda_ms(
-                        lambda: OpenVLA.encode_images(model, pixels), max(3, args.iters // 2)
-                    ),
-                }
-                print(f"# batch {batch}: breakdown {row['breakdown_ms']}", flush=True)
+                with torch.inference_mode():
+                    pixels = process_images(images)
+                    ids = model.prompt_ids(texts)
+                    prefix = model.embed_prefix(pixels, ids)
+                    row["breakdown_ms"] = {
+                        "vision+projector (graph)": cuda_ms(lambda: model.encode_images(pixels), args.iters),
+                        "embed_prefix (incl. vision)": cuda_ms(lambda: model.embed_prefix(pixels, ids), args.iters),
+                        "decoder (graph: prefill + 6 steps)": cuda_ms(
+                            lambda: decoder(model.language_model, prefix.inputs_embeds, prefix.attention_mask, 7),
+                            args.iters,
+                        ),
+                        "naive decoder": cuda_ms(
+                            lambda: greedy_decode(model.language_model, prefix.inputs_embeds, prefix.attention_mask, 7),
+                            max(3, args.iters // 2),
+                        ),
+                        "naive vision+projector (eager)": cuda_ms(
+                            lambda: OpenVLA.encode_images(model, pixels), max(3, args.iters // 2)
+                        ),
+                    }
+                    print(f"# batch {batch}: breakdown {row['breakdown_ms']}", flush=True)
+            if args.profile and label == "fast" and batch == args.batches[0]:
+                profile_decode(model, images, texts)
             decoder.clear()
         restore(model)
         results.append(row)

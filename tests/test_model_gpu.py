@@ -211,7 +211,7 @@ def test_graphed_vision_equals_eager(cuda_model, fast_model):
         assert graphed.shape == eager.shape
         tol = 1e-5 if cuda_model.dtype == torch.float32 else 2e-2
         assert torch.allclose(graphed.float(), eager.float(), atol=tol, rtol=tol)
-    assert set(fast_model.encode_images.graphs) == {1, 3}
+    assert {1, 3} <= set(fast_model.encode_images.graphs)  # one graph per batch size seen
 
 
 def test_compiled_vision_option(cuda_model):

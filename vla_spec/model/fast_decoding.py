@@ -345,6 +345,7 @@ class _GraphedVision:
         self.warmup = warmup
         self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor]] = {}
 
+    @torch.inference_mode()
     def __call__(self, pixel_values: torch.Tensor) -> torch.Tensor:
         model = self.model
         if _has_hooks(model):
