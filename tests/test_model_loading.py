@@ -209,3 +209,18 @@ def test_config_errors_name_the_problem():
 def test_unknown_backend_is_refused():
     with pytest.raises(ValueError, match="unknown backend 'onnx'"):
         from_pretrained(tiny_checkpoint_path(), backend="onnx")
+
+
+def test_tiny_checkpoint_is_bfloat16_and_small():
+    from safetensors import safe_open
+
+    folder = tiny_checkpoint_path()
+    dtypes = set()
+    for shard in (SHARD_1, SHARD_2):
+        with safe_open(str(folder / shard), framework="pt") as handle:
+            dtypes |= {handle.get_slice(name).get_dtype() for name in handle.keys()}
+    assert dtypes == {"BF16"}
+    assert sum(p.stat().st_size for p in folder.iterdir()) < 5_000_000
+    assert read_index(folder)["metadata"]["total_size"] == sum(
+        t.numel() * 2 for t in load_tiny().state_dict().values()
+    )
