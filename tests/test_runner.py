@@ -56,7 +56,7 @@ def test_scheduler_lets_an_idle_worker_join_a_busy_task() -> None:
     assert scheduler.next_for(0) is None and scheduler.next_for(1) is None
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=25, deadline=None)
 @given(
     st.lists(st.tuples(st.integers(0, 3), st.integers(0, 5)), unique=True, min_size=1, max_size=20),
     st.lists(st.integers(0, 2), min_size=1, max_size=60),
