@@ -11,7 +11,8 @@ Scheduling keeps a worker on one (suite, task) while that task has episodes left
 environment is reused: building one costs 3-7 s); a free worker takes the task with the most
 episodes left that no other worker is on, or else joins the busiest one (:class:`TaskScheduler`).
 Episode outcomes do not depend on the worker (each episode seeds and resets its environment), so
-any ``workers`` gives the same results.
+any ``workers`` gives the same results. Environments are closed when a run ends (in this process
+too), which frees their memory.
 """
 
 from __future__ import annotations
@@ -115,6 +116,8 @@ def _worker_main(
     """A worker process: build the policy, then run specs from ``inbox`` until it gets None."""
     import multiprocessing
 
+    from vla_spec.sim.env import clear_env_cache
+
     parent = multiprocessing.parent_process()
     try:
         policy = make_policy()
@@ -130,6 +133,8 @@ def _worker_main(
             outbox.put(("result", worker, run_episode(policy, spec, **_episode_kwargs(spec, record_trace, video_dir))))
     except BaseException as error:  # noqa: BLE001 - report anything (a policy that fails to build) to the parent
         outbox.put(("error", worker, (_picklable(error), traceback.format_exc())))
+    finally:
+        clear_env_cache()
 
 
 def _picklable(error: BaseException) -> BaseException:
@@ -176,11 +181,16 @@ def _run_here(
     make_policy: Callable[[], Policy], specs: Sequence[EpisodeSpec], log: EpisodeLog, progress: _Progress,
     record_trace: bool, video_dir: Path | None,
 ) -> None:
+    from vla_spec.sim.env import clear_env_cache
+
     policy = make_policy()
-    for spec in TaskScheduler(specs).ordered():
-        result = run_episode(policy, spec, **_episode_kwargs(spec, record_trace, video_dir))
-        log.append(result)
-        progress.add(result)
+    try:
+        for spec in TaskScheduler(specs).ordered():
+            result = run_episode(policy, spec, **_episode_kwargs(spec, record_trace, video_dir))
+            log.append(result)
+            progress.add(result)
+    finally:
+        clear_env_cache()  # free the ~2 GB now; closing at interpreter exit prints EGL errors
 
 
 def _run_in_workers(
