@@ -14,8 +14,6 @@ from vla_spec.episodes import EpisodeLog, RunConfig
 from vla_spec.rollout import EpisodeResult, EpisodeSpec
 from vla_spec.statistics import two_proportion_test
 
-pytestmark = pytest.mark.cpu
-
 VERSIONS = {"python": "3.11.7", "mujoco": "3.3.2", "robosuite": "1.4.0", "libero": "0.1.1", "MUJOCO_GL": "egl", "git_sha": "0123456789abcdef"}
 
 
@@ -34,6 +32,7 @@ A = {("libero_object", 0): [True, True, True, False], ("libero_object", 1): [Tru
 B = {("libero_object", 0): [False] * 4, ("libero_object", 1): [False] * 4, ("libero_goal", 0): [True, True]}
 
 
+@pytest.mark.cpu
 def test_report_prints_wilson_table_and_published_verdicts(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     log = write_log(tmp_path / "a.jsonl", A, error_on=5)
     assert main(["report", str(log)]) == 0
@@ -54,6 +53,7 @@ def test_report_prints_wilson_table_and_published_verdicts(tmp_path: Path, capsy
     assert "vs published OpenVLA, libero_goal: consistent: published 79.2 % lies inside our 95 % interval [34.2 %, 100.0 %] (2/2)" in out
 
 
+@pytest.mark.cpu
 def test_report_compare_runs_the_two_proportion_test_and_plots(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     a, b = write_log(tmp_path / "a.jsonl", A), write_log(tmp_path / "b.jsonl", B)
     plot = tmp_path / "plots" / "success.png"
@@ -70,6 +70,7 @@ def test_report_compare_runs_the_two_proportion_test_and_plots(tmp_path: Path, c
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and plot.stat().st_size > 1000
 
 
+@pytest.mark.cpu
 def test_report_notes_logs_over_different_episodes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     a = write_log(tmp_path / "a.jsonl", A)
     b = write_log(tmp_path / "b.jsonl", {("libero_object", 0): [False, True]})
@@ -77,6 +78,7 @@ def test_report_notes_logs_over_different_episodes(tmp_path: Path, capsys: pytes
     assert "note: the logs cover different episodes (8 only in A, 0 only in B)" in capsys.readouterr().out
 
 
+@pytest.mark.cpu
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
@@ -106,12 +108,33 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path: Path, capsys: pytest.Capture
     assert not (tmp_path / "x.jsonl").exists()
 
 
+@pytest.mark.cpu
 @pytest.mark.parametrize(("text", "expected"), [("0-9", tuple(range(10))), ("3", (3,)), ("0,2,5-7", (0, 2, 5, 6, 7)), ("4,1-2,2", (4, 1, 2))])
 def test_index_ranges(text: str, expected: tuple[int, ...]) -> None:
     assert parse_indices(text, "--tasks") == expected
 
 
+@pytest.mark.cpu
 @pytest.mark.parametrize("text", ["", "a", "1-", "-1", "3-1", "1,,2", "1.5"])
 def test_bad_index_ranges(text: str) -> None:
     with pytest.raises(CliError, match="--tasks"):
         parse_indices(text, "--tasks")
+
+
+@pytest.mark.sim
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--tasks", "8-10"], "vla-spec rollout: error: libero_object has tasks 0-9, not 10"),
+        (["--inits", "49-50"], "vla-spec rollout: error: init indices run 0-49, not 50"),
+    ],
+)
+def test_indices_beyond_the_installed_benchmark_are_one_line_errors(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], extra: list[str], message: str
+) -> None:
+    """Checked against the installed LIBERO benchmark (its task list), before any episode runs."""
+    log = tmp_path / "x.jsonl"
+    assert main(["rollout", "--suite", "libero_object", "--policy", "wait", "--log", str(log), *extra]) == 2
+    err = capsys.readouterr().err  # importing robosuite prints its own warnings first
+    assert err.splitlines()[-1] == message and "Traceback" not in err
+    assert not log.exists()
