@@ -15,7 +15,10 @@ For each batch size the same inputs go through
   token, as the reference ``generate`` does) and eager towers/projector;
 * **fast**: :func:`vla_spec.model.fast_decoding.accelerate` (static KV cache; prefill + 6 decode
   steps in one CUDA graph per shape; towers + projector in one CUDA graph per batch size);
-* **fast+fused** (``--fused``): the same with fused q/k/v and gate/up weight matrices.
+  the per-layer elementwise work (RMSNorm, rotary, SiLU gating, residuals) ``torch.compile``-d;
+* variants (``--variants``): ``fast+fused`` (fused q/k/v and gate/up weight matrices),
+  ``fast-uncompiled`` (no torch.compile in the decoder), ``fast+fused+compiled-vision`` (towers
+  and projector also through ``torch.compile``, inside their CUDA graph).
 
 What is timed: one whole ``predict_action`` call (images in, numpy actions out), host clock around
 the call after ``torch.cuda.synchronize()`` (the call ends with a device-to-host copy of the
@@ -58,6 +61,12 @@ from vla_spec.model.modeling import OpenVLA  # noqa: E402
 TINY = ROOT / "golden" / "tiny-openvla"
 INSTRUCTION = "put the bowl on the plate"
 UNNORM_KEY = "libero_spatial"
+VARIANTS = {  # fast-path options: FastGreedyDecoder(fuse=, compile=), accelerate(compile_vision=)
+    "fast": {},
+    "fast+fused": {"fuse": True},
+    "fast-uncompiled": {"compile": False},
+    "fast+fused+compiled-vision": {"fuse": True, "compile_vision": True},
+}
 LLAMA2_7B = {
     "vocab_size": 32064,
     "hidden_size": 4096,
@@ -211,8 +220,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--iters", type=int, default=10, help="timed calls per (path, batch); median reported")
     parser.add_argument("--naive-iters", type=int, default=None, help="timed naive calls (default: --iters)")
     parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--fused", action="store_true", help="also time the fused-projection fast decoder")
-    parser.add_argument("--compile-vision", action="store_true", help="also time torch.compile'd towers (slow start)")
+    parser.add_argument(
+        "--variants", nargs="*", default=["fast+fused"], choices=sorted(VARIANTS),
+        help="extra fast-path variants to time besides 'fast' (accelerate() defaults)",
+    )
+    parser.add_argument("--compile-vision-batches", type=int, nargs="*", default=[1],
+                        help="batch sizes at which the compiled-vision variant runs (its first call compiles)")
     parser.add_argument("--breakdown", action="store_true", help="device time of vision, prefix, decoder (fast)")
     parser.add_argument("--profile", action="store_true", help="kernel table of one eager fast decode (first batch)")
     parser.add_argument("--layers", type=int, default=32, help="Llama layers (fewer for a quick smoke run)")
@@ -245,11 +258,7 @@ def main(argv: list[str] | None = None) -> int:
         micro(args.iters)
     rng = np.random.default_rng(0)
     results = []
-    variants = [("fast", dict())]
-    if args.fused:
-        variants.append(("fast+fused", dict(fuse=True)))
-    if args.compile_vision:
-        variants.append(("fast+compiled-vision", dict(compile_vision=True)))
+    variants = [("fast", VARIANTS["fast"])] + [(name, VARIANTS[name]) for name in args.variants if name != "fast"]
     for batch in args.batches:
         images = [rng.integers(0, 256, (224, 224, 3), dtype=np.uint8) for _ in range(batch)]
         texts = [INSTRUCTION] * batch
@@ -265,8 +274,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"# batch {batch}: naive {row['naive_ms']:.1f} ms", flush=True)
 
         for label, options in variants:
+            if options.get("compile_vision") and batch not in args.compile_vision_batches:
+                continue
             restore(model)
-            decoder = FastGreedyDecoder(fuse=options.get("fuse", False))
+            decoder = FastGreedyDecoder(fuse=options.get("fuse", False), compile=options.get("compile", True))
             accelerate(model, decoder=decoder, compile_vision=options.get("compile_vision", False))
             start = time.perf_counter()
             model.predict_action(images, texts, UNNORM_KEY)  # captures the graphs
@@ -327,6 +338,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| batch | {label} ms/call | actions/s | rows identical to naive |")
         print("|---:|---:|---:|---:|")
         for row in results:
+            if f"{label}_ms" not in row:
+                continue
             agree = row[f"{label}_agreement"]
             print(
                 f"| {row['batch']} | {row[f'{label}_ms']:.1f} | {1e3 * row['batch'] / row[f'{label}_ms']:.1f} | "

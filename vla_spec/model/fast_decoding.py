@@ -9,11 +9,13 @@ How it is fast
 --------------
 * **Static KV cache.** One preallocated K and V buffer per layer, [B, kv_heads, L + n - 1, head_dim],
   written in place (prefill writes ``[:L]``, decode step j writes position ``L + j - 1``).
-* **Its own Llama forward over the same modules.** The language model's own submodules (RMSNorms,
-  q/k/v/o projections, MLP, rotary embedding, lm_head) are called; only the attention core is
-  ours: ``scaled_dot_product_attention`` with an explicit additive mask (causal AND key is real; a
-  padded query also sees itself, so pad rows stay finite), built once per call. Nothing depends on transformers' cache
-  or mask classes, which change between releases. Only the last position goes through lm_head.
+* **Its own Llama forward over the same weights.** The layer math is transformers' Llama
+  (RMSNorm in float32, rotary from the model's own ``rotary_emb``, SiLU-gated MLP, final norm and
+  lm_head modules) written over the weight tensors; the attention core is
+  ``scaled_dot_product_attention`` with an explicit additive mask (causal AND key is real; a padded
+  query also sees itself, so pad rows stay finite), built once per call. Nothing depends on
+  transformers' cache or mask classes, which change between releases. Only the last position goes
+  through lm_head.
 * **One CUDA graph per (batch, padded prefix length, n_tokens) bucket** holding the whole decode:
   the prefill, the first argmax, and the ``n - 1`` single-token steps unrolled (embedding lookup
   of the previous argmax, 32 layers, argmax + margin). A call copies the prefix into the graph's
@@ -22,6 +24,10 @@ How it is fast
   kept in an LRU of ``max_buckets``. The prefix length is left-padded up to a multiple of
   ``pad_multiple`` to bound the number of buckets (left padding does not change a row's positions
   or what it attends to).
+* **Compiled layer pieces** (``compile``, default on CUDA): RMSNorm + q/k/v + rotary, and o_proj +
+  residual + RMSNorm + SiLU-gated MLP + residual, each one ``torch.compile``-d function taking the
+  weights as tensors (one compiled graph serves all layers), so the elementwise work is fused into a
+  few Triton kernels; matrix products stay cuBLAS calls, attention stays SDPA.
 * Optional **fused projections** (``fuse=True``): q/k/v and gate/up weights concatenated into one
   matrix each (one GEMM instead of three / two). This keeps a second copy of those weights
   (about 9 GB for a 7B Llama) and snapshots them: re-accelerate after changing the weights.
@@ -29,8 +35,9 @@ How it is fast
 On CPU (or ``use_cuda_graphs=False``) the same static-cache code runs eagerly; the CPU tier checks it
 against the naive path.
 
-Exactness: the same modules in the same dtype, so float32 gives the naive path's tokens (margins
-to ~1e-5); in bfloat16, kernel choices differ (SDPA backend, GEMM shapes) and a token may differ
+Exactness: the same math in the same dtype, so float32 gives the naive path's tokens (margins
+to ~1e-5); in bfloat16, kernel choices differ (SDPA backend, GEMM shapes, fused
+elementwise kernels that skip intermediate bf16 roundings) and a token may differ
 only where the naive margin is a near-tie (:mod:`vla_spec.model.agreement`).
 
 :func:`accelerate` puts this decoder on an :class:`~vla_spec.model.modeling.OpenVLA` and, on CUDA,
@@ -65,26 +72,107 @@ def _apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.
     return (x * cos) + (_rotate_half(x) * sin)
 
 
+def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """transformers' ``LlamaRMSNorm``: normalize in float32, cast back, scale by the weight."""
+    xf = x.float()
+    xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * xf.to(x.dtype)
+
+
+def _attention_inputs(
+    h: torch.Tensor,
+    norm_weight: torch.Tensor,
+    eps: float,
+    qkv_weights: list[torch.Tensor],
+    qkv_biases: list[torch.Tensor | None],
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    n_heads: int,
+    n_kv: int,
+    head_dim: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """input_layernorm -> q/k/v projections -> rotary: q [B, heads, q, d], k/v [B, kv_heads, q, d]."""
+    batch, q_len, _ = h.shape
+    x = _rms_norm(h, norm_weight, eps)
+    if len(qkv_weights) == 1:  # fused [q; k; v] matrix
+        q, k, v = F.linear(x, qkv_weights[0], qkv_biases[0]).split(
+            [n_heads * head_dim, n_kv * head_dim, n_kv * head_dim], dim=-1
+        )
+    else:
+        q, k, v = (F.linear(x, w, b) for w, b in zip(qkv_weights, qkv_biases))
+    q = q.view(batch, q_len, n_heads, head_dim).transpose(1, 2)
+    k = k.view(batch, q_len, n_kv, head_dim).transpose(1, 2)
+    v = v.view(batch, q_len, n_kv, head_dim).transpose(1, 2)
+    return _apply_rope(q, cos, sin), _apply_rope(k, cos, sin), v
+
+
+def _attention_output_and_mlp(
+    h: torch.Tensor,
+    attn: torch.Tensor,
+    o_weight: torch.Tensor,
+    o_bias: torch.Tensor | None,
+    norm_weight: torch.Tensor,
+    eps: float,
+    gate_up_weights: list[torch.Tensor],
+    gate_up_biases: list[torch.Tensor | None],
+    down_weight: torch.Tensor,
+    down_bias: torch.Tensor | None,
+) -> torch.Tensor:
+    """o_proj + residual, post_attention_layernorm, SiLU-gated MLP + residual (attn [B, q, H])."""
+    h = h + F.linear(attn, o_weight, o_bias)
+    x = _rms_norm(h, norm_weight, eps)
+    if len(gate_up_weights) == 1:  # fused [gate; up] matrix
+        gate, up = F.linear(x, gate_up_weights[0], gate_up_biases[0]).chunk(2, dim=-1)
+    else:
+        gate, up = (F.linear(x, w, b) for w, b in zip(gate_up_weights, gate_up_biases))
+    return h + F.linear(F.silu(gate) * up, down_weight, down_bias)
+
+
 @dataclass
 class _LayerWeights:
-    """Per-layer fused weights (``fuse=True``), else None and the modules are called."""
+    """One decoder layer's tensors (fused q/k/v and gate/up copies when ``fuse``)."""
 
-    qkv: torch.Tensor | None = None
-    qkv_bias: torch.Tensor | None = None
-    gate_up: torch.Tensor | None = None
-    gate_up_bias: torch.Tensor | None = None
+    norm1: torch.Tensor
+    eps1: float
+    qkv: list[torch.Tensor]
+    qkv_bias: list[torch.Tensor | None]
+    o: torch.Tensor
+    o_bias: torch.Tensor | None
+    norm2: torch.Tensor
+    eps2: float
+    gate_up: list[torch.Tensor]
+    gate_up_bias: list[torch.Tensor | None]
+    down: torch.Tensor
+    down_bias: torch.Tensor | None
+
+
+def _fused(linears: list[Any]) -> tuple[list[torch.Tensor], list[torch.Tensor | None]]:
+    weight = torch.cat([lin.weight for lin in linears], dim=0)
+    biases = [lin.bias for lin in linears]
+    if all(b is None for b in biases):
+        return [weight], [None]
+    return [weight], [torch.cat([b if b is not None else lin.weight.new_zeros(lin.out_features)
+                                 for b, lin in zip(biases, linears)])]
 
 
 class _Llama:
-    """The pieces of a ``LlamaForCausalLM`` the static-cache forward needs, checked once."""
+    """The tensors of a ``LlamaForCausalLM`` the static-cache forward needs, checked once.
 
-    def __init__(self, language_model: Any, fuse: bool) -> None:
+    ``compiled``: the two per-layer pieces around attention go through ``torch.compile`` (fusing
+    RMSNorm, rotary, SiLU-gating and residual adds into a few kernels; the matrix products stay
+    cuBLAS calls). Only the attention core (cache write + SDPA) runs outside them.
+    """
+
+    def __init__(self, language_model: Any, fuse: bool, compiled: bool) -> None:
         config = language_model.config
         model = language_model.model
-        if getattr(config, "model_type", "llama") != "llama":
-            raise ValueError(f"FastGreedyDecoder supports Llama language models, got model_type {config.model_type!r}")
+        if getattr(config, "model_type", "llama") != "llama" or getattr(config, "hidden_act", "silu") != "silu":
+            raise ValueError(
+                "FastGreedyDecoder supports Llama language models with SiLU MLPs, got model_type "
+                f"{getattr(config, 'model_type', None)!r}, hidden_act {getattr(config, 'hidden_act', None)!r}"
+            )
         self.lm = language_model
-        self.layers = list(model.layers)
+        self.n_layers = len(model.layers)
         self.norm = model.norm
         self.rotary = model.rotary_emb
         self.embed = language_model.get_input_embeddings()
@@ -93,22 +181,38 @@ class _Llama:
         self.n_kv = int(getattr(config, "num_key_value_heads", None) or self.n_heads)
         self.head_dim = int(getattr(config, "head_dim", None) or config.hidden_size // self.n_heads)
         self.hidden = int(config.hidden_size)
-        self.weights = [self._fused(layer) if fuse else _LayerWeights() for layer in self.layers]
+        self.weights = [self._layer_weights(layer, fuse) for layer in model.layers]
+        if compiled:
+            self.attention_inputs = torch.compile(_attention_inputs)
+            self.attention_output_and_mlp = torch.compile(_attention_output_and_mlp)
+        else:
+            self.attention_inputs = _attention_inputs
+            self.attention_output_and_mlp = _attention_output_and_mlp
 
     @staticmethod
-    def _cat(*linears: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
-        weight = torch.cat([lin.weight for lin in linears], dim=0)
-        biases = [lin.bias for lin in linears]
-        bias = None if all(b is None for b in biases) else torch.cat(
-            [b if b is not None else lin.weight.new_zeros(lin.out_features) for b, lin in zip(biases, linears)]
-        )
-        return weight, bias
-
-    def _fused(self, layer: Any) -> _LayerWeights:
+    def _layer_weights(layer: Any, fuse: bool) -> _LayerWeights:
         attn, mlp = layer.self_attn, layer.mlp
-        qkv, qkv_bias = self._cat(attn.q_proj, attn.k_proj, attn.v_proj)
-        gate_up, gate_up_bias = self._cat(mlp.gate_proj, mlp.up_proj)
-        return _LayerWeights(qkv, qkv_bias, gate_up, gate_up_bias)
+        if fuse:
+            qkv, qkv_bias = _fused([attn.q_proj, attn.k_proj, attn.v_proj])
+            gate_up, gate_up_bias = _fused([mlp.gate_proj, mlp.up_proj])
+        else:
+            qkv = [attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight]
+            qkv_bias = [attn.q_proj.bias, attn.k_proj.bias, attn.v_proj.bias]
+            gate_up, gate_up_bias = [mlp.gate_proj.weight, mlp.up_proj.weight], [mlp.gate_proj.bias, mlp.up_proj.bias]
+        return _LayerWeights(
+            norm1=layer.input_layernorm.weight,
+            eps1=float(layer.input_layernorm.variance_epsilon),
+            qkv=qkv,
+            qkv_bias=qkv_bias,
+            o=attn.o_proj.weight,
+            o_bias=attn.o_proj.bias,
+            norm2=layer.post_attention_layernorm.weight,
+            eps2=float(layer.post_attention_layernorm.variance_epsilon),
+            gate_up=gate_up,
+            gate_up_bias=gate_up_bias,
+            down=mlp.down_proj.weight,
+            down_bias=mlp.down_proj.bias,
+        )
 
     def layer(
         self,
@@ -123,24 +227,15 @@ class _Llama:
     ) -> torch.Tensor:
         """One decoder layer on h [B, q, H]; writes K/V to cache[:, :, start:start+q]; attends to
         cache[:, :, :start+q] under ``mask`` [B, 1, q, start+q] (additive: 0 = attend, -inf = masked)."""
-        layer, w = self.layers[index], self.weights[index]
-        attn = layer.self_attn
+        w = self.weights[index]
         batch, q_len, _ = h.shape
-        x = layer.input_layernorm(h)
-        if w.qkv is not None:
-            q, k, v = F.linear(x, w.qkv, w.qkv_bias).split(
-                [self.n_heads * self.head_dim, self.n_kv * self.head_dim, self.n_kv * self.head_dim], dim=-1
-            )
-        else:
-            q, k, v = attn.q_proj(x), attn.k_proj(x), attn.v_proj(x)
-        q = q.view(batch, q_len, self.n_heads, self.head_dim).transpose(1, 2)
-        k = k.view(batch, q_len, self.n_kv, self.head_dim).transpose(1, 2)
-        v = v.view(batch, q_len, self.n_kv, self.head_dim).transpose(1, 2)
-        q, k = _apply_rope(q, cos, sin), _apply_rope(k, cos, sin)
+        q, k, v = self.attention_inputs(
+            h, w.norm1, w.eps1, w.qkv, w.qkv_bias, cos, sin, self.n_heads, self.n_kv, self.head_dim
+        )
         stop = start + q_len
         k_cache[:, :, start:stop].copy_(k)
         v_cache[:, :, start:stop].copy_(v)
-        if start == 0:  # prefill: the fresh (contiguous) K/V are the whole key range
+        if start == 0:  # prefill: the fresh K/V are the whole key range
             keys, values = k, v
         else:
             keys, values = k_cache[:, :, :stop], v_cache[:, :, :stop]
@@ -148,13 +243,10 @@ class _Llama:
             rep = self.n_heads // self.n_kv
             keys, values = keys.repeat_interleave(rep, dim=1), values.repeat_interleave(rep, dim=1)
         out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
-        h = h + attn.o_proj(out.transpose(1, 2).reshape(batch, q_len, self.n_heads * self.head_dim))
-        x = layer.post_attention_layernorm(h)
-        if w.gate_up is not None:
-            mlp = layer.mlp
-            gate, up = F.linear(x, w.gate_up, w.gate_up_bias).chunk(2, dim=-1)
-            return h + mlp.down_proj(mlp.act_fn(gate) * up)
-        return h + layer.mlp(x)
+        out = out.transpose(1, 2).reshape(batch, q_len, self.n_heads * self.head_dim)
+        return self.attention_output_and_mlp(
+            h, out, w.o, w.o_bias, w.norm2, w.eps2, w.gate_up, w.gate_up_bias, w.down, w.down_bias
+        )
 
     def logits_last(self, h: torch.Tensor) -> torch.Tensor:
         return self.lm_head(self.norm(h[:, -1:, :]))[:, -1, :]
@@ -174,8 +266,8 @@ class _Bucket:
         self.embeds = torch.zeros(batch, length, llama.hidden, dtype=dtype, device=device)
         self.mask = torch.zeros(batch, length, dtype=torch.long, device=device)
         cache_shape = (batch, llama.n_kv, total, llama.head_dim)
-        self.k_cache = [torch.zeros(cache_shape, dtype=dtype, device=device) for _ in llama.layers]
-        self.v_cache = [torch.zeros(cache_shape, dtype=dtype, device=device) for _ in llama.layers]
+        self.k_cache = [torch.zeros(cache_shape, dtype=dtype, device=device) for _ in range(llama.n_layers)]
+        self.v_cache = [torch.zeros(cache_shape, dtype=dtype, device=device) for _ in range(llama.n_layers)]
         self.causal = torch.ones(length, length, dtype=torch.bool, device=device).tril_()
         self.eye = torch.eye(length, dtype=torch.bool, device=device)
         self.token_ids = torch.zeros(batch, n_tokens, dtype=torch.int64, device=device)
@@ -192,7 +284,7 @@ class _Bucket:
 
     def compute(self) -> None:
         """Prefill + n_tokens greedy steps over the static buffers (eager; captured on CUDA)."""
-        llama, n_layers = self.llama, len(self.llama.layers)
+        llama, n_layers = self.llama, self.llama.n_layers
         valid = self.mask.bool()
         positions = positions_from_mask(self.mask)
         allowed = ((self.causal[None] & valid[:, None, :]) | self.eye[None])[:, None]  # [B, 1, L, L]
@@ -248,7 +340,9 @@ class FastGreedyDecoder:
     ``use_cuda_graphs``: None = on CUDA devices. ``pad_multiple``: the prefix length is left-padded
     up to a multiple of this (1 = exact lengths). ``max_buckets``: captured shapes kept (LRU; a
     7B bucket at B=32 holds ~5 GB of KV cache). ``fuse``: fused q/k/v and gate/up weights (a
-    snapshot of the weights at first use). ``warmup``: eager runs before a capture.
+    snapshot of the weights at first use). ``compile``: ``torch.compile`` the per-layer pieces around
+    attention (None = on CUDA; the first call of a new shape then takes seconds). ``warmup``: eager
+    runs before a capture.
     """
 
     def __init__(
@@ -258,6 +352,7 @@ class FastGreedyDecoder:
         pad_multiple: int = 8,
         max_buckets: int = 4,
         fuse: bool = False,
+        compile: bool | None = None,
         warmup: int = 2,
     ) -> None:
         if pad_multiple < 1 or max_buckets < 1:
@@ -266,6 +361,7 @@ class FastGreedyDecoder:
         self.pad_multiple = pad_multiple
         self.max_buckets = max_buckets
         self.fuse = fuse
+        self.compile = compile
         self.warmup = warmup
         self._llamas: dict[int, _Llama] = {}
         self._buckets: OrderedDict[tuple[Any, ...], _Bucket] = OrderedDict()
@@ -280,10 +376,11 @@ class FastGreedyDecoder:
         self._buckets.clear()
         self._llamas.clear()
 
-    def _llama(self, language_model: Any) -> _Llama:
+    def _llama(self, language_model: Any, device: torch.device) -> _Llama:
         key = id(language_model)
         if key not in self._llamas or self._llamas[key].lm is not language_model:
-            self._llamas[key] = _Llama(language_model, self.fuse)
+            compiled = self.compile if self.compile is not None else device.type == "cuda"
+            self._llamas[key] = _Llama(language_model, self.fuse, compiled)
         return self._llamas[key]
 
     @torch.inference_mode()
@@ -297,7 +394,7 @@ class FastGreedyDecoder:
             )
         if n_tokens < 1:
             raise ValueError(f"n_tokens must be >= 1, got {n_tokens}")
-        llama = self._llama(language_model)
+        llama = self._llama(language_model, inputs_embeds.device)
         batch, length, _ = inputs_embeds.shape
         padded = -(-length // self.pad_multiple) * self.pad_multiple
         device, dtype = inputs_embeds.device, inputs_embeds.dtype
