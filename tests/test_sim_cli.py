@@ -71,6 +71,18 @@ def test_report_compare_runs_the_two_proportion_test_and_plots(tmp_path: Path, c
 
 
 @pytest.mark.cpu
+@pytest.mark.cpu
+def test_report_notes_a_log_resumed_with_other_code(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    log = write_log(tmp_path / "a.jsonl", {("libero_object", 0): [True, False]})
+    config = RunConfig("expert", {}, tuple(EpisodeSpec("libero_object", 0, i) for i in range(2)))
+    EpisodeLog.open(log, config, {**VERSIONS, "git_diff_sha256": "feedbeef" * 8}).close()
+    assert main(["report", str(log)]) == 0
+    out = capsys.readouterr().out
+    assert "1 resume(s)" in out
+    assert "  note: resumed with other code (0123456789 + edits feedbeef): episodes may mix code versions" in out
+
+
+@pytest.mark.cpu
 def test_report_notes_logs_over_different_episodes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     a = write_log(tmp_path / "a.jsonl", A)
     b = write_log(tmp_path / "b.jsonl", {("libero_object", 0): [False, True]})

@@ -222,16 +222,29 @@ def _suite_totals(results: Sequence[EpisodeResult], confidence: float) -> dict[s
     return {row.suite: row.proportion for row in success_rows(results, confidence) if row.suite and row.task_id is None}
 
 
+def _code_version(versions: Mapping[str, Any]) -> str:
+    """``"0123456789"`` or ``"0123456789 + edits 1a2b3c4d"`` (the uncommitted diff's hash)."""
+    sha, diff = versions.get("git_sha"), versions.get("git_diff_sha256")
+    text = sha[:10] if sha else "unknown"
+    if diff:
+        text += f" + edits {diff[:8]}"
+    elif versions.get("git_dirty"):
+        text += " (dirty)"
+    return text
+
+
 def _describe_log(name: str, log: LogContents) -> list[str]:
     config, versions = log.header.config, log.header.versions
     planned = len(config.get("specs") or ())
     stack = ", ".join(f"{k} {versions.get(k)}" for k in ("mujoco", "robosuite", "libero", "torch", "transformers", "MUJOCO_GL"))
-    sha = versions.get("git_sha")
     lines = [
         f"{name}{log.path}: policy {config.get('policy')} {dict(config.get('policy_params') or {})}, "
         f"{len(log.results)}/{planned} episodes finished, {len(log.resumes)} resume(s)",
-        f"  {stack}; git {sha[:10] if sha else 'unknown'}{' (dirty)' if versions.get('git_dirty') else ''}",
+        f"  {stack}; git {_code_version(versions)}",
     ]
+    other_code = sorted({_code_version(r.versions) for r in log.resumes} - {_code_version(versions)})
+    if other_code:
+        lines.append(f"  note: resumed with other code ({'; '.join(other_code)}): episodes may mix code versions")
     if log.truncated:
         lines.append("  note: the last line was partial (a killed writer) and is ignored")
     errors = sum(1 for r in log.results if r.error)
