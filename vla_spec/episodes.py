@@ -17,7 +17,9 @@ Resume policy (:meth:`EpisodeLog.open` on an existing log):
 
 * the *identity* of the run must match the header: policy name, policy parameters, the set of
   episodes (suite, task, init index, env seed) and ``record_trace``; otherwise :class:`LogMismatch`.
-  ``workers``, ``video_dir`` and the git SHA may change (they do not change results);
+  ``workers`` and ``video_dir`` may change (they do not change results), and so may the code
+  (git SHA, hash of uncommitted edits): it changes with every commit, so it is recorded in the
+  ``resume`` line instead, and ``vla-spec report`` notes a log resumed with other code;
 * the versions in :data:`PINNED_VERSIONS` must match too (a mixed log would hide an upgrade's
   effect); the current versions are recorded in a ``resume`` line either way;
 * episodes already in the log are not run again; at most one line per episode is allowed.
