@@ -2,12 +2,19 @@
 
 Positive: the scripted privileged expert, its commands squeezed through OpenVLA's action path
 (suite stats -> 7 tokens -> decode -> unnormalize -> gripper post-processing), solves libero_object
-and libero_spatial: Wilson 95 % lower bound >= 70 % over 30 episodes per suite (3 init states x 10 tasks).
+and libero_spatial: Wilson 95 % lower bound >= 70 % over 20 libero_object episodes (10 tasks x init
+states 0-1) and 30 libero_spatial episodes (10 tasks x init states 0-2; the expert cannot reach
+the bowl in the drawer of task 4, so 20 episodes could not clear the bound).
 
-Negative, the same expert and path with one knob changed (20 episodes each, 10 per suite):
-* ``unnorm_key="bridge_orig"``: tokens are well formed but decode to WidowX-scale deltas
-  (|xyz| <= 0.042 controller units instead of up to 0.94), so the arm barely moves;
-* ``invert_gripper=False``: the gripper closes when the expert means open and vice versa.
+Negative, the same expert and path with one knob changed, 20 episodes each:
+* ``unnorm_key="bridge_orig"`` (10 libero_object + 10 libero_spatial): tokens are well formed but
+  decode to WidowX-scale deltas (|xyz| <= 0.042 controller units instead of up to 0.94), so the
+  arm barely moves;
+* ``invert_gripper=False`` (libero_object, 10 tasks x init states 0-1): the gripper closes when the
+  expert means open and vice versa, so it never holds the object. Not on libero_spatial: there the
+  closed fingers enter the bowl and the "close" command spreads them against its inner wall, which
+  lifts the bowl (3 of 5 tasks still succeeded when tried), so the closed-loop expert is no control
+  of the gripper sign on bowls.
 Both must fail: Wilson 95 % upper bound <= 17 % (0/20 gives 16.1 %).
 
 Episodes are fixed (task x init state), so each control is deterministic; run through the
@@ -31,7 +38,7 @@ from vla_spec.statistics import wilson_interval
 pytestmark = pytest.mark.sim
 
 WORKERS = 2
-POSITIVE_INITS = (0, 1, 2)  # x 10 tasks = 30 episodes per suite
+POSITIVE_INITS = {"libero_object": (0, 1), "libero_spatial": (0, 1, 2)}  # x 10 tasks each
 POSITIVE_MIN_LOWER_BOUND = 0.70
 NEGATIVE_MAX_UPPER_BOUND = 0.17
 
@@ -40,7 +47,8 @@ def _specs(suite: str, inits: tuple[int, ...], tasks: range = range(10)) -> list
     return [EpisodeSpec(suite, task_id, init_index) for task_id in tasks for init_index in inits]
 
 
-NEGATIVE_SPECS = _specs("libero_object", (0,)) + _specs("libero_spatial", (0,))
+BRIDGE_SPECS = _specs("libero_object", (0,)) + _specs("libero_spatial", (0,))
+NO_INVERT_SPECS = _specs("libero_object", (0, 1))
 
 
 def _run(tmp_path: Path, name: str, specs: list[EpisodeSpec], **expert_knobs: object) -> list[EpisodeResult]:
@@ -64,7 +72,7 @@ def _max_abs_xyz(results: list[EpisodeResult]) -> float:
 @pytest.fixture(scope="module")
 def positive(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[EpisodeResult]]:
     folder = tmp_path_factory.mktemp("positive")
-    return {suite: _run(folder, suite, _specs(suite, POSITIVE_INITS)) for suite in ("libero_object", "libero_spatial")}
+    return {suite: _run(folder, suite, _specs(suite, inits)) for suite, inits in POSITIVE_INITS.items()}
 
 
 @pytest.mark.parametrize("suite", ["libero_object", "libero_spatial"])
@@ -79,7 +87,7 @@ def test_expert_solves_the_suite(positive: dict[str, list[EpisodeResult]], suite
 
 
 def test_wrong_unnorm_key_makes_tiny_actions_and_fails(tmp_path: Path) -> None:
-    results = _run(tmp_path, "bridge", NEGATIVE_SPECS, unnorm_key="bridge_orig")
+    results = _run(tmp_path, "bridge", BRIDGE_SPECS, unnorm_key="bridge_orig")
     bridge = load_norm_stats("bridge_orig")
     bridge_limit = float(np.max(np.abs([bridge.q01[:3], bridge.q99[:3]])))
     assert bridge_limit == pytest.approx(0.0417, abs=1e-4)
@@ -92,7 +100,7 @@ def test_wrong_unnorm_key_makes_tiny_actions_and_fails(tmp_path: Path) -> None:
 
 
 def test_skipping_the_gripper_inversion_fails(tmp_path: Path) -> None:
-    results = _run(tmp_path, "no_invert", NEGATIVE_SPECS, invert_gripper=False)
+    results = _run(tmp_path, "no_invert", NO_INVERT_SPECS, invert_gripper=False)
     # the expert starts with an open gripper (env -1 = training 1.0); without inversion it closes
     assert all(r.trace[0]["action"][6] == 1.0 for r in results)
     wins = sum(r.success for r in results)
