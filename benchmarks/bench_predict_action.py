@@ -18,7 +18,8 @@ For each batch size the same inputs go through
   the per-layer elementwise work (RMSNorm, rotary, SiLU gating, residuals) ``torch.compile``-d;
 * variants (``--variants``): ``fast+fused`` (fused q/k/v and gate/up weight matrices),
   ``fast-uncompiled`` (no torch.compile in the decoder), ``fast+fused+compiled-vision`` (towers
-  and projector also through ``torch.compile``, inside their CUDA graph).
+  and projector also through ``torch.compile``, inside their CUDA graph), ``...+gemv`` (batch-1
+  decode steps through the Triton GEMV kernel instead of cuBLAS).
 
 What is timed: one whole ``predict_action`` call (images in, numpy actions out), host clock around
 the call after ``torch.cuda.synchronize()`` (the call ends with a device-to-host copy of the
@@ -66,6 +67,8 @@ VARIANTS = {  # fast-path options: FastGreedyDecoder(fuse=, compile=), accelerat
     "fast+fused": {"fuse": True},
     "fast-uncompiled": {"compile": False},
     "fast+fused+compiled-vision": {"fuse": True, "compile_vision": True},
+    "fast+fused+gemv": {"fuse": True, "gemv": True},
+    "fast+fused+gemv+compiled-vision": {"fuse": True, "gemv": True, "compile_vision": True},
 }
 LLAMA2_7B = {
     "vocab_size": 32064,
@@ -277,7 +280,9 @@ def main(argv: list[str] | None = None) -> int:
             if options.get("compile_vision") and batch not in args.compile_vision_batches:
                 continue
             restore(model)
-            decoder = FastGreedyDecoder(fuse=options.get("fuse", False), compile=options.get("compile", True))
+            decoder = FastGreedyDecoder(
+                fuse=options.get("fuse", False), compile=options.get("compile", True), gemv=options.get("gemv", False)
+            )
             accelerate(model, decoder=decoder, compile_vision=options.get("compile_vision", False))
             start = time.perf_counter()
             model.predict_action(images, texts, UNNORM_KEY)  # captures the graphs
@@ -317,37 +322,31 @@ def main(argv: list[str] | None = None) -> int:
         restore(model)
         results.append(row)
         torch.cuda.empty_cache()
+    if args.json:
+        args.json.write_text(json.dumps({"env": env, "args": vars(args) | {"json": str(args.json)}, "results": results},
+                                        indent=1, default=str))
     print(f"# peak GPU memory {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB")
     print()
     print(f"predict_action, 7B-shaped OpenVLA, random bf16 weights, {env['gpu']}, torch {env['torch']}, "
           f"transformers {env['transformers']}; median of {args.iters} calls; preprocessing included (see preproc)")
     print()
-    print("| batch | prefix tokens | naive ms/call | fast ms/call | actions/s naive | actions/s fast | speedup | "
-          "preproc ms | fast tokens == naive (rows) | rows not at a near-tie |")
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for row in results:
-        agree = row["fast_agreement"]
-        print(
-            f"| {row['batch']} | {row['prefix_tokens']} | {row['naive_ms']:.1f} | {row['fast_ms']:.1f} | "
-            f"{1e3 * row['batch'] / row['naive_ms']:.1f} | {1e3 * row['batch'] / row['fast_ms']:.1f} | "
-            f"{row['naive_ms'] / row['fast_ms']:.2f}x | {row['preproc_ms']:.1f} | "
-            f"{agree['rows_identical']}/{agree['rows']} | {agree['rows_not_explained_by_near_tie']} |"
-        )
-    for label, _ in variants[1:]:
+    for label, options in variants:
         print()
-        print(f"| batch | {label} ms/call | actions/s | rows identical to naive |")
-        print("|---:|---:|---:|---:|")
+        print(f"**{label}** {options or '(accelerate() defaults)'}")
+        print()
+        print("| batch | prefix tokens | naive ms/call | fast ms/call | actions/s naive | actions/s fast | speedup | "
+              "preproc ms | fast tokens == naive (rows) | rows not at a near-tie |")
+        print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
         for row in results:
             if f"{label}_ms" not in row:
                 continue
-            agree = row[f"{label}_agreement"]
+            agree, fast_ms = row[f"{label}_agreement"], row[f"{label}_ms"]
             print(
-                f"| {row['batch']} | {row[f'{label}_ms']:.1f} | {1e3 * row['batch'] / row[f'{label}_ms']:.1f} | "
-                f"{agree['rows_identical']}/{agree['rows']} |"
+                f"| {row['batch']} | {row['prefix_tokens']} | {row['naive_ms']:.1f} | {fast_ms:.1f} | "
+                f"{1e3 * row['batch'] / row['naive_ms']:.1f} | {1e3 * row['batch'] / fast_ms:.1f} | "
+                f"{row['naive_ms'] / fast_ms:.2f}x | {row['preproc_ms']:.1f} | "
+                f"{agree['rows_identical']}/{agree['rows']} | {agree['rows_not_explained_by_near_tie']} |"
             )
-    if args.json:
-        args.json.write_text(json.dumps({"env": env, "args": vars(args) | {"json": str(args.json)}, "results": results},
-                                        indent=1, default=str))
     return 0
 
 
