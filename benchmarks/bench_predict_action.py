@@ -16,10 +16,11 @@ For each batch size the same inputs go through
 * **fast**: :func:`vla_spec.model.fast_decoding.accelerate` (static KV cache; prefill + 6 decode
   steps in one CUDA graph per shape; towers + projector in one CUDA graph per batch size);
   the per-layer elementwise work (RMSNorm, rotary, SiLU gating, residuals) ``torch.compile``-d;
+  batch-1 decode products through a Triton GEMV;
 * variants (``--variants``): ``fast+fused`` (fused q/k/v and gate/up weight matrices),
   ``fast-uncompiled`` (no torch.compile in the decoder), ``fast+fused+compiled-vision`` (towers
-  and projector also through ``torch.compile``, inside their CUDA graph), ``...+gemv`` (batch-1
-  decode steps through the Triton GEMV kernel instead of cuBLAS).
+  and projector also through ``torch.compile``, inside their CUDA graph), ``fast-cublas`` (batch-1
+  decode steps through cuBLAS instead of the Triton GEMV kernel).
 
 What is timed: one whole ``predict_action`` call (images in, numpy actions out), host clock around
 the call after ``torch.cuda.synchronize()`` (the call ends with a device-to-host copy of the
@@ -66,9 +67,8 @@ VARIANTS = {  # fast-path options: FastGreedyDecoder(fuse=, compile=), accelerat
     "fast": {},
     "fast+fused": {"fuse": True},
     "fast-uncompiled": {"compile": False},
+    "fast-cublas": {"gemv": False},
     "fast+fused+compiled-vision": {"fuse": True, "compile_vision": True},
-    "fast+fused+gemv": {"fuse": True, "gemv": True},
-    "fast+fused+gemv+compiled-vision": {"fuse": True, "gemv": True, "compile_vision": True},
 }
 LLAMA2_7B = {
     "vocab_size": 32064,
@@ -281,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             restore(model)
             decoder = FastGreedyDecoder(
-                fuse=options.get("fuse", False), compile=options.get("compile", True), gemv=options.get("gemv", False)
+                fuse=options.get("fuse", False), compile=options.get("compile", True), gemv=options.get("gemv", True)
             )
             accelerate(model, decoder=decoder, compile_vision=options.get("compile_vision", False))
             start = time.perf_counter()

@@ -187,7 +187,7 @@ def test_fused_projections_and_lru(cuda_model):
     from vla_spec.model.decoding import greedy_decode
     from vla_spec.model.fast_decoding import FastGreedyDecoder
 
-    decoder = FastGreedyDecoder(fuse=True, max_buckets=2, pad_multiple=1, compile=False)  # uncompiled path
+    decoder = FastGreedyDecoder(fuse=True, max_buckets=2, pad_multiple=1, compile=False, gemv=False)  # cuBLAS path
     cases = golden_cases()
     for size in (1, 3, 4):
         prefix = cuda_model.prefix([load_image(i) for i, _ in cases[:size]], [t for _, t in cases[:size]])
