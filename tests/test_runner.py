@@ -177,3 +177,12 @@ def test_resume_after_sigkill_mid_episode(one_worker_run: tuple[list[EpisodeResu
     by_key = {(r["task_id"], r["init_index"]): r for r in map(json.loads, after)}
     resumed = [EpisodeResult(**{k: v for k, v in by_key[(s.task_id, s.init_index)].items() if k != "kind"}) for s in SIM_SPECS]
     assert [outcome(r) for r in resumed] == [outcome(r) for r in reference]
+
+
+@pytest.mark.sim
+def test_a_policy_that_does_nothing_fails_after_the_full_budget(tmp_path: Path) -> None:
+    """Negative control: the wait action never solves a task, so the episode uses all its steps."""
+    from vla_spec.sim.suites import MAX_STEPS
+
+    (result,) = run_episodes(WaitPolicy, SIM_SPECS[:1], tmp_path / "log.jsonl", progress=False)
+    assert (result.success, result.steps, result.error) == (False, MAX_STEPS["libero_object"], None)
