@@ -15,7 +15,7 @@ import pytest
 
 pytestmark = pytest.mark.sim
 
-STEPS = 20
+STEPS = 10
 
 SCRIPT = f"""
 import json
