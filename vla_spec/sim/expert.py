@@ -7,10 +7,10 @@ controls (it must fail). Its commands go through OpenVLA's real action path
 ``normalize`` with the suite's statistics -> 7 tokens -> decode -> ``unnormalize`` ->
 ``policy_to_env``; the environment only ever sees the decoded command.
 
-Supported goals: conjunctions of ``('in', obj, site_region)``, ``('in', obj, object)`` and
-``('on', obj, object)`` where ``obj`` is a movable object (all of libero_object and
-libero_spatial; the pick-and-place tasks of libero_goal and libero_10). Other predicates
-(open/close/turnon, regions under "on") raise :class:`UnsupportedTask` in ``reset``.
+Supported goals: conjunctions of ``('in' | 'on', obj, target)`` where ``obj`` is a movable object
+and ``target`` an object or a site region (all of libero_object and libero_spatial; the
+pick-and-place tasks of libero_goal and libero_10). Other predicates (open/close/turnon) raise
+:class:`UnsupportedTask` in ``reset`` (an episode error, hence a failure).
 
 Script per sub-goal: above the grasp point -> descend -> close -> lift -> over the target ->
 lower -> open -> retreat up. Positions are metres in the world frame (z up; the Panda starts
@@ -178,8 +178,8 @@ def pick_place_goals(env: Any) -> list[PickPlace]:
         _, obj, target = predicate
         if not scene.is_movable(obj):
             raise UnsupportedTask(f"{obj!r} in {predicate} is not a movable object")
-        if not (scene.is_object(target) or (relation == "in" and scene.is_site(target))):
-            raise UnsupportedTask(f"target {target!r} of {predicate} is neither an object nor a containing region")
+        if not (scene.is_object(target) or scene.is_site(target)):
+            raise UnsupportedTask(f"target {target!r} of {predicate} is neither an object nor a region")
         goals.append(PickPlace(relation, obj, target))
     return goals
 
@@ -291,10 +291,15 @@ class PickPlaceExpert:
     def _place_point(self, goal: PickPlace, held: Box) -> np.ndarray:
         """Where the held object's bounding-box centre should be when released."""
         scene = self._scene
-        if scene.is_site(goal.target):
+        if scene.is_site(goal.target) and goal.relation == "in":
             region = scene.site_box(goal.target)
             center = region.center.copy()
             center[2] = max(region.center[2], region.low[2] + held.half[2] + 0.01)
+            return center
+        if scene.is_site(goal.target):  # "on" a region: rest on its top face (LIBERO's ``under``)
+            region = scene.site_box(goal.target)
+            center = region.center.copy()
+            center[2] = region.high[2] + held.half[2] + 0.01
             return center
         support = scene.object_box(goal.target)
         center = support.center.copy()
