@@ -112,10 +112,15 @@ def center_crop(image: np.ndarray, area: float = CENTER_CROP_AREA, size: int = M
     return np.clip(np.trunc(cropped * np.float32(255.5)), 0, 255).astype(np.uint8)
 
 
+def model_image(upright: np.ndarray, *, center_crop_enabled: bool = True) -> np.ndarray:
+    """An upright H x W x 3 uint8 image -> the 224 x 224 x 3 uint8 model image (steps 2-4)."""
+    image = resize_lanczos(jpeg_roundtrip(check_rgb_uint8(upright, "upright image")))
+    return center_crop(image) if center_crop_enabled else image
+
+
 def libero_image(agentview: np.ndarray, *, center_crop_enabled: bool = True) -> np.ndarray:
     """LIBERO ``agentview_image`` (H x W x 3 uint8, as rendered) -> the 224 x 224 x 3 uint8 model image."""
-    image = resize_lanczos(jpeg_roundtrip(rotate_180(check_rgb_uint8(agentview, "agentview image"))))
-    return center_crop(image) if center_crop_enabled else image
+    return model_image(rotate_180(check_rgb_uint8(agentview, "agentview image")), center_crop_enabled=center_crop_enabled)
 
 
 def _as_pil(image: ImageLike, index: int) -> Any:

@@ -43,6 +43,9 @@ class PolicyEntry:
 #: CLI options that policies may take: dest -> (flag, help). Only options given are passed on.
 POLICY_OPTIONS: dict[str, tuple[str, str]] = {
     "unnorm_key": ("--unnorm-key", "norm-stats key to decode actions with (default: the suite's own)"),
+    "checkpoint": ("--checkpoint", "OpenVLA checkpoint directory in the HF format (default: golden/tiny-openvla)"),
+    "device": ("--device", "torch device for the model, e.g. cpu or cuda (default: cpu)"),
+    "dtype": ("--dtype", "float32 or bfloat16 (default: float32)"),
 }
 
 POLICIES: dict[str, PolicyEntry] = {
@@ -51,6 +54,12 @@ POLICIES: dict[str, PolicyEntry] = {
         "scripted privileged pick-and-place expert (vla_spec.sim.expert), no camera; "
         "--unnorm-key bridge_orig makes it a negative control",
         ("unnorm_key",),
+    ),
+    "openvla": PolicyEntry(
+        "vla_spec.sim.openvla_policy:OpenVLAPolicy",
+        "an OpenVLA checkpoint (vla_spec.sim.openvla_policy; camera on): the evaluation's image path "
+        "in, its action path out; --unnorm-key defaults to the suite (or {suite}_no_noops)",
+        ("checkpoint", "unnorm_key", "device", "dtype"),
     ),
     "wait": PolicyEntry(
         "vla_spec.commands.sim:WaitPolicy",

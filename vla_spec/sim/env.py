@@ -56,12 +56,26 @@ def _gl_hint() -> str:
     )
 
 
+def load_triton_before_egl() -> None:
+    """Import Triton (if installed) before the first EGL context exists.
+
+    Mesa's llvmpipe renderer and Triton (pulled in lazily by torch >= 2.14 on the first tensor op)
+    each load their own LLVM; importing Triton *after* an EGL context was made segfaults the process
+    (seen: torch 2.14.1, mujoco 3.3.2, Mesa 22.3 llvmpipe). Loaded first, both work.
+    """
+    import importlib.util
+
+    if importlib.util.find_spec("triton") is not None:
+        import triton  # noqa: F401
+
+
 def make_env(suite: str, task_id: int, *, camera: bool) -> Any:
     """A new LIBERO environment for the task (see the module docstring for the two flavours)."""
     info = task_info(suite, task_id)
     _, env_wrapper = import_libero()
     try:
         if camera:
+            load_triton_before_egl()
             return env_wrapper.OffScreenRenderEnv(
                 bddl_file_name=info.bddl_file, camera_heights=CAMERA_SIZE, camera_widths=CAMERA_SIZE
             )
