@@ -47,6 +47,17 @@ def top1_and_margin(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @torch.inference_mode()
+def check_decoder_inputs(inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, n_tokens: int) -> None:
+    """The arguments every decoder takes: ``inputs_embeds`` [B, L, H], ``attention_mask`` [B, L], n >= 1."""
+    if inputs_embeds.ndim != 3 or attention_mask.shape != inputs_embeds.shape[:2]:
+        raise ValueError(
+            f"inputs_embeds must be [B, L, H] and attention_mask [B, L]; got {tuple(inputs_embeds.shape)} "
+            f"and {tuple(attention_mask.shape)}"
+        )
+    if n_tokens < 1:
+        raise ValueError(f"n_tokens must be >= 1, got {n_tokens}")
+
+
 def greedy_decode(
     language_model: Any, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, n_tokens: int
 ) -> GreedyResult:
@@ -57,13 +68,7 @@ def greedy_decode(
     """
     from transformers import DynamicCache
 
-    if inputs_embeds.ndim != 3 or attention_mask.shape != inputs_embeds.shape[:2]:
-        raise ValueError(
-            f"inputs_embeds must be [B, L, H] and attention_mask [B, L]; got {tuple(inputs_embeds.shape)} "
-            f"and {tuple(attention_mask.shape)}"
-        )
-    if n_tokens < 1:
-        raise ValueError(f"n_tokens must be >= 1, got {n_tokens}")
+    check_decoder_inputs(inputs_embeds, attention_mask, n_tokens)
     embed = language_model.get_input_embeddings()
     mask = attention_mask.to(device=inputs_embeds.device, dtype=torch.long)
     positions = positions_from_mask(mask)

@@ -58,7 +58,7 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
-from vla_spec.model.decoding import GreedyResult, positions_from_mask, top1_and_margin
+from vla_spec.model.decoding import GreedyResult, check_decoder_inputs, positions_from_mask, top1_and_margin
 
 __all__ = ["FastGreedyDecoder", "accelerate", "restore", "is_accelerated"]
 
@@ -488,13 +488,7 @@ class FastGreedyDecoder:
     def __call__(
         self, language_model: Any, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, n_tokens: int
     ) -> GreedyResult:
-        if inputs_embeds.ndim != 3 or attention_mask.shape != inputs_embeds.shape[:2]:
-            raise ValueError(
-                f"inputs_embeds must be [B, L, H] and attention_mask [B, L]; got {tuple(inputs_embeds.shape)} "
-                f"and {tuple(attention_mask.shape)}"
-            )
-        if n_tokens < 1:
-            raise ValueError(f"n_tokens must be >= 1, got {n_tokens}")
+        check_decoder_inputs(inputs_embeds, attention_mask, n_tokens)
         llama = self._llama(language_model, inputs_embeds.device)
         batch, length, _ = inputs_embeds.shape
         padded = -(-length // self.pad_multiple) * self.pad_multiple
