@@ -28,6 +28,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from vla_spec.gripper import env_to_training, normalize_gripper_action, policy_to_env
+from vla_spec.images import rotate_180
 from vla_spec.normalization import NormStats, load_norm_stats, normalize, unnormalize
 from vla_spec.tokens import ACTION_DIM, ActionTokenizer
 
@@ -42,7 +43,7 @@ def policy_image(obs: Mapping[str, Any]) -> np.ndarray:
             f"observation has no {AGENTVIEW_KEY!r}: the environment was built without cameras "
             "(camera=False); a policy that looks must set needs_camera = True"
         )
-    return np.ascontiguousarray(np.asarray(obs[AGENTVIEW_KEY])[::-1, ::-1])
+    return rotate_180(np.asarray(obs[AGENTVIEW_KEY]))
 
 
 @dataclass(frozen=True)
