@@ -46,6 +46,7 @@ def test_static_cache_equals_dynamic_cache(kv_heads, fuse, pad_multiple):
     model = tiny_llama(kv_heads)
     embeds, mask = left_padded_batch()
     naive = greedy_decode(model, embeds, mask, 7)
+    assert not naive.margins.requires_grad and not naive.token_ids.requires_grad  # decoding records no graph
     decoder = FastGreedyDecoder(fuse=fuse, pad_multiple=pad_multiple)
     for _ in range(2):  # the second call reuses the bucket's buffers
         fast = decoder(model, embeds, mask, 7)

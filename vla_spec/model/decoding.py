@@ -46,7 +46,6 @@ def top1_and_margin(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return top.indices[:, 0].to(torch.int64), (top.values[:, 0] - top.values[:, 1]).to(torch.float32)
 
 
-@torch.inference_mode()
 def check_decoder_inputs(inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, n_tokens: int) -> None:
     """The arguments every decoder takes: ``inputs_embeds`` [B, L, H], ``attention_mask`` [B, L], n >= 1."""
     if inputs_embeds.ndim != 3 or attention_mask.shape != inputs_embeds.shape[:2]:
@@ -58,6 +57,7 @@ def check_decoder_inputs(inputs_embeds: torch.Tensor, attention_mask: torch.Tens
         raise ValueError(f"n_tokens must be >= 1, got {n_tokens}")
 
 
+@torch.inference_mode()
 def greedy_decode(
     language_model: Any, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, n_tokens: int
 ) -> GreedyResult:
