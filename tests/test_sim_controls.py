@@ -6,17 +6,17 @@ and libero_spatial: Wilson 95 % lower bound >= 70 % over 20 libero_object episod
 states 0-1) and 30 libero_spatial episodes (10 tasks x init states 0-2; the expert cannot reach
 the bowl in the drawer of task 4, so 20 episodes could not clear the bound).
 
-Negative, the same expert and path with one knob changed, 12 episodes each (every failed episode
+Negative, the same expert and path with one knob changed, 20 episodes each (every failed episode
 runs its full step budget, so each costs about 7 CPU-seconds):
-* ``unnorm_key="bridge_orig"`` (libero_object and libero_spatial tasks 0-5, init state 0): tokens are well formed but
+* ``unnorm_key="bridge_orig"`` (libero_object and libero_spatial tasks 0-9, init state 0): tokens are well formed but
   decode to WidowX-scale deltas (|xyz| <= 0.042 controller units instead of up to 0.94), so the
   arm barely moves;
-* ``invert_gripper=False`` (libero_object tasks 0-9 init state 0, tasks 0-1 init state 1): the gripper closes when the
+* ``invert_gripper=False`` (libero_object tasks 0-9, init states 0-1): the gripper closes when the
   expert means open and vice versa, so it never holds the object. Not on libero_spatial: there the
   closed fingers enter the bowl and the "close" command spreads them against its inner wall, which
   lifts the bowl (3 of 5 tasks still succeeded when tried), so the closed-loop expert is no control
   of the gripper sign on bowls.
-Both must fail: Wilson 95 % upper bound <= 25 % (0/12 gives 24.3 %; 20 episodes would give 16.1 %).
+Both must fail: Wilson 95 % upper bound <= 17 % (0/20 gives 16.1 %; 35 episodes would be needed for 10 %).
 
 Episodes are fixed (task x init state), so each control is deterministic; run through the
 episode runner with 2 worker processes.
@@ -41,15 +41,15 @@ pytestmark = pytest.mark.sim
 WORKERS = 2
 POSITIVE_INITS = {"libero_object": (0, 1), "libero_spatial": (0, 1, 2)}  # x 10 tasks each
 POSITIVE_MIN_LOWER_BOUND = 0.70
-NEGATIVE_MAX_UPPER_BOUND = 0.25
+NEGATIVE_MAX_UPPER_BOUND = 0.17
 
 
 def _specs(suite: str, inits: tuple[int, ...], tasks: range = range(10)) -> list[EpisodeSpec]:
     return [EpisodeSpec(suite, task_id, init_index) for task_id in tasks for init_index in inits]
 
 
-BRIDGE_SPECS = _specs("libero_object", (0,), range(6)) + _specs("libero_spatial", (0,), range(6))
-NO_INVERT_SPECS = _specs("libero_object", (0,)) + _specs("libero_object", (1,), range(2))
+BRIDGE_SPECS = _specs("libero_object", (0,)) + _specs("libero_spatial", (0,))
+NO_INVERT_SPECS = _specs("libero_object", (0, 1))
 
 
 def _run(tmp_path: Path, name: str, specs: list[EpisodeSpec], **expert_knobs: object) -> list[EpisodeResult]:
@@ -95,8 +95,8 @@ def test_wrong_unnorm_key_makes_tiny_actions_and_fails(tmp_path: Path) -> None:
     bridge = load_norm_stats("bridge_orig")
     bridge_limit = float(np.max(np.abs([bridge.q01[:3], bridge.q99[:3]])))
     assert bridge_limit == pytest.approx(0.0417, abs=1e-4)
-    # decoded with bridge_orig, no arm command exceeds bridge's own q01/q99 range: about 0.84 mm
-    # commanded per step, against up to 0.9375 (47 mm) with the LIBERO statistics
+    # decoded with bridge_orig, no arm command exceeds bridge's own q01/q99 range: about 2.1 mm
+    # commanded per step (0.0417 x 0.05 m), against up to 0.9375 (47 mm) with the LIBERO statistics
     assert _max_abs_xyz(results) <= bridge_limit
     wins = sum(r.success for r in results)
     interval = wilson_interval(wins, len(results))
