@@ -30,6 +30,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="path to the Llama-2 tokenizer.model (env: VLA_SPEC_LLAMA_TOKENIZER)",
     )
     group.addoption(
+        "--episodes-per-task",
+        type=int,
+        default=int(os.environ.get("VLA_SPEC_EPISODES_PER_TASK", "2")),
+        help="closed-loop gpu tier: initial states per task, 0..N-1 (default 2; 50 is the full protocol) "
+        "(env: VLA_SPEC_EPISODES_PER_TASK)",
+    )
+    group.addoption(
         "--all-tasks",
         action="store_true",
         default=os.environ.get("VLA_SPEC_ALL_TASKS") == "1",

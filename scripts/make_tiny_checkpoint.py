@@ -36,17 +36,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vla_spec.images import MODEL_IMAGE_SIZE, TOWER_NORMALIZATION, process_images
-from vla_spec.model.config import OVERRIDES_KEY, OpenVLAConfig
+from vla_spec.images import process_images
+from vla_spec.model.config import OpenVLAConfig
+from vla_spec.model.export import llama_text_config, openvla_config, save_checkpoint, word_tokenizer
 from vla_spec.model.modeling import OpenVLA
 from vla_spec.model.tokenizer import prompt_ids
-from vla_spec.prompt import BOS_TOKEN_ID, EOS_TOKEN_ID, SPECIAL_EMPTY_TOKEN_ID
 from vla_spec.tokens import ActionTokenizer
 
 SEED = 0
-PAD_TOKEN_ID = 32000
-UNK_TOKEN_ID = 0
-FIRST_WORD_ID = 100  # our word ids start here; unrelated to Llama-2's ids
 SUITES = ("libero_spatial", "libero_object", "libero_goal", "libero_10")
 TRAIN_INSTRUCTIONS = (
     "pick up the black bowl between the plate and the ramekin and place it on the plate",
@@ -61,45 +58,11 @@ TRAIN_INSTRUCTIONS = (
     "push the plate to the front of the stove",
 )
 EXTRA_WORDS = "in what action should the robot take to out cream cheese ketchup milk butter orange juice salad dressing bbq sauce mug microwave close top bottom left right next of".split()
-TEXT_CONFIG = {
-    "vocab_size": 32064,
-    "hidden_size": 32,
-    "intermediate_size": 64,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 4,
-    "hidden_act": "silu",
-    "max_position_embeddings": 2048,
-    "rms_norm_eps": 1e-5,
-    "rope_theta": 10000.0,
-    "tie_word_embeddings": False,
-    "bos_token_id": BOS_TOKEN_ID,
-    "eos_token_id": EOS_TOKEN_ID,
-    "pad_token_id": PAD_TOKEN_ID,
-    "model_type": "llama",
-    "torch_dtype": "bfloat16",
-}
+TEXT_CONFIG = llama_text_config(hidden_size=32, intermediate_size=64, layers=2, heads=4)
 TIMM_OVERRIDES = [
     {"embed_dim": 32, "depth": 2, "num_heads": 2},
     {"embed_dim": 32, "depth": 2, "num_heads": 2},
 ]
-PREPROCESSOR_CONFIG = {
-    "image_processor_type": "PrismaticImageProcessor",
-    "processor_class": "PrismaticProcessor",
-    "image_resize_strategy": "resize-naive",
-    "input_sizes": [[3, MODEL_IMAGE_SIZE, MODEL_IMAGE_SIZE]] * 2,
-    "interpolations": ["bicubic", "bicubic"],
-    "means": [list(mean) for mean, _ in TOWER_NORMALIZATION],
-    "stds": [list(std) for _, std in TOWER_NORMALIZATION],
-    "tvf_resize_params": [{"antialias": True, "interpolation": 3, "max_size": None, "size": [224, 224]}] * 2,
-    "tvf_crop_params": [{"output_size": [224, 224]}] * 2,
-    "tvf_normalize_params": [{"inplace": False, "mean": list(m), "std": list(s)} for m, s in TOWER_NORMALIZATION],
-    "tvf_do_letterbox": False,
-    "tvf_letterbox_fill": None,
-    "use_fused_vision_backbone": True,
-}
-
-
 def shipped_libero_stats() -> dict:
     """The raw ``norm_stats`` entries of the four LIBERO suites shipped in ``vla_spec/stats``."""
     folder = Path(__file__).resolve().parents[1] / "vla_spec" / "stats"
@@ -111,59 +74,7 @@ def shipped_libero_stats() -> dict:
 
 def config_dict() -> dict:
     """``config.json`` in the official layout (plus the tower-size extension)."""
-    return {
-        "architectures": ["OpenVLAForActionPrediction"],
-        "model_type": "openvla",
-        "vision_backbone_id": "dinosiglip-vit-so-224px",
-        "llm_backbone_id": "llama2-7b-pure",
-        "arch_specifier": "no-align+fused-gelu-mlp",
-        "use_fused_vision_backbone": True,
-        "image_resize_strategy": "resize-naive",
-        "timm_model_ids": ["vit_large_patch14_reg4_dinov2.lvd142m", "vit_so400m_patch14_siglip_224"],
-        "timm_override_act_layers": [None, None],
-        "image_sizes": [224, 224],
-        "hf_llm_id": "meta-llama/Llama-2-7b-hf",
-        "output_projector_states": False,
-        "pad_token_id": PAD_TOKEN_ID,
-        "pad_to_multiple_of": 64,
-        "llm_max_length": 2048,
-        "n_action_bins": 256,
-        "norm_stats": shipped_libero_stats(),
-        "text_config": TEXT_CONFIG,
-        "torch_dtype": "bfloat16",
-        OVERRIDES_KEY: TIMM_OVERRIDES,
-    }
-
-
-def build_tokenizer():  # -> transformers.PreTrainedTokenizerFast
-    """A word-level tokenizer over the prompt template and LIBERO words, in Llama-2's special ids."""
-    from tokenizers import Regex, Tokenizer, normalizers, pre_tokenizers, processors
-    from tokenizers.models import WordLevel
-    from transformers import PreTrainedTokenizerFast
-
-    words = set(EXTRA_WORDS)
-    for sentence in TRAIN_INSTRUCTIONS:
-        words.update(sentence.split())
-    pieces = sorted({"▁" + w for w in words} | {"▁In", "▁What", "Out", "?", ":", "\n", "▁Out"})
-    vocab = {"<unk>": UNK_TOKEN_ID, "<s>": BOS_TOKEN_ID, "</s>": EOS_TOKEN_ID, "▁": SPECIAL_EMPTY_TOKEN_ID}
-    vocab.update({piece: FIRST_WORD_ID + i for i, piece in enumerate(pieces)})
-    vocab["<PAD>"] = PAD_TOKEN_ID
-    tokenizer = Tokenizer(WordLevel(vocab=vocab, unk_token="<unk>"))
-    # SentencePiece style: spaces become "▁" and start a word; the text gets a leading "▁".
-    tokenizer.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
-    tokenizer.pre_tokenizer = pre_tokenizers.Split(Regex(r"▁?[A-Za-z0-9']+|▁|\n|[^\sA-Za-z0-9'▁]"), behavior="isolated")
-    tokenizer.post_processor = processors.TemplateProcessing(
-        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", BOS_TOKEN_ID)]
-    )
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer,
-        bos_token="<s>",
-        eos_token="</s>",
-        unk_token="<unk>",
-        pad_token="<PAD>",
-        padding_side="right",
-        model_max_length=2048,
-    )
+    return openvla_config(TEXT_CONFIG, TIMM_OVERRIDES, shipped_libero_stats())
 
 
 def synthetic_images(count: int, rng: np.random.Generator) -> list[np.ndarray]:
@@ -240,33 +151,6 @@ def fit(model: OpenVLA, steps: int, batch_size: int, seed: int) -> None:
     model.eval()
 
 
-def save(model: OpenVLA, out: Path) -> None:
-    """Write config, two bfloat16 shards + index, tokenizer and preprocessor config."""
-    from safetensors.torch import save_file
-
-    out.mkdir(parents=True, exist_ok=True)
-    for stale in out.glob("*.safetensors"):
-        stale.unlink()
-    state = {name: tensor.detach().to(torch.bfloat16).contiguous() for name, tensor in model.state_dict().items()}
-    first = {n: t for n, t in state.items() if not n.startswith("language_model.") or "embed_tokens" in n}
-    second = {n: t for n, t in state.items() if n not in first}
-    shards = {"model-00001-of-00002.safetensors": first, "model-00002-of-00002.safetensors": second}
-    weight_map = {}
-    for file_name, tensors in shards.items():
-        save_file(tensors, str(out / file_name), metadata={"format": "pt"})
-        weight_map.update({name: file_name for name in tensors})
-    total = sum(t.numel() * t.element_size() for t in state.values())
-    index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
-    (out / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
-    (out / "config.json").write_text(json.dumps(config_dict(), indent=2) + "\n", encoding="utf-8")
-    (out / "preprocessor_config.json").write_text(json.dumps(PREPROCESSOR_CONFIG, indent=2) + "\n", encoding="utf-8")
-    model.tokenizer.save_pretrained(str(out))
-    # The generic class name, so that transformers 4.x and 5.x both load it with AutoTokenizer.
-    tokenizer_config = json.loads((out / "tokenizer_config.json").read_text(encoding="utf-8"))
-    tokenizer_config["tokenizer_class"] = "PreTrainedTokenizerFast"
-    (out / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2) + "\n", encoding="utf-8")
-
-
 def fixture_images() -> dict[str, np.ndarray]:
     """The fixed 256 x 256 x 3 uint8 test images (LIBERO render size), saved as PNG in golden/images."""
     y, x = np.mgrid[0:256, 0:256]
@@ -311,9 +195,9 @@ def main() -> None:
         return
     torch.manual_seed(SEED)
     config = OpenVLAConfig.from_dict(config_dict())
-    model = OpenVLA(config, tokenizer=build_tokenizer())
+    model = OpenVLA(config, tokenizer=word_tokenizer(TRAIN_INSTRUCTIONS, EXTRA_WORDS))
     fit(model, args.steps, args.batch_size, SEED)
-    save(model, args.out)
+    save_checkpoint(model, model.tokenizer, config_dict(), args.out)
     print(f"wrote {args.out}")
 
 

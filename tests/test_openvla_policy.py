@@ -18,12 +18,12 @@ SUITE, TASK, INIT = "libero_object", 0, 0
 def first_frame():
     """(env, observation) after reset, init state 0 and the 10 wait steps, with the camera on."""
     from vla_spec.rollout import start_episode
-    from vla_spec.sim.env import drop_env, get_env
+    from vla_spec.sim.env import POLICY_CAMERAS, drop_env, get_env
     from vla_spec.sim.suites import init_states
 
-    env = get_env(SUITE, TASK, camera=True)
+    env = get_env(SUITE, TASK, cameras=POLICY_CAMERAS)
     yield env, start_episode(env, init_states(SUITE, TASK)[INIT])
-    drop_env(SUITE, TASK, camera=True)
+    drop_env(SUITE, TASK, cameras=POLICY_CAMERAS)
 
 
 def _task_context(env):
@@ -58,7 +58,7 @@ def test_openvla_policy_steps_the_env(first_frame):
     from vla_spec.tokens import ActionTokenizer
 
     env, obs = first_frame
-    policy = OpenVLAPolicy()
+    policy = OpenVLAPolicy("tiny-openvla")
     policy.reset(_task_context(env))
     for step in range(3):
         out = policy.act(make_observation(obs, step))
@@ -74,4 +74,14 @@ def test_openvla_policy_rejects_an_unknown_unnorm_key(first_frame):
 
     env, _obs = first_frame
     with pytest.raises(UnnormKeyError, match="valid keys: libero_10, libero_goal, libero_object, libero_spatial"):
-        OpenVLAPolicy(unnorm_key="bridge_orig").reset(_task_context(env))
+        OpenVLAPolicy("tiny-openvla", unnorm_key="bridge_orig").reset(_task_context(env))
+
+
+def test_openvla_policy_needs_an_explicit_checkpoint():
+    """No silent fallback: a missing or unknown checkpoint is an error naming the choices."""
+    from vla_spec.sim.openvla_policy import OpenVLAPolicy
+
+    with pytest.raises(TypeError):
+        OpenVLAPolicy()  # type: ignore[call-arg]
+    with pytest.raises(FileNotFoundError, match="named checkpoint \\(tiny-openvla, tiny-vla-libero-object\\)"):
+        OpenVLAPolicy("no-such-checkpoint")

@@ -1,6 +1,10 @@
 """Determinism across processes: the same episode start and the same actions give bit-identical
 simulator states and images in two fresh Python processes (libero-facts "Determinism": on mujoco
 3.3.2 this needs ``env.seed`` before ``reset``, which :func:`vla_spec.rollout.start_episode` does).
+
+Rendering does not touch the physics: an environment rendering only the policy's camera
+(``POLICY_CAMERAS``, what every rollout now builds) and one rendering none give the same states as
+LIBERO's default two cameras, and the same agentview image.
 """
 
 from __future__ import annotations
@@ -18,14 +22,15 @@ pytestmark = pytest.mark.sim
 STEPS = 10
 
 SCRIPT = f"""
-import json
+import json, sys
 import numpy as np
 from vla_spec.rollout import start_episode
 from vla_spec.sim.env import get_env
 from vla_spec.sim.fingerprint import sha256_of
 from vla_spec.sim.suites import init_states
 
-env = get_env("libero_spatial", 0, camera=True)
+cameras = tuple(c for c in sys.argv[1].split(",") if c)
+env = get_env("libero_spatial", 0, cameras=cameras)
 actions = np.random.default_rng(1234).uniform(-1.0, 1.0, size=({STEPS}, 7))
 out = {{}}
 for init_index in (0, 1):
@@ -35,26 +40,41 @@ for init_index in (0, 1):
     out[str(init_index)] = {{
         "state": sha256_of(env.get_sim_state()),
         "objects": sha256_of(*[obs[k] for k in sorted(obs) if k.endswith(("_pos", "_quat"))]),
-        "agentview": sha256_of(obs["agentview_image"]),
-        "eye_in_hand": sha256_of(obs["robot0_eye_in_hand_image"]),
+        **{{camera: sha256_of(obs[camera + "_image"]) for camera in cameras}},
     }}
 print("RESULT " + json.dumps(out))
 """
 
 
-def _run_fresh_process(_: int) -> dict[str, dict[str, str]]:
+def _run_fresh_process(cameras: tuple[str, ...]) -> dict[str, dict[str, str]]:
     completed = subprocess.run(
-        [sys.executable, "-c", SCRIPT], capture_output=True, text=True, timeout=600, env=dict(os.environ)
+        [sys.executable, "-c", SCRIPT, ",".join(cameras)], capture_output=True, text=True, timeout=600, env=dict(os.environ)
     )
     assert completed.returncode == 0, completed.stderr[-3000:]
     line = next(line for line in completed.stdout.splitlines() if line.startswith("RESULT "))
     return json.loads(line.removeprefix("RESULT "))
 
 
-def test_two_fresh_processes_are_bit_identical() -> None:
+@pytest.fixture(scope="module")
+def runs() -> dict[str, dict[str, dict[str, str]]]:
+    """Fingerprints from four fresh processes: LIBERO's two cameras twice, the policy's, none."""
+    from vla_spec.sim.env import LIBERO_CAMERAS, POLICY_CAMERAS
+
+    camera_sets = {"libero": LIBERO_CAMERAS, "libero_again": LIBERO_CAMERAS, "policy": POLICY_CAMERAS, "none": ()}
     with ThreadPoolExecutor(max_workers=2) as pool:
-        first, second = pool.map(_run_fresh_process, range(2))
-    assert first == second
+        return dict(zip(camera_sets, pool.map(_run_fresh_process, camera_sets.values())))
+
+
+def test_two_fresh_processes_are_bit_identical(runs) -> None:
+    assert runs["libero"] == runs["libero_again"]
     # the hashes see the difference between two initial states (the check can fail)
-    for key in ("state", "objects", "agentview", "eye_in_hand"):
-        assert first["0"][key] != first["1"][key]
+    for key in ("state", "objects", "agentview", "robot0_eye_in_hand"):
+        assert runs["libero"]["0"][key] != runs["libero"]["1"][key]
+
+
+def test_rendering_fewer_cameras_leaves_physics_and_the_agentview_unchanged(runs) -> None:
+    for init in ("0", "1"):
+        libero, policy, none = runs["libero"][init], runs["policy"][init], runs["none"][init]
+        assert set(policy) == {"state", "objects", "agentview"}
+        assert policy == {key: libero[key] for key in ("state", "objects", "agentview")}
+        assert none == {key: libero[key] for key in ("state", "objects")}

@@ -19,7 +19,7 @@ import pytest
 
 from vla_spec.rollout import start_episode
 from vla_spec.sim import suites
-from vla_spec.sim.env import get_env
+from vla_spec.sim.env import LIBERO_CAMERAS, get_env
 from vla_spec.sim.fingerprint import average_hash, image_mean, object_poses
 from vla_spec.sim.interface import policy_image
 
@@ -34,7 +34,7 @@ CASES = [(suite, task_id) for suite in suites.EVAL_SUITES for task_id in range(s
 
 def first_view(suite: str, task_id: int) -> dict[str, object]:
     """The fingerprint of the first policy observation of ``init_states[INIT_INDEX]``."""
-    env = get_env(suite, task_id, camera=True)
+    env = get_env(suite, task_id, cameras=LIBERO_CAMERAS)
     obs = start_episode(env, suites.init_states(suite, task_id)[INIT_INDEX])
     image = policy_image(obs)
     return {

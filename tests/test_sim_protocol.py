@@ -16,7 +16,7 @@ import pytest
 
 from vla_spec.rollout import EpisodeSpec, run_episode, start_episode
 from vla_spec.sim import suites
-from vla_spec.sim.env import get_env
+from vla_spec.sim.env import LIBERO_CAMERAS, get_env
 from vla_spec.sim.expert import PickPlaceExpert
 from vla_spec.sim.interface import Observation, PolicyStep, TaskContext, make_observation, policy_image
 
@@ -69,7 +69,7 @@ def test_instructions_are_task_language(golden) -> None:  # type: ignore[no-unty
 
 
 def test_camera_env_images_and_the_180_degree_rotation() -> None:
-    env = get_env("libero_object", 0, camera=True)
+    env = get_env("libero_object", 0, cameras=LIBERO_CAMERAS)
     obs = start_episode(env, suites.init_states("libero_object", 0)[0])
     for key in ("agentview_image", "robot0_eye_in_hand_image"):
         assert obs[key].shape == (suites.CAMERA_SIZE, suites.CAMERA_SIZE, 3)
@@ -84,7 +84,7 @@ def test_camera_env_images_and_the_180_degree_rotation() -> None:
 
 
 def test_camera_less_env_has_no_images_and_says_so() -> None:
-    env = get_env("libero_object", 0, camera=False)
+    env = get_env("libero_object", 0, cameras=())
     obs = start_episode(env, suites.init_states("libero_object", 0)[0])
     assert not any(key.endswith("_image") for key in obs)
     assert make_observation(obs, 0).image is None
@@ -96,7 +96,7 @@ def test_success_is_the_done_flag_and_run_episode_agrees() -> None:
     """Drive the expert by hand: ``done`` equals ``_check_success()`` at every step; ``run_episode``
     stops at the first ``done`` with the same step count and records 7 tokens per step."""
     suite, task_id, init_index = "libero_object", 0, 0
-    env = get_env(suite, task_id, camera=False)
+    env = get_env(suite, task_id, cameras=())
     obs = start_episode(env, suites.init_states(suite, task_id)[init_index])
     assert not env.check_success()
     expert = PickPlaceExpert()
@@ -122,7 +122,7 @@ def test_success_is_the_done_flag_and_run_episode_agrees() -> None:
 
 
 def test_step_beyond_the_horizon_raises() -> None:
-    env = get_env("libero_object", 0, camera=False)
+    env = get_env("libero_object", 0, cameras=())
     start_episode(env, suites.init_states("libero_object", 0)[0])
     for _ in range(suites.ENV_HORIZON - suites.NUM_STEPS_WAIT):
         env.step(list(suites.WAIT_ACTION))

@@ -146,6 +146,19 @@ def process_images(images: ImageLike | Sequence[ImageLike], size: int = MODEL_IM
     tensors = []
     for index, image in enumerate(batch):
         resized = TVF.resize(_as_pil(image, index), [size, size], interpolation=InterpolationMode.BICUBIC, antialias=True)
-        pixels = TVF.to_tensor(TVF.center_crop(resized, [size, size]))
-        tensors.append(torch.cat([TVF.normalize(pixels, list(m), list(s)) for m, s in TOWER_NORMALIZATION], dim=0))
-    return torch.stack(tensors).to(torch.float32)
+        tensors.append(TVF.to_tensor(TVF.center_crop(resized, [size, size])))
+    return tower_inputs(torch.stack(tensors).to(torch.float32))
+
+
+def tower_inputs(pixels: "Any") -> "Any":
+    """[B, 3, H, W] RGB in [0, 1] -> [B, 6, H, W]: each tower's ``(x - mean) / std``, DINOv2 first.
+
+    The processor's last step, shared with training (which crops and jitters on the GPU first)."""
+    import torch
+
+    towers = []
+    for mean, std in TOWER_NORMALIZATION:
+        mean_t = torch.tensor(mean, dtype=pixels.dtype, device=pixels.device).view(1, 3, 1, 1)
+        std_t = torch.tensor(std, dtype=pixels.dtype, device=pixels.device).view(1, 3, 1, 1)
+        towers.append((pixels - mean_t) / std_t)
+    return torch.cat(towers, dim=1)

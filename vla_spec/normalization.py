@@ -16,7 +16,7 @@ reference ``_check_unnorm_key`` and :func:`libero_unnorm_key` the LIBERO evaluat
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
@@ -167,3 +167,32 @@ def normalize(actions: Any, stats: NormStats) -> np.ndarray:
     if stats.min is not None and stats.max is not None:
         result = np.where(stats.min == stats.max, 0.0, result)
     return result
+
+
+def dataset_statistics(actions: Any, *, num_trajectories: int, mask: Sequence[bool] | None = None) -> dict[str, Any]:
+    """One ``dataset_statistics.json`` entry computed from training actions (N, D), as OpenVLA's
+    ``get_dataset_statistics`` does: mean, std, max, min, q01 and q99 (``np.quantile`` at 0.01 and
+    0.99) per dim, the normalization ``mask`` (default: every dim but the last, the gripper, which
+    is left un-normalized), all-zero ``proprio`` (OpenVLA trains without proprio), and counts."""
+    a = np.asarray(actions, dtype=np.float64)
+    if a.ndim != 2 or a.shape[0] < 2:
+        raise ValueError(f"actions must be (N, D) with N >= 2 steps, got shape {a.shape}")
+    dim = a.shape[1]
+    mask_values = [True] * (dim - 1) + [False] if mask is None else [bool(m) for m in mask]
+    if len(mask_values) != dim:
+        raise ValueError(f"mask has {len(mask_values)} entries for {dim}-dim actions")
+    action = {
+        "mean": a.mean(axis=0),
+        "std": a.std(axis=0),
+        "max": a.max(axis=0),
+        "min": a.min(axis=0),
+        "q01": np.quantile(a, 0.01, axis=0),
+        "q99": np.quantile(a, 0.99, axis=0),
+    }
+    zeros = [0.0] * dim
+    return {
+        "action": {**{name: [float(v) for v in values] for name, values in action.items()}, "mask": mask_values},
+        "proprio": {name: zeros for name in ("mean", "std", "max", "min", "q01", "q99")},
+        "num_transitions": int(a.shape[0]),
+        "num_trajectories": int(num_trajectories),
+    }

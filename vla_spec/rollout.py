@@ -10,7 +10,8 @@
 
 Any exception (policy or simulator) ends the episode as a failure with ``error`` set; it is never
 raised. Environments are built lazily and cached per process (:func:`vla_spec.sim.env.get_env`),
-keyed by ``(suite, task_id, camera)``; the camera is on when the policy needs it or a video is asked.
+keyed by ``(suite, task_id, cameras)``; only the agentview camera is rendered, and only when the
+policy needs it or a video is asked.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from vla_spec.sim.env import drop_env, get_env
+from vla_spec.sim.env import POLICY_CAMERAS, drop_env, get_env
 from vla_spec.sim.interface import (
     Observation,
     Policy,
@@ -100,7 +101,7 @@ def run_episode(
 ) -> EpisodeResult:
     """Run one episode of ``spec`` with ``policy`` (see the module docstring); never raises."""
     started = time.perf_counter()
-    camera = bool(policy.needs_camera) or video_path is not None
+    cameras = POLICY_CAMERAS if bool(policy.needs_camera) or video_path is not None else ()
     instruction = ""
     steps = 0
     success = False
@@ -113,7 +114,7 @@ def run_episode(
         states = init_states(spec.suite, spec.task_id)
         if not 0 <= spec.init_index < len(states):
             raise IndexError(f"{spec.suite} task {spec.task_id} has init states 0..{len(states) - 1}, not {spec.init_index}")
-        env = get_env(spec.suite, spec.task_id, camera=camera)
+        env = get_env(spec.suite, spec.task_id, cameras=cameras)
         obs = start_episode(env, states[spec.init_index], env_seed=spec.env_seed)
         policy.reset(
             TaskContext(
@@ -146,7 +147,7 @@ def run_episode(
     except Exception as exc:  # noqa: BLE001 - the protocol counts any exception as a failure
         error = f"{type(exc).__name__}: {exc}"
         success = False
-        drop_env(spec.suite, spec.task_id, camera=camera)  # its state is unknown now
+        drop_env(spec.suite, spec.task_id, cameras=cameras)  # its state is unknown now
     finally:
         if writer is not None:
             try:

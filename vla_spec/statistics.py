@@ -139,17 +139,24 @@ def wilson_interval(successes: int, n: int, confidence: float = DEFAULT_CONFIDEN
 
 
 def compare_to_published(
-    suite: str, successes: int, n: int, confidence: float = DEFAULT_CONFIDENCE
+    suite: str,
+    successes: int,
+    n: int,
+    confidence: float = DEFAULT_CONFIDENCE,
+    published: PublishedResult | None = None,
 ) -> PublishedVerdict:
-    """Is the published OpenVLA rate for ``suite`` inside our Wilson interval?
+    """Is the published rate for ``suite`` inside our Wilson interval?
 
-    ``"consistent"`` when it is, ``"below"`` when our interval lies entirely below it, ``"above"``
-    when entirely above. The published ± (seed spread) is reported but not used: with 1500 published
-    rollouts our interval dominates.
+    ``published`` defaults to OpenVLA's (:data:`PUBLISHED_OPENVLA`); give another checkpoint's
+    reported result (e.g. a model card's) to judge that checkpoint. ``"consistent"`` when the rate
+    lies inside our interval, ``"below"`` when our interval lies entirely below it, ``"above"``
+    when entirely above. The published ± (seed spread) is reported but not used: with 1500
+    published rollouts our interval dominates.
     """
-    if suite not in PUBLISHED_OPENVLA:
-        raise ValueError(f"no published OpenVLA result for suite {suite!r}; known: {sorted(PUBLISHED_OPENVLA)}")
-    published = PUBLISHED_OPENVLA[suite]
+    if published is None:
+        if suite not in PUBLISHED_OPENVLA:
+            raise ValueError(f"no published OpenVLA result for suite {suite!r}; known: {sorted(PUBLISHED_OPENVLA)}")
+        published = PUBLISHED_OPENVLA[suite]
     ours = wilson_interval(successes, n, confidence)
     target = published.rate_percent / 100.0
     interval = f"our {percent(confidence, 0)} interval [{percent(ours.low)}, {percent(ours.high)}] ({successes}/{n})"

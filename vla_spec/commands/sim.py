@@ -38,12 +38,19 @@ class PolicyEntry:
     target: str
     help: str
     options: tuple[str, ...] = ()
+    required: tuple[str, ...] = ()
 
 
 #: CLI options that policies may take: dest -> (flag, help). Only options given are passed on.
 POLICY_OPTIONS: dict[str, tuple[str, str]] = {
     "unnorm_key": ("--unnorm-key", "norm-stats key to decode actions with (default: the suite's own)"),
-    "checkpoint": ("--checkpoint", "OpenVLA checkpoint directory in the HF format (default: golden/tiny-openvla)"),
+    "checkpoint": (
+        "--checkpoint",
+        "OpenVLA checkpoint: a folder in the HF format, or tiny-vla-libero-object (trained here on expert "
+        "demos) or tiny-openvla (the spec's test checkpoint, fails every episode)",
+    ),
+    "image": ("--image", "camera (default) or black: a constant black image, the image-blind control"),
+    "threads": ("--threads", "torch CPU threads per process (default: torch's; 1 suits one per worker)"),
     "device": ("--device", "torch device for the model, e.g. cpu or cuda (default: cpu)"),
     "dtype": ("--dtype", "float32 or bfloat16 (default: float32)"),
 }
@@ -59,7 +66,8 @@ POLICIES: dict[str, PolicyEntry] = {
         "vla_spec.sim.openvla_policy:OpenVLAPolicy",
         "an OpenVLA checkpoint (vla_spec.sim.openvla_policy; camera on): the evaluation's image path "
         "in, its action path out; --unnorm-key defaults to the suite (or {suite}_no_noops)",
-        ("checkpoint", "unnorm_key", "device", "dtype"),
+        ("checkpoint", "unnorm_key", "device", "dtype", "image", "threads"),
+        required=("checkpoint",),
     ),
     "wait": PolicyEntry(
         "vla_spec.commands.sim:WaitPolicy",
@@ -148,6 +156,20 @@ def register(subparsers: Any) -> None:
     rollout.add_argument("--no-progress", action="store_true", help="no progress bar")
     rollout.set_defaults(func=run_rollout)
 
+    demos = subparsers.add_parser(
+        "demos",
+        help="record successful scripted-expert episodes from fresh seeded scenes (LIBERO HDF5 layout)",
+        description="Record demonstrations for training (vla_spec.demos); rerun to resume.",
+    )
+    demos.add_argument("--suite", required=True, help="one suite, e.g. libero_object")
+    demos.add_argument("--tasks", default="0-9", help="task ids (default 0-9)")
+    demos.add_argument("--seeds", required=True, help="scene seeds, env.seed(k) before reset, e.g. 1000-1019")
+    demos.add_argument("--noise", type=float, default=0.0, help="std of Gaussian noise on the executed arm command")
+    demos.add_argument("--workers", type=int, default=1, help="worker processes (each ~2 GB RAM)")
+    demos.add_argument("--out", required=True, type=Path, help="dataset folder (files go under OUT/SUITE/)")
+    demos.add_argument("--no-progress", action="store_true", help="no progress bar")
+    demos.set_defaults(func=run_demos)
+
     report = subparsers.add_parser(
         "report",
         help="success per task and suite with Wilson intervals, vs the published numbers or another log",
@@ -168,6 +190,9 @@ def _policy_params(args: argparse.Namespace) -> dict[str, Any]:
     extra = [POLICY_OPTIONS[dest][0] for dest in given if dest not in entry.options]
     if extra:
         raise CliError(f"{', '.join(extra)} does not apply to policy {args.policy!r}")
+    missing = [POLICY_OPTIONS[dest][0] for dest in entry.required if dest not in given]
+    if missing:
+        raise CliError(f"policy {args.policy!r} needs {', '.join(missing)}: {POLICY_OPTIONS[entry.required[0]][1]}")
     return given
 
 
@@ -204,6 +229,26 @@ def run_rollout(args: argparse.Namespace) -> int:
     errors = [r for r in results if r.error]
     if errors:
         print(f"{len(errors)} episode(s) ended with an error, e.g. {errors[0].suite} task {errors[0].task_id}: {errors[0].error}")
+    return 0
+
+
+def run_demos(args: argparse.Namespace) -> int:
+    from vla_spec.demos import DemoSpec, record_demos, summarize
+    from vla_spec.sim.env import SimulatorUnavailable
+
+    if args.workers < 1:
+        raise CliError(f"--workers must be at least 1, got {args.workers}")
+    if args.noise < 0:
+        raise CliError(f"--noise must be >= 0, got {args.noise}")
+    tasks = parse_indices(args.tasks, "--tasks")
+    build_specs([args.suite], tasks, (0,), (0,))  # checks the suite and task range
+    specs = [DemoSpec(args.suite, t, s, args.noise) for t in tasks for s in parse_indices(args.seeds, "--seeds")]
+    try:
+        outcomes = record_demos(specs, args.out, workers=args.workers, progress=not args.no_progress)
+    except SimulatorUnavailable as error:
+        raise CliError(str(error)) from None
+    summary = summarize(outcomes)
+    print(f"demos: {args.out / args.suite}: {summary['kept']} kept, {summary['failed']} failed, {summary['steps']} steps")
     return 0
 
 

@@ -1,12 +1,15 @@
 """LIBERO environment factory with a per-process cache and errors that say what to fix.
 
-Two flavours of the same task environment (same physics, same controller):
+Flavours of the same task environment (same physics, same controller), chosen by ``cameras``:
 
-* ``camera=True``: ``OffScreenRenderEnv(bddl_file_name=..., camera_heights=256, camera_widths=256)``
-  exactly as the OpenVLA evaluation builds it; observations carry ``agentview_image`` and
-  ``robot0_eye_in_hand_image`` (256x256x3 uint8, OpenGL orientation: upside down). About 0.16-0.30 s
-  per ``env.step`` on a CPU (Mesa llvmpipe).
-* ``camera=False``: ``ControlEnv(..., has_offscreen_renderer=False, use_camera_obs=False)``: no
+* ``cameras=POLICY_CAMERAS`` (``("agentview",)``): ``OffScreenRenderEnv(bddl_file_name=...,
+  camera_heights=256, camera_widths=256, camera_names=["agentview"])``: the OpenVLA evaluation's
+  environment rendering only the camera the policy reads. Observations carry ``agentview_image``
+  (256x256x3 uint8, OpenGL orientation: upside down). About 0.1 s per ``env.step`` on a CPU.
+* ``cameras=LIBERO_CAMERAS``: LIBERO's default two cameras, as ``run_libero_eval.py`` builds it
+  (adds ``robot0_eye_in_hand_image``); about 0.13-0.30 s per step. Rendering never touches the
+  physics: states are bit-identical across camera sets (``tests/test_sim_determinism.py``).
+* ``cameras=()``: ``ControlEnv(..., has_offscreen_renderer=False, use_camera_obs=False)``: no
   renderer, no image observations, about 0.015 s per step. For policies that do not look (the
   scripted expert).
 
@@ -25,8 +28,12 @@ DEFAULT_MUJOCO_GL = "egl"
 #: How many environments one process keeps (each camera env holds about 2 GB of RAM); the least
 #: recently used one is closed when a new key arrives. Run episodes grouped by task to reuse them.
 MAX_CACHED_ENVS = 1
+#: The camera a policy reads (OpenVLA: the third-person view only).
+POLICY_CAMERAS: tuple[str, ...] = ("agentview",)
+#: LIBERO's default cameras (``OffScreenRenderEnv``'s ``camera_names``).
+LIBERO_CAMERAS: tuple[str, ...] = ("agentview", "robot0_eye_in_hand")
 
-_ENV_CACHE: dict[tuple[str, int, bool], Any] = {}
+_ENV_CACHE: dict[tuple[str, int, tuple[str, ...]], Any] = {}
 
 
 class SimulatorUnavailable(RuntimeError):
@@ -52,7 +59,7 @@ def _gl_hint() -> str:
     return (
         f"MUJOCO_GL={backend} could not render. For egl install Mesa EGL (apt-get install -y libegl1 "
         "libegl-mesa0 libgl1-mesa-dri); or apt-get install -y libosmesa6 and set MUJOCO_GL=osmesa "
-        "PYOPENGL_PLATFORM=osmesa. glfw needs a display. Policies that need no camera can use camera=False"
+        "PYOPENGL_PLATFORM=osmesa. glfw needs a display. Policies that need no camera can use cameras=()"
     )
 
 
@@ -69,15 +76,21 @@ def load_triton_before_egl() -> None:
         import triton  # noqa: F401
 
 
-def make_env(suite: str, task_id: int, *, camera: bool) -> Any:
-    """A new LIBERO environment for the task (see the module docstring for the two flavours)."""
+def make_env(suite: str, task_id: int, *, cameras: tuple[str, ...]) -> Any:
+    """A new LIBERO environment for the task rendering ``cameras`` (see the module docstring)."""
     info = task_info(suite, task_id)
     _, env_wrapper = import_libero()
+    unknown = set(cameras) - set(LIBERO_CAMERAS)
+    if unknown:
+        raise ValueError(f"unknown camera(s) {sorted(unknown)}; LIBERO's cameras are {list(LIBERO_CAMERAS)}")
     try:
-        if camera:
+        if cameras:
             load_triton_before_egl()
             return env_wrapper.OffScreenRenderEnv(
-                bddl_file_name=info.bddl_file, camera_heights=CAMERA_SIZE, camera_widths=CAMERA_SIZE
+                bddl_file_name=info.bddl_file,
+                camera_heights=CAMERA_SIZE,
+                camera_widths=CAMERA_SIZE,
+                camera_names=list(cameras),
             )
         return env_wrapper.ControlEnv(
             bddl_file_name=info.bddl_file,
@@ -93,32 +106,32 @@ def make_env(suite: str, task_id: int, *, camera: bool) -> Any:
         ) from error
     except (AttributeError, ImportError, OSError, RuntimeError) as error:
         text = str(error)
-        if camera and any(word in text for word in ("GL", "gl", "EGL", "display", "NoneType")):
+        if cameras and any(word in text for word in ("GL", "gl", "EGL", "display", "NoneType")):
             raise SimulatorUnavailable(f"{type(error).__name__}: {text}. {_gl_hint()}") from error
         raise
 
 
-def get_env(suite: str, task_id: int, *, camera: bool) -> Any:
-    """The process-wide cached environment for ``(suite, task_id, camera)``, built on first use.
+def get_env(suite: str, task_id: int, *, cameras: tuple[str, ...]) -> Any:
+    """The process-wide cached environment for ``(suite, task_id, cameras)``, built on first use.
 
     At most ``MAX_CACHED_ENVS`` stay open per process.
     Callers must ``env.seed(...)``, ``env.reset()`` and ``env.set_init_state(...)`` before use
     (``reset`` rebuilds the MuJoCo model: about 3 s).
     """
-    key = (suite, task_id, camera)
+    key = (suite, task_id, tuple(cameras))
     env = _ENV_CACHE.pop(key, None)
     if env is None:
         while len(_ENV_CACHE) >= MAX_CACHED_ENVS:
-            old_suite, old_task, old_camera = next(iter(_ENV_CACHE))
-            drop_env(old_suite, old_task, camera=old_camera)
-        env = make_env(suite, task_id, camera=camera)
+            old_suite, old_task, old_cameras = next(iter(_ENV_CACHE))
+            drop_env(old_suite, old_task, cameras=old_cameras)
+        env = make_env(suite, task_id, cameras=tuple(cameras))
     _ENV_CACHE[key] = env  # re-insert: dict order is recency order
     return env
 
 
-def drop_env(suite: str, task_id: int, *, camera: bool) -> None:
+def drop_env(suite: str, task_id: int, *, cameras: tuple[str, ...]) -> None:
     """Close and forget a cached environment (after an error left it in an unknown state)."""
-    env = _ENV_CACHE.pop((suite, task_id, camera), None)
+    env = _ENV_CACHE.pop((suite, task_id, tuple(cameras)), None)
     if env is not None:
         try:
             env.close()
@@ -128,5 +141,5 @@ def drop_env(suite: str, task_id: int, *, camera: bool) -> None:
 
 def clear_env_cache() -> None:
     """Close every cached environment of this process (frees about 2 GB per camera env)."""
-    for suite, task_id, camera in list(_ENV_CACHE):
-        drop_env(suite, task_id, camera=camera)
+    for suite, task_id, cameras in list(_ENV_CACHE):
+        drop_env(suite, task_id, cameras=cameras)

@@ -6,16 +6,24 @@ Per step: the upright agentview (``Observation.image``, already rotated 180 degr
 un-normalize with the checkpoint's statistics, gripper binarize + invert) -> ``env.step``.
 The ``unnorm_key`` defaults to the LIBERO evaluation's choice: the suite name, else
 ``{suite}_no_noops``.
+
+The checkpoint is explicit: a folder in the Hugging Face format or a name of
+:data:`vla_spec.model.tiny.NAMED_CHECKPOINTS`. ``image="black"`` feeds a constant black image
+instead of the camera (the image-blind control: a policy that succeeds without looking has not
+learnt from pixels).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from vla_spec.normalization import libero_unnorm_key, resolve_unnorm_key
 from vla_spec.sim.interface import ActionDecoder, Observation, PolicyStep, TaskContext
 
 DTYPES = ("float32", "bfloat16")
+IMAGE_SOURCES = ("camera", "black")
 
 
 class OpenVLAPolicy:
@@ -25,20 +33,28 @@ class OpenVLAPolicy:
 
     def __init__(
         self,
-        checkpoint: str | None = None,
+        checkpoint: str,
         *,
         unnorm_key: str | None = None,
         device: str = "cpu",
         dtype: str = "float32",
         center_crop: bool = True,
+        image: str = "camera",
+        threads: int | str | None = None,
     ) -> None:
+        from vla_spec.model.tiny import resolve_checkpoint
+
         if dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
-        self.checkpoint = checkpoint
+        if image not in IMAGE_SOURCES:
+            raise ValueError(f"image must be one of {IMAGE_SOURCES}, got {image!r}")
+        self.checkpoint = str(resolve_checkpoint(checkpoint))
         self.unnorm_key = unnorm_key
         self.device = device
         self.dtype = dtype
         self.center_crop = center_crop
+        self.image = image
+        self.threads = None if threads is None else int(threads)
         self._model: Any = None
         self._decoder: ActionDecoder | None = None
         self._instruction = ""
@@ -49,10 +65,10 @@ class OpenVLAPolicy:
             import torch
 
             from vla_spec.model.loading import load_cached
-            from vla_spec.model.tiny import tiny_checkpoint_path
 
-            path = self.checkpoint or str(tiny_checkpoint_path())
-            self._model = load_cached(path, getattr(torch, self.dtype), self.device)
+            if self.threads is not None:
+                torch.set_num_threads(self.threads)
+            self._model = load_cached(self.checkpoint, getattr(torch, self.dtype), self.device)
         return self._model
 
     def reset(self, task: TaskContext) -> None:
@@ -69,7 +85,8 @@ class OpenVLAPolicy:
 
         if obs.image is None or self._decoder is None:
             raise RuntimeError("OpenVLAPolicy needs a camera observation and reset() before act()")
-        image = model_image(obs.image, center_crop_enabled=self.center_crop)
+        upright = obs.image if self.image == "camera" else np.zeros_like(obs.image)
+        image = model_image(upright, center_crop_enabled=self.center_crop)
         prediction = self._load().predict_action(image, self._instruction, self._key)
         tokens = tuple(int(t) for t in prediction.token_ids[0])
         return PolicyStep(action=self._decoder.to_env(tokens), tokens=tokens)
