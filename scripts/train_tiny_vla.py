@@ -53,7 +53,7 @@ from vla_spec.model.modeling import OpenVLA
 from vla_spec.model.tokenizer import prompt_ids
 from vla_spec.normalization import NormStats, dataset_statistics, normalize
 from vla_spec.prompt import EOS_TOKEN_ID
-from vla_spec.tokens import ACTION_DIM, ActionTokenizer
+from vla_spec.tokens import ActionTokenizer
 
 CROP_AREA = 0.9
 JPEG_QUALITY = 95

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -119,15 +120,30 @@ def test_stats_text(capsys: pytest.CaptureFixture[str]) -> None:
     assert "libero_object: trajectories 454, transitions 66984" in out
 
 
-def test_console_entry_point_in_a_subprocess() -> None:
+def test_installed_console_script_in_a_subprocess() -> None:
+    """The ``vla-spec`` script that ``pip install`` put beside this interpreter (not ``python -m``)."""
+    script = Path(sys.executable).parent / "vla-spec"
+    assert script.is_file(), f"no installed console script at {script}: pip install -e ."
     ok = subprocess.run(
-        [sys.executable, "-m", "vla_spec.cli", "decode", *BOOK_IDS, "--unnorm-key", "libero_object", "--json"],
+        [str(script), "decode", *BOOK_IDS, "--unnorm-key", "libero_object", "--json"],
         capture_output=True, text=True, timeout=60, check=False,
     )
     assert ok.returncode == 0, ok.stderr
     assert json.loads(ok.stdout)["gripper_meaning"] == "close"
     bad = subprocess.run(
-        [sys.executable, "-m", "vla_spec.cli", "decode", "1", "--unnorm-key", "libero_object"],
+        [str(script), "decode", "1", "--unnorm-key", "libero_object"],
         capture_output=True, text=True, timeout=60, check=False,
     )
     assert bad.returncode == 2 and "Traceback" not in bad.stderr and bad.stderr.count("\n") == 1
+
+
+def test_a_bug_inside_a_command_keeps_its_traceback(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only CliError becomes a one-line exit 2; a ValueError from deep inside is a bug and propagates."""
+    from vla_spec.commands import spec
+
+    def broken(*_args: object) -> None:
+        raise ValueError("an internal invariant broke")
+
+    monkeypatch.setattr(spec, "decode_report", broken)
+    with pytest.raises(ValueError, match="an internal invariant broke"):
+        main(["decode", *BOOK_IDS, "--unnorm-key", "libero_object"])

@@ -155,7 +155,7 @@ def _record_in_worker(spec: DemoSpec, out: str) -> DemoOutcome:
 
 
 def _worker_init() -> None:
-    from vla_spec.sim.env import load_triton_before_egl
+    from vla_spec.sim.libero import load_triton_before_egl
 
     load_triton_before_egl()
 

@@ -98,7 +98,7 @@ def _git_state() -> dict[str, Any]:
 
 def collect_versions() -> dict[str, Any]:
     """Everything about the software stack that can change a rollout's outcome or speed."""
-    from vla_spec.sim.env import DEFAULT_MUJOCO_GL
+    from vla_spec.sim.libero import DEFAULT_MUJOCO_GL
 
     versions: dict[str, Any] = {"python": platform.python_version()}
     versions.update({name: _distribution_version(name) for name in VERSIONED_DISTRIBUTIONS})

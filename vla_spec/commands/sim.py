@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from vla_spec.cli import CliError
+from vla_spec.commands import CliError
 from vla_spec.statistics import DEFAULT_CONFIDENCE, PUBLISHED_OPENVLA, Proportion, SuccessRow, percent
 
 if TYPE_CHECKING:  # the simulator side is imported inside the handlers
@@ -197,10 +197,18 @@ def _policy_params(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run_rollout(args: argparse.Namespace) -> int:
+    from vla_spec.episodes import LogMismatch
     from vla_spec.runner import run_episodes
-    from vla_spec.sim.env import SimulatorUnavailable
+    from vla_spec.sim.libero import SimulatorUnavailable
 
     params = _policy_params(args)
+    if "checkpoint" in params:
+        from vla_spec.model.tiny import resolve_checkpoint
+
+        try:
+            resolve_checkpoint(params["checkpoint"])
+        except FileNotFoundError as error:
+            raise CliError(f"--checkpoint: {error}") from None
     if args.workers < 1:
         raise CliError(f"--workers must be at least 1, got {args.workers}")
     suites = [s.strip() for s in args.suite.split(",") if s.strip()]
@@ -222,7 +230,7 @@ def run_rollout(args: argparse.Namespace) -> int:
             policy_name=args.policy,
             policy_params=params,
         )
-    except SimulatorUnavailable as error:
+    except (SimulatorUnavailable, LogMismatch) as error:
         raise CliError(str(error)) from None
     print(f"log: {args.log}")
     print(format_success_table(results))
@@ -234,7 +242,7 @@ def run_rollout(args: argparse.Namespace) -> int:
 
 def run_demos(args: argparse.Namespace) -> int:
     from vla_spec.demos import DemoSpec, record_demos, summarize
-    from vla_spec.sim.env import SimulatorUnavailable
+    from vla_spec.sim.libero import SimulatorUnavailable
 
     if args.workers < 1:
         raise CliError(f"--workers must be at least 1, got {args.workers}")
@@ -374,19 +382,31 @@ def plot_success(path: Path, logs: Mapping[str, Sequence[EpisodeResult]], confid
     fig.savefig(path)
 
 
-def run_report(args: argparse.Namespace) -> int:
+def _read_log(path: Path) -> LogContents:
+    """The log at ``path``; a missing or unreadable file is the user's error (one line)."""
     from vla_spec.episodes import read_log
+
+    try:
+        return read_log(path)
+    except (FileNotFoundError, ValueError) as error:
+        raise CliError(str(error)) from None
+
+
+def run_report(args: argparse.Namespace) -> int:
     from vla_spec.statistics import z_value
 
-    z_value(args.confidence)  # a bad level fails before any work
-    log = read_log(args.log)
+    try:
+        z_value(args.confidence)  # a bad level fails before any work
+    except ValueError as error:
+        raise CliError(str(error)) from None
+    log = _read_log(args.log)
     if not log.results:
         raise CliError(f"{args.log} has no finished episodes yet")
     lines = _describe_log("A: " if args.compare else "", log)
     lines += [format_success_table(log.results, args.confidence), *_verdict_lines(log.results, args.confidence)]
     logs = {str(args.log): log.results}
     if args.compare:
-        other = read_log(args.compare)
+        other = _read_log(args.compare)
         if not other.results:
             raise CliError(f"{args.compare} has no finished episodes yet")
         lines += ["", *_describe_log("B: ", other), format_success_table(other.results, args.confidence)]

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from vla_spec.cli import CliError
+from vla_spec.commands import CliError
 from vla_spec.gripper import ENV_CLOSE, policy_to_env
 from vla_spec.normalization import (
     AXIS_NAMES,

@@ -13,7 +13,9 @@ same signature.
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
+from functools import cache
 from typing import Any, Protocol
 
 import torch
@@ -33,6 +35,15 @@ class Decoder(Protocol):
     def __call__(
         self, language_model: Any, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, n_tokens: int
     ) -> GreedyResult: ...
+
+
+@cache
+def cache_keyword() -> str:
+    """The name ``LlamaForCausalLM.forward`` takes the KV cache by: ``cache`` since transformers 5.24
+    (``past_key_values`` is deprecated there), ``past_key_values`` before."""
+    from transformers import LlamaForCausalLM
+
+    return "cache" if "cache" in inspect.signature(LlamaForCausalLM.forward).parameters else "past_key_values"
 
 
 def positions_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -72,7 +83,7 @@ def greedy_decode(
     embed = language_model.get_input_embeddings()
     mask = attention_mask.to(device=inputs_embeds.device, dtype=torch.long)
     positions = positions_from_mask(mask)
-    cache = DynamicCache()
+    kv_cache = DynamicCache()
     step_embeds = inputs_embeds
     ids: list[torch.Tensor] = []
     margins: list[torch.Tensor] = []
@@ -81,11 +92,10 @@ def greedy_decode(
             inputs_embeds=step_embeds,
             attention_mask=mask,
             position_ids=positions,
-            past_key_values=cache,
             use_cache=True,
             logits_to_keep=1,
+            **{cache_keyword(): kv_cache},
         )
-        cache = out.past_key_values
         token, margin = top1_and_margin(out.logits[:, -1, :])
         ids.append(token)
         margins.append(margin)

