@@ -191,6 +191,25 @@ def test_damage_before_the_last_line_names_the_line(tmp_path: Path, damage: byte
         read_log(path)
 
 
+def test_retry_errors_reruns_only_errored_episodes_and_the_retry_replaces_them(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    path = tmp_path / "log.jsonl"
+    errored = replace(result(SPECS[1], success=False), error="RuntimeError: policy bug")
+    with EpisodeLog.open(path, config(), VERSIONS) as log:
+        log.append(result(SPECS[0]))
+        log.append(errored)
+    with EpisodeLog.open(path, config(), VERSIONS) as log:
+        assert log.pending(SPECS) == [SPECS[2], SPECS[3]]
+        assert log.pending(SPECS, retry_errors=True) == [SPECS[1], SPECS[2], SPECS[3]]
+        log.append(result(SPECS[1]))  # the retry
+        with pytest.raises(ValueError, match="already"):
+            log.append(result(SPECS[1], success=False))  # a finished episode stays finished
+    contents = read_log(path)
+    assert contents.results == (result(SPECS[0]), result(SPECS[1]))  # one result per episode, the retry's
+    assert len(path.read_text().splitlines()) == 5  # header, 2 episodes, resume, retry: nothing rewritten
+
+
 def test_a_repeated_episode_line_is_an_error(tmp_path: Path) -> None:
     path = tmp_path / "log.jsonl"
     with EpisodeLog.open(path, config(), VERSIONS) as log:

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from vla_spec.normalization import (
     NormStats,
     UnnormKeyError,
+    dataset_statistics,
     libero_unnorm_key,
     load_norm_stats,
     normalize,
@@ -259,3 +260,26 @@ def test_wrong_key_gives_a_well_formed_action_at_the_wrong_scale() -> None:
     np.testing.assert_allclose(
         right[:6] - (libero.q01 + libero.q99)[:6] / 2, span_ratio * (wrong[:6] - (bridge.q01 + bridge.q99)[:6] / 2)
     )
+
+
+def test_dataset_statistics_of_a_textbook_column() -> None:
+    """0, 1, ..., 100 in every dim: q01 = 1 and q99 = 99 (linear interpolation at 0.01 * 100 = 1),
+    mean 50, population std sqrt((101^2 - 1) / 12) = sqrt(850); the gripper (last dim) unmasked."""
+    actions = np.repeat(np.arange(101.0)[:, None], 7, axis=1)
+    entry = dataset_statistics(actions, num_trajectories=3)
+    action = entry["action"]
+    assert action["q01"] == [1.0] * 7 and action["q99"] == [99.0] * 7
+    assert action["min"] == [0.0] * 7 and action["max"] == [100.0] * 7 and action["mean"] == [50.0] * 7
+    assert action["std"] == pytest.approx([850 ** 0.5] * 7, rel=1e-12)
+    assert action["mask"] == [True] * 6 + [False]
+    assert entry["proprio"]["q99"] == [0.0] * 7
+    assert (entry["num_transitions"], entry["num_trajectories"]) == (101, 3)
+    stats = NormStats.from_entry("demos", entry)  # the entry is a valid checkpoint norm_stats value
+    assert normalize(np.full(7, 99.0), stats).tolist() == pytest.approx([1.0] * 6 + [99.0])
+
+
+def test_dataset_statistics_refuses_bad_shapes() -> None:
+    with pytest.raises(ValueError, match=r"\(N, D\) with N >= 2"):
+        dataset_statistics(np.zeros(7), num_trajectories=1)
+    with pytest.raises(ValueError, match="mask has 2 entries for 7-dim actions"):
+        dataset_statistics(np.zeros((5, 7)), num_trajectories=1, mask=[True, False])

@@ -41,13 +41,14 @@ def test_report_prints_wilson_table_and_published_verdicts(tmp_path: Path, capsy
     assert "mujoco 3.3.2" in out[1] and "git 0123456789" in out[1]
     assert "  note: 1 episode(s) ended with an error (counted as failures)" in out
     table = out[out.index(next(line for line in out if line.startswith("suite"))):]
+    assert table[0].endswith("95 % Wilson interval   errors (counted as failures)")
     assert table[1:7] == [
-        "libero_goal         0       2/2  100.0 %   [34.2 %, 100.0 %]",
-        "libero_object       0       3/4   75.0 %   [30.1 %, 95.4 %]",
-        "libero_object       1       1/4   25.0 %   [4.6 %, 69.9 %]",
-        "libero_goal       all       2/2  100.0 %   [34.2 %, 100.0 %]",
-        "libero_object     all       4/8   50.0 %   [21.5 %, 78.5 %]",
-        "all suites        all      6/10   60.0 %   [31.3 %, 83.2 %]",
+        "libero_goal         0       2/2  100.0 %   [34.2 %, 100.0 %]        0",
+        "libero_object       0       3/4   75.0 %   [30.1 %, 95.4 %]        0",
+        "libero_object       1       1/4   25.0 %   [4.6 %, 69.9 %]        1",
+        "libero_goal       all       2/2  100.0 %   [34.2 %, 100.0 %]        0",
+        "libero_object     all       4/8   50.0 %   [21.5 %, 78.5 %]        1",
+        "all suites        all      6/10   60.0 %   [31.3 %, 83.2 %]        1",
     ]
     assert "vs published OpenVLA, libero_object: below: published 88.4 % lies above our 95 % interval [21.5 %, 78.5 %] (4/8)" in out
     assert "vs published OpenVLA, libero_goal: consistent: published 79.2 % lies inside our 95 % interval [34.2 %, 100.0 %] (2/2)" in out

@@ -199,8 +199,16 @@ def test_swapping_the_logs_negates_the_difference(a: tuple[int, int], b: tuple[i
 
 
 class _Outcome:
-    def __init__(self, suite: str, task_id: int, success: bool) -> None:
-        self.suite, self.task_id, self.success = suite, task_id, success
+    def __init__(self, suite: str, task_id: int, success: bool, error: str | None = None) -> None:
+        self.suite, self.task_id, self.success, self.error = suite, task_id, success, error
+
+
+def test_success_rows_count_errored_episodes_apart() -> None:
+    outcomes = [_Outcome("libero_object", 0, True), _Outcome("libero_object", 0, False)]
+    outcomes += [_Outcome("libero_object", 0, False, "RuntimeError: boom")]
+    task_row, suite_row = success_rows(outcomes)
+    assert (task_row.proportion.successes, task_row.proportion.n, task_row.errors) == (1, 3, 1)
+    assert suite_row.errors == 1
 
 
 def test_success_rows_per_task_per_suite_and_overall() -> None:

@@ -22,7 +22,9 @@ Resume policy (:meth:`EpisodeLog.open` on an existing log):
   ``resume`` line instead, and ``vla-spec report`` notes a log resumed with other code;
 * the versions in :data:`PINNED_VERSIONS` must match too (a mixed log would hide an upgrade's
   effect); the current versions are recorded in a ``resume`` line either way;
-* episodes already in the log are not run again; at most one line per episode is allowed.
+* episodes already in the log are not run again; at most one line per episode is allowed, except
+  that ``retry_errors`` reruns episodes that ended with an error (an episode that *raised*, a bug
+  or a broken setup, not a failure of the policy): the new line then replaces the errored one.
 """
 
 from __future__ import annotations
@@ -234,7 +236,8 @@ def _parse(path: Path, lines: Sequence[bytes], truncated: bool) -> LogContents:
     header: LogHeader | None = None
     resumes: list[LogResume] = []
     results: list[EpisodeResult] = []
-    first_line: dict[SpecKey, int] = {}
+    first_line: dict[SpecKey, int] = {}  # index into results
+    line_of: dict[SpecKey, int] = {}
     for number, line in enumerate(lines, start=1):
         where = f"{path}:{number}"
         try:
@@ -252,9 +255,14 @@ def _parse(path: Path, lines: Sequence[bytes], truncated: bool) -> LogContents:
             result = _result_from_record(record, where)
             key = spec_key(result)
             if key in first_line:
-                raise ValueError(f"{where}: episode {key} is already on line {first_line[key]}")
-            first_line[key] = number
-            results.append(result)
+                earlier = results[first_line[key]]
+                if earlier.error is None:
+                    raise ValueError(f"{where}: episode {key} is already on line {line_of[key]}")
+                results[first_line[key]] = result  # a retry of an errored episode replaces it
+            else:
+                first_line[key] = len(results)
+                results.append(result)
+            line_of[key] = number
         else:
             raise ValueError(f"{where}: unknown line kind {kind!r}")
     if header is None:
@@ -346,14 +354,20 @@ class EpisodeLog:
         handle.flush()
         os.fsync(handle.fileno())
 
-    def pending(self, specs: Iterable[EpisodeSpec]) -> list[EpisodeSpec]:
-        """The specs not yet in the log, in the given order."""
-        return [spec for spec in specs if spec_key(spec) not in self.finished]
+    def pending(self, specs: Iterable[EpisodeSpec], *, retry_errors: bool = False) -> list[EpisodeSpec]:
+        """The specs not yet in the log (and, with ``retry_errors``, those that ended with an error)."""
+
+        def needs_run(key: SpecKey) -> bool:
+            done = self.finished.get(key)
+            return done is None or (retry_errors and done.error is not None)
+
+        return [spec for spec in specs if needs_run(spec_key(spec))]
 
     def append(self, result: EpisodeResult) -> None:
-        """Write one finished episode, flushed and fsynced; a second result for an episode raises."""
+        """Write one finished episode, flushed and fsynced; a second result for an episode raises
+        unless the first ended with an error (a retry)."""
         key = spec_key(result)
-        if key in self.finished:
+        if key in self.finished and self.finished[key].error is None:
             raise ValueError(f"episode {key} is already in {self.path}")
         self._file.write(result_to_line(result).encode())
         self._file.flush()

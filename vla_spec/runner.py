@@ -266,6 +266,7 @@ def run_episodes(
     *,
     policy_name: str | None = None,
     policy_params: Mapping[str, Any] | None = None,
+    retry_errors: bool = False,
 ) -> list[EpisodeResult]:
     """Run every spec not yet in the log at ``log_path``; return all results, in ``specs`` order.
 
@@ -276,7 +277,8 @@ def run_episodes(
     run). Raises :class:`~vla_spec.episodes.LogMismatch` when the log belongs to another run; an
     exception raised while building the policy in a worker is re-raised here (the worker's
     traceback attached as a note); ``RuntimeError`` when a worker dies. Episode errors do not raise:
-    they are recorded as failures (``EpisodeResult.error``). Finished episodes stay in the log.
+    they are recorded as failures (``EpisodeResult.error``); ``retry_errors`` runs those again.
+    Finished episodes stay in the log.
     """
     if workers < 1:
         raise ValueError(f"workers must be at least 1, got {workers}")
@@ -293,8 +295,9 @@ def run_episodes(
     )
     video = None if video_dir is None else Path(video_dir)
     with EpisodeLog.open(log_path, config) as log:
-        pending = log.pending(specs)
-        done = [log.finished[spec_key(spec)] for spec in specs if spec_key(spec) in log.finished]
+        pending = log.pending(specs, retry_errors=retry_errors)
+        rerun = {spec_key(spec) for spec in pending}
+        done = [log.finished[spec_key(spec)] for spec in specs if spec_key(spec) in log.finished and spec_key(spec) not in rerun]
         bar = _Progress(len(specs), done, enabled=progress)
         try:
             if pending and workers == 1:

@@ -91,15 +91,18 @@ class _Outcome(Protocol):
     suite: str
     task_id: int
     success: bool
+    error: str | None  # set when the episode raised: counted as a failure, reported on its own
 
 
 @dataclass(frozen=True)
 class SuccessRow:
-    """One line of a success table: ``task_id`` is None for a whole suite, ``suite`` None for all."""
+    """One line of a success table: ``task_id`` is None for a whole suite, ``suite`` None for all.
+    ``errors`` counts the episodes that raised (already counted as failures in ``proportion``)."""
 
     suite: str | None
     task_id: int | None
     proportion: Proportion
+    errors: int = 0
 
 
 def z_value(confidence: float = DEFAULT_CONFIDENCE) -> float:
@@ -203,16 +206,18 @@ def success_rows(outcomes: Iterable[_Outcome], confidence: float = DEFAULT_CONFI
     there are several suites."""
     tallies: dict[tuple[str, int], list[int]] = {}
     for outcome in outcomes:
-        tally = tallies.setdefault((outcome.suite, outcome.task_id), [0, 0])
+        tally = tallies.setdefault((outcome.suite, outcome.task_id), [0, 0, 0])
         tally[0] += int(bool(outcome.success))
         tally[1] += 1
+        tally[2] += int(outcome.error is not None)
     if not tallies:
         raise ValueError("no episodes to summarize")
 
     def row(suite: str | None, task: int | None, keys: list[tuple[str, int]]) -> SuccessRow:
         wins = sum(tallies[key][0] for key in keys)
         total = sum(tallies[key][1] for key in keys)
-        return SuccessRow(suite, task, wilson_interval(wins, total, confidence))
+        errors = sum(tallies[key][2] for key in keys)
+        return SuccessRow(suite, task, wilson_interval(wins, total, confidence), errors)
 
     keys = sorted(tallies)
     suites = sorted({suite for suite, _ in keys})

@@ -152,6 +152,7 @@ def register(subparsers: Any) -> None:
     rollout.add_argument("--workers", type=int, default=1, help="worker processes (each ~2 GB RAM; 1 = in-process)")
     rollout.add_argument("--log", required=True, type=Path, help="JSONL episode log to create or resume")
     rollout.add_argument("--trace", action="store_true", help="record per-step tokens and actions in the log")
+    rollout.add_argument("--retry-errors", action="store_true", help="rerun episodes of the log that ended with an error")
     rollout.add_argument("--video-dir", type=Path, help="write one mp4 per episode here (forces the camera)")
     rollout.add_argument("--no-progress", action="store_true", help="no progress bar")
     rollout.set_defaults(func=run_rollout)
@@ -229,6 +230,7 @@ def run_rollout(args: argparse.Namespace) -> int:
             progress=not args.no_progress,
             policy_name=args.policy,
             policy_params=params,
+            retry_errors=args.retry_errors,
         )
     except (SimulatorUnavailable, LogMismatch) as error:
         raise CliError(str(error)) from None
@@ -236,7 +238,10 @@ def run_rollout(args: argparse.Namespace) -> int:
     print(format_success_table(results))
     errors = [r for r in results if r.error]
     if errors:
-        print(f"{len(errors)} episode(s) ended with an error, e.g. {errors[0].suite} task {errors[0].task_id}: {errors[0].error}")
+        print(
+            f"{len(errors)} episode(s) ended with an error (a bug or a broken setup, not a policy failure), e.g. "
+            f"{errors[0].suite} task {errors[0].task_id}: {errors[0].error}; fix it and rerun with --retry-errors"
+        )
     return 0
 
 
@@ -268,12 +273,15 @@ def format_success_table(results: Sequence[EpisodeResult], confidence: float = D
     """Per task, per suite and overall: successes/n, rate and Wilson interval, one row each."""
     from vla_spec.statistics import success_rows
 
+    rows = success_rows(results, confidence)
+    show_errors = any(row.errors for row in rows)
     head = f"{'suite':<16}{'task':>5}{'success':>10}{'rate':>9}   {percent(confidence, 0)} Wilson interval"
-    lines = [head]
-    for row in success_rows(results, confidence):
+    lines = [head + ("   errors (counted as failures)" if show_errors else "")]
+    for row in rows:
         p = row.proportion
         suite, task = _label(row)
-        lines.append(f"{suite:<16}{task:>5}{f'{p.successes}/{p.n}':>10}{percent(p.rate):>9}   [{percent(p.low)}, {percent(p.high)}]")
+        line = f"{suite:<16}{task:>5}{f'{p.successes}/{p.n}':>10}{percent(p.rate):>9}   [{percent(p.low)}, {percent(p.high)}]"
+        lines.append(line + (f"{row.errors:>9}" if show_errors else ""))
     return "\n".join(lines)
 
 

@@ -1,0 +1,73 @@
+"""Recording demonstrations (``vla-spec demos``): one scripted-expert episode from a fresh seeded
+scene becomes one LIBERO-layout HDF5 file with the model's images and training-convention actions;
+a rerun resumes instead of recording again."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.sim
+
+SPEC_ARGS = ("libero_object", 0, 7)  # suite, task, seed: a scene none of the official init states is
+
+
+@pytest.fixture(scope="module")
+def recorded(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, object]:
+    from vla_spec.demos import DemoSpec, record_demos
+
+    out = tmp_path_factory.mktemp("demos")
+    outcomes = record_demos([DemoSpec(*SPEC_ARGS)], out, workers=1, progress=False)
+    return out, outcomes[0]
+
+
+def test_one_successful_demo_in_the_libero_layout(recorded) -> None:
+    import h5py
+
+    out, outcome = recorded
+    assert outcome.path == out / "libero_object" / "task00_seed00007.hdf5" and not outcome.skipped
+    with h5py.File(outcome.path, "r") as handle:
+        info = json.loads(handle["data"].attrs["problem_info"])
+        assert info["language_instruction"] == "pick up the alphabet soup and place it in the basket"
+        demo = handle["data/demo_0"]
+        steps = demo.attrs["num_samples"]
+        assert steps == outcome.steps and 50 < steps < 280  # the expert succeeded inside the step budget
+        assert demo["obs/agentview_rgb"].shape == (steps, 224, 224, 3) and demo["obs/agentview_rgb"].dtype == np.uint8
+        actions = demo["actions"][:]
+        assert actions.shape == (steps, 7)
+        assert set(np.unique(actions[:, 6])) == {0.0, 1.0}  # training convention: 1 open, 0 close
+        assert actions[0, 6] == 1.0 and demo["dones"][-1] == 1 and demo["rewards"][:].sum() == 1.0
+
+
+def test_demo_images_are_the_evaluation_path_before_the_crop(recorded) -> None:
+    """Frame 0 equals the live first observation through model_image(..., center_crop_enabled=False)."""
+    import h5py
+
+    from vla_spec.images import model_image
+    from vla_spec.sim.env import POLICY_CAMERAS, get_env
+    from vla_spec.sim.interface import make_observation
+    from vla_spec.sim.suites import NUM_STEPS_WAIT, WAIT_ACTION
+
+    _out, outcome = recorded
+    env = get_env("libero_object", 0, cameras=POLICY_CAMERAS)
+    env.seed(SPEC_ARGS[2])
+    obs = env.reset()
+    for _ in range(NUM_STEPS_WAIT):
+        obs, *_ = env.step(list(WAIT_ACTION))
+    expected = model_image(make_observation(obs, 0).image, center_crop_enabled=False)
+    with h5py.File(outcome.path, "r") as handle:
+        assert np.array_equal(handle["data/demo_0/obs/agentview_rgb"][0], expected)
+
+
+def test_rerun_resumes_and_loads(recorded) -> None:
+    from vla_spec.demos import DemoSpec, demo_files, load_demos, record_demos
+
+    out, outcome = recorded
+    again = record_demos([DemoSpec(*SPEC_ARGS)], out, workers=1, progress=False)[0]
+    assert again.skipped and again.path == outcome.path and again.steps == outcome.steps
+    demos = load_demos(demo_files(out), stride=2)
+    assert len(demos.actions) == (outcome.steps + 1) // 2
+    assert demos.instructions == ("pick up the alphabet soup and place it in the basket",)
