@@ -12,7 +12,6 @@ from vla_spec.cli import CliError, main
 from vla_spec.commands.sim import parse_indices
 from vla_spec.episodes import EpisodeLog, RunConfig
 from vla_spec.rollout import EpisodeResult, EpisodeSpec
-from vla_spec.statistics import two_proportion_test
 
 VERSIONS = {"python": "3.11.7", "mujoco": "3.3.2", "robosuite": "1.4.0", "libero": "0.1.1", "MUJOCO_GL": "egl", "git_sha": "0123456789abcdef"}
 
@@ -55,23 +54,34 @@ def test_report_prints_wilson_table_and_published_verdicts(tmp_path: Path, capsy
 
 
 @pytest.mark.cpu
-def test_report_compare_runs_the_two_proportion_test_and_plots(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_report_compare_over_the_same_episodes_is_paired_and_plots(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A solves 4 libero_object episodes that B does not, B none that A does not: McNemar's exact
+    p = 2 * (1/2)^4 = 0.125; libero_goal has no discordant pair (p = 1)."""
     a, b = write_log(tmp_path / "a.jsonl", A), write_log(tmp_path / "b.jsonl", B)
     plot = tmp_path / "plots" / "success.png"
     assert main(["report", str(a), "--compare", str(b), "--plot", str(plot)]) == 0
     out = capsys.readouterr().out.splitlines()
-    test = two_proportion_test(4, 8, 0, 8)
-    line = next(line for line in out if line.startswith("libero_object    A"))
-    assert line == (
-        f"libero_object    A 4/8 (50.0 %)  B 0/8 (0.0 %)  diff +50.0 pp [{100 * test.low:+.1f}, {100 * test.high:+.1f}]"
-        f"  z {test.z:+.2f}  p {test.p_value:.3g}"
-    )
-    assert any(line.startswith("all suites       A 6/10 (60.0 %)  B 2/10 (20.0 %)") for line in out)
+    assert "A vs B over the same episodes: McNemar's exact test (two-sided) on the episodes only one run solved" in out
+    assert "libero_goal      A 2/2 (100.0 %)  B 2/2 (100.0 %)  A only 0, B only 0  p 1" in out
+    assert "libero_object    A 4/8 (50.0 %)  B 0/8 (0.0 %)  A only 4, B only 0  p 0.125" in out
+    assert "all suites       A 6/10 (60.0 %)  B 2/10 (20.0 %)  A only 4, B only 0  p 0.125" in out
     assert not any(line.startswith("note: the logs cover different episodes") for line in out)
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and plot.stat().st_size > 1000
 
 
 @pytest.mark.cpu
+def test_report_compare_over_different_episodes_is_unpaired(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """4/8 vs 0/4 on libero_object: pooled p = 1/3, z = 0.5 / sqrt(1/3 * 2/3 * (1/8 + 1/4)) = sqrt(3),
+    two-sided p = erfc(sqrt(3 / 2)) = 0.0833."""
+    a = write_log(tmp_path / "a.jsonl", {("libero_object", 0): [True, True, False, False], ("libero_object", 1): [True, True, False, False]})
+    b = write_log(tmp_path / "b.jsonl", {("libero_object", 0): [False] * 4})
+    assert main(["report", str(a), "--compare", str(b)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert "A vs B, two-sided pooled z-test; 95 % Newcombe interval of the difference A - B" in out
+    line = next(line for line in out if line.startswith("libero_object    A"))
+    assert line.startswith("libero_object    A 4/8 (50.0 %)  B 0/4 (0.0 %)  diff +50.0 pp") and "z +1.73  p 0.0833" in line
+
+
 @pytest.mark.cpu
 def test_report_notes_a_log_resumed_with_other_code(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     log = write_log(tmp_path / "a.jsonl", {("libero_object", 0): [True, False]})

@@ -231,3 +231,14 @@ def test_success_rows_of_one_suite_have_no_overall_row_and_need_episodes() -> No
     assert [r.suite for r in success_rows([_Outcome("libero_10", 0, False)])] == ["libero_10", "libero_10"]
     with pytest.raises(ValueError, match="no episodes"):
         success_rows([])
+
+
+def test_mcnemar_exact_textbook_values() -> None:
+    """Discordant pairs 1 vs 9: p = 2 * P(X <= 1 | n = 10, 1/2) = 2 * 11 / 1024; none discordant: p = 1."""
+    from vla_spec.statistics import mcnemar_exact
+
+    assert mcnemar_exact(1, 9).p_value == pytest.approx(22 / 1024, rel=1e-12)
+    assert mcnemar_exact(9, 1).p_value == pytest.approx(22 / 1024, rel=1e-12)
+    assert mcnemar_exact(0, 0).p_value == 1.0
+    with pytest.raises(ValueError, match=">= 0"):
+        mcnemar_exact(-1, 2)

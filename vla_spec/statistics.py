@@ -201,6 +201,27 @@ def two_proportion_test(
     return TwoProportionTest(a, b, difference, low, high, z, p_value, confidence)
 
 
+@dataclass(frozen=True)
+class PairedTest:
+    """McNemar's exact test over the same episodes run twice (A and B): only discordant pairs count."""
+
+    a_only: int  # episodes A solved and B did not
+    b_only: int  # episodes B solved and A did not
+    p_value: float  # two-sided exact binomial test of a_only vs b_only at 1/2
+
+
+def mcnemar_exact(a_only: int, b_only: int) -> PairedTest:
+    """McNemar's exact test (two-sided binomial test on the discordant pairs, scipy's ``binomtest``);
+    ``p_value`` is 1.0 when no pair is discordant."""
+    if a_only < 0 or b_only < 0:
+        raise ValueError(f"discordant counts must be >= 0, got {a_only} and {b_only}")
+    if a_only + b_only == 0:
+        return PairedTest(a_only, b_only, 1.0)
+    from scipy.stats import binomtest
+
+    return PairedTest(a_only, b_only, float(binomtest(a_only, a_only + b_only, 0.5).pvalue))
+
+
 def success_rows(outcomes: Iterable[_Outcome], confidence: float = DEFAULT_CONFIDENCE) -> list[SuccessRow]:
     """Per-task rows sorted by (suite, task id), then one row per suite, then an overall row when
     there are several suites."""

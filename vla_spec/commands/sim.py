@@ -335,9 +335,14 @@ def _verdict_lines(results: Sequence[EpisodeResult], confidence: float) -> list[
 
 
 def _comparison_lines(a: LogContents, b: LogContents, confidence: float) -> list[str]:
-    """Per shared suite, and over all shared suites when there are several: A vs B."""
+    """Per shared suite, and over all shared suites when there are several: A vs B.
+
+    Over the same episodes (same suite, task, init state, seed) the comparison is paired: McNemar's
+    exact test on the episodes only one run solved. Otherwise the unpaired pooled z-test with a
+    Newcombe interval of the difference. The first line says which.
+    """
     from vla_spec.episodes import spec_key
-    from vla_spec.statistics import two_proportion_test
+    from vla_spec.statistics import mcnemar_exact, two_proportion_test
 
     totals_a, totals_b = _suite_totals(a.results, confidence), _suite_totals(b.results, confidence)
     shared = sorted(totals_a.keys() & totals_b.keys())
@@ -346,19 +351,31 @@ def _comparison_lines(a: LogContents, b: LogContents, confidence: float) -> list
     groups = {suite: [suite] for suite in shared}
     if len(shared) > 1:
         groups["all suites"] = shared
-    lines = [f"A vs B, two-sided pooled z-test; {percent(confidence, 0)} Newcombe interval of the difference A - B"]
+    by_key_a = {spec_key(r): r for r in a.results}
+    by_key_b = {spec_key(r): r for r in b.results}
+    paired = by_key_a.keys() == by_key_b.keys()
+    if paired:
+        lines = ["A vs B over the same episodes: McNemar's exact test (two-sided) on the episodes only one run solved"]
+    else:
+        lines = [f"A vs B, two-sided pooled z-test; {percent(confidence, 0)} Newcombe interval of the difference A - B"]
     for name, suites in groups.items():
         wa, na = sum(totals_a[s].successes for s in suites), sum(totals_a[s].n for s in suites)
         wb, nb = sum(totals_b[s].successes for s in suites), sum(totals_b[s].n for s in suites)
-        t = two_proportion_test(wa, na, wb, nb, confidence)
-        lines.append(
-            f"{name:<16} A {wa}/{na} ({percent(t.a.rate)})  B {wb}/{nb} ({percent(t.b.rate)})  "
-            f"diff {100 * t.difference:+.1f} pp [{100 * t.low:+.1f}, {100 * t.high:+.1f}]  z {t.z:+.2f}  p {t.p_value:.3g}"
-        )
-    keys_a = {spec_key(r) for r in a.results}
-    keys_b = {spec_key(r) for r in b.results}
-    if keys_a != keys_b:
-        lines.append(f"note: the logs cover different episodes ({len(keys_a - keys_b)} only in A, {len(keys_b - keys_a)} only in B)")
+        head = f"{name:<16} A {wa}/{na} ({percent(wa / na)})  B {wb}/{nb} ({percent(wb / nb)})  "
+        if paired:
+            keys = [key for key in by_key_a if key[0] in suites]
+            a_only = sum(by_key_a[k].success and not by_key_b[k].success for k in keys)
+            b_only = sum(by_key_b[k].success and not by_key_a[k].success for k in keys)
+            test = mcnemar_exact(a_only, b_only)
+            lines.append(head + f"A only {test.a_only}, B only {test.b_only}  p {test.p_value:.3g}")
+        else:
+            t = two_proportion_test(wa, na, wb, nb, confidence)
+            lines.append(
+                head + f"diff {100 * t.difference:+.1f} pp [{100 * t.low:+.1f}, {100 * t.high:+.1f}]  z {t.z:+.2f}  p {t.p_value:.3g}"
+            )
+    if not paired:
+        only_a, only_b = by_key_a.keys() - by_key_b.keys(), by_key_b.keys() - by_key_a.keys()
+        lines.append(f"note: the logs cover different episodes ({len(only_a)} only in A, {len(only_b)} only in B)")
     return lines
 
 
