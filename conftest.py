@@ -1,9 +1,9 @@
 """Test tiers, options and the skips that say what to install or set.
 
 Tiers (markers, enforced with --strict-markers; every test carries exactly one):
-  cpu  fast, no simulator, no GPU          pytest -m cpu
-  sim  the real LIBERO simulator on CPU    pytest -m sim
-  gpu  a CUDA GPU                          pytest -m gpu
+  cpu  fast, no simulator, no GPU          pytest -m cpu    needs .[model]
+  sim  the real LIBERO simulator on CPU    pytest -m sim    needs .[model,sim]
+  gpu  a CUDA GPU                          pytest -m gpu    needs .[model] and CUDA
 """
 
 from __future__ import annotations
@@ -46,6 +46,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 def _missing_tier_requirement(tier: str) -> str | None:
     """Why a tier cannot run here, or None when it can."""
+    missing_model = [name for name in ("torch", "transformers", "timm") if importlib.util.find_spec(name) is None]
+    if missing_model:
+        return f"{tier} tier needs the model extra ({', '.join(missing_model)} missing): pip install -e '.[model]'"
     if tier == "sim":
         if importlib.util.find_spec("libero") is None or importlib.util.find_spec("robosuite") is None:
             return "sim tier needs the LIBERO simulator: pip install -e '.[sim]'"
@@ -60,6 +63,14 @@ def _missing_tier_requirement(tier: str) -> str | None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Skip the tests of a tier that cannot run here, with the reason; but a run that asked for
+    exactly one tier (``-m gpu``) and cannot run it at all is a usage error (exit status 4), not a
+    green run of skips."""
+    asked = (config.getoption("markexpr") or "").strip()
+    if asked in TIERS:
+        reason = _missing_tier_requirement(asked)
+        if reason:
+            raise pytest.UsageError(f"-m {asked} cannot run on this machine: {reason}")
     reasons: dict[str, str | None] = {}
     for item in items:
         tiers = [tier for tier in TIERS if item.get_closest_marker(tier)]

@@ -54,18 +54,25 @@ def test_report_prints_wilson_table_and_published_verdicts(tmp_path: Path, capsy
 
 
 @pytest.mark.cpu
-def test_report_compare_over_the_same_episodes_is_paired_and_plots(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_report_compare_over_the_same_episodes_is_paired(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """A solves 4 libero_object episodes that B does not, B none that A does not: McNemar's exact
     p = 2 * (1/2)^4 = 0.125; libero_goal has no discordant pair (p = 1)."""
     a, b = write_log(tmp_path / "a.jsonl", A), write_log(tmp_path / "b.jsonl", B)
-    plot = tmp_path / "plots" / "success.png"
-    assert main(["report", str(a), "--compare", str(b), "--plot", str(plot)]) == 0
+    assert main(["report", str(a), "--compare", str(b)]) == 0
     out = capsys.readouterr().out.splitlines()
     assert "A vs B over the same episodes: McNemar's exact test (two-sided) on the episodes only one run solved" in out
     assert "libero_goal      A 2/2 (100.0 %)  B 2/2 (100.0 %)  A only 0, B only 0  p 1" in out
     assert "libero_object    A 4/8 (50.0 %)  B 0/8 (0.0 %)  A only 4, B only 0  p 0.125" in out
     assert "all suites       A 6/10 (60.0 %)  B 2/10 (20.0 %)  A only 4, B only 0  p 0.125" in out
     assert not any(line.startswith("note: the logs cover different episodes") for line in out)
+
+
+@pytest.mark.cpu
+def test_report_plots_both_logs(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib", reason="--plot needs matplotlib (the sim extra): pip install -e '.[sim]'")
+    a, b = write_log(tmp_path / "a.jsonl", A), write_log(tmp_path / "b.jsonl", B)
+    plot = tmp_path / "plots" / "success.png"
+    assert main(["report", str(a), "--compare", str(b), "--plot", str(plot)]) == 0
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and plot.stat().st_size > 1000
 
 
