@@ -272,6 +272,7 @@ def train(args: argparse.Namespace) -> None:
     model.train()
     log = []
     tick = time.time()
+    completed = start_step
     for step in range(start_step, args.steps):
         rows = batch_rng.choice(train_rows, size=args.batch_size)
         for group in optimizer.param_groups:
@@ -283,6 +284,7 @@ def train(args: argparse.Namespace) -> None:
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
+        completed = step + 1
         last = step == args.steps - 1
         if step % args.log_every == 0 or last:
             entry = {"step": step, "loss": round(loss.item(), 4), "acc": round(accuracy.mean().item(), 3),
@@ -302,7 +304,7 @@ def train(args: argparse.Namespace) -> None:
     model.eval()
     save_checkpoint(model, model.tokenizer, config, args.out)
     summary = {"frames": int(len(frames.actions)), "episodes": int(len(episodes)), "held_out_episodes": sorted(int(e) for e in held_out),
-               "steps": log[-1]["step"] + 1 if log else start_step, "batch_size": args.batch_size, "wall_s": round(time.time() - started, 1),
+               "steps": completed, "batch_size": args.batch_size, "wall_s": round(time.time() - started, 1),
                "device": torch.cuda.get_device_name() if device.startswith("cuda") else "cpu", "args": {k: str(v) for k, v in vars(args).items()},
                "log": log}
     (Path(args.out) / "training_log.json").write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")

@@ -62,9 +62,16 @@ def test_real_tokenizer_has_pad_32000_and_llama2_action_range(real_tokenizer):
 
 
 @pytest.mark.cpu
-def test_tiny_tokenizer_keeps_the_special_ids():
-    """Our tiny tokenizer is not Llama-2's, but BOS, 29871 and <PAD> have the same ids."""
-    tokenizer = load_tokenizer(tiny_checkpoint_path())
+@pytest.mark.parametrize("checkpoint", ["tiny-openvla", "tiny-vla-libero-object"])
+def test_project_tokenizers_keep_the_special_ids(checkpoint):
+    """Our tokenizers are not Llama-2's, but unk, BOS, EOS, "▁" (29871) and <PAD> have Llama-2's ids
+    in the vocabulary itself (prompt_ids appends 29871 whatever the tokenizer says)."""
+    from vla_spec.model.tiny import resolve_checkpoint
+
+    tokenizer = load_tokenizer(resolve_checkpoint(checkpoint))
+    pieces = {"<unk>": 0, "<s>": BOS_TOKEN_ID, "</s>": 2, "▁": SPECIAL_EMPTY_TOKEN_ID, "<PAD>": 32000}
+    assert {piece: tokenizer.convert_tokens_to_ids(piece) for piece in pieces} == pieces
+    assert tokenizer("zyzzyva", add_special_tokens=False)["input_ids"] == [0]  # unknown word -> <unk>
     ids = prompt_ids(tokenizer, INSTRUCTION)
     assert ids[0] == BOS_TOKEN_ID and ids[-1] == SPECIAL_EMPTY_TOKEN_ID
     assert ids.count(SPECIAL_EMPTY_TOKEN_ID) == 1  # appended exactly once

@@ -44,6 +44,25 @@ from typing import Any
 import numpy as np
 
 IMAGE_KEY = "obs/agentview_rgb"
+#: A step is a no-op when the translation ``||action[:3]|| < NOOP_THRESHOLD`` (controller units) and
+#: the gripper equals the previous step's. OpenVLA's ``*_no_noops`` LIBERO datasets drop steps with
+#: ``||action[:6]|| < 1e-4`` and an unchanged gripper (raw teleoperation). Two deviations, for the
+#: expert's data: its commands pass through the 256-bin token path, where "hold still" decodes to
+#: the bin centres nearest zero (|a_i| <= 0.009 seen; moving commands are >= 0.1), so the threshold
+#: is 0.02 (1 mm per step); and it keeps correcting the orientation while it holds still (more so
+#: under noise), so rotation is not counted.
+NOOP_THRESHOLD = 0.02
+
+
+def noop_mask(actions: np.ndarray, threshold: float = NOOP_THRESHOLD) -> np.ndarray:
+    """(T,) bool: which steps of one episode's (T, 7) actions are no-ops (the first step never is).
+
+    Left in, the expert's hold-still steps (while the gripper closes or opens) teach a policy that
+    a closed gripper means "do not move": closed in mid-air, it freezes for the rest of the episode.
+    """
+    still = np.linalg.norm(actions[:, :3], axis=1) < threshold
+    same_gripper = np.r_[False, actions[1:, 6] == actions[:-1, 6]]
+    return still & same_gripper
 
 
 @dataclass(frozen=True)
@@ -203,8 +222,9 @@ def demo_files(folder: Path) -> list[Path]:
     return files
 
 
-def load_demos(files: Iterable[Path], *, stride: int = 1) -> DemoSet:
-    """Load demo files; ``stride`` keeps every ``stride``-th step of each episode (1 = all)."""
+def load_demos(files: Iterable[Path], *, stride: int = 1, drop_noops: bool = True) -> DemoSet:
+    """Load demo files; ``drop_noops`` removes no-op steps (:func:`noop_mask`, as OpenVLA's
+    ``*_no_noops`` data), then ``stride`` keeps every ``stride``-th remaining step (1 = all)."""
     import h5py
 
     images, actions, instruction_index, episode_index = [], [], [], []
@@ -214,8 +234,10 @@ def load_demos(files: Iterable[Path], *, stride: int = 1) -> DemoSet:
         with h5py.File(path, "r") as handle:
             instruction = json.loads(handle["data"].attrs["problem_info"])["language_instruction"]
             demo = handle["data/demo_0"]
-            images.append(demo[IMAGE_KEY][::stride])
-            actions.append(demo["actions"][::stride])
+            episode_actions = demo["actions"][:]
+            keep = np.flatnonzero(~noop_mask(episode_actions) if drop_noops else np.ones(len(episode_actions), bool))[::stride]
+            images.append(demo[IMAGE_KEY][:][keep])
+            actions.append(episode_actions[keep])
         count = len(actions[-1])
         instruction_index.append(np.full(count, instructions.setdefault(instruction, len(instructions))))
         episode_index.append(np.full(count, number))
