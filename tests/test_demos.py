@@ -63,11 +63,20 @@ def test_demo_images_are_the_evaluation_path_before_the_crop(recorded) -> None:
 
 
 def test_rerun_resumes_and_loads(recorded) -> None:
-    from vla_spec.demos import DemoSpec, demo_files, load_demos, record_demos
+    import h5py
+
+    from vla_spec.demos import DemoSpec, demo_files, load_demos, noop_mask, record_demos
 
     out, outcome = recorded
     again = record_demos([DemoSpec(*SPEC_ARGS)], out, workers=1, progress=False)[0]
     assert again.skipped and again.path == outcome.path and again.steps == outcome.steps
-    demos = load_demos(demo_files(out), stride=2)
-    assert len(demos.actions) == (outcome.steps + 1) // 2
-    assert demos.instructions == ("pick up the alphabet soup and place it in the basket",)
+    everything = load_demos(demo_files(out), stride=2, drop_noops=False)
+    assert len(everything.actions) == (outcome.steps + 1) // 2
+    assert everything.instructions == ("pick up the alphabet soup and place it in the basket",)
+    with h5py.File(outcome.path, "r") as handle:
+        actions = handle["data/demo_0/actions"][:]
+    noops = noop_mask(actions)
+    assert noops.any()  # the expert holds still while the gripper closes
+    assert np.linalg.norm(actions[noops, :3], axis=1).max() < 0.02 and (actions[1:, 6] == actions[:-1, 6])[noops[1:]].all()
+    filtered = load_demos(demo_files(out), stride=1)
+    assert np.array_equal(filtered.actions, actions[~noops])
