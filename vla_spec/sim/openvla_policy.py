@@ -77,7 +77,7 @@ class OpenVLAPolicy:
             self._key = libero_unnorm_key(task.suite, model.norm_stats)
         else:
             self._key = resolve_unnorm_key(model.norm_stats, self.unnorm_key)
-        self._decoder = ActionDecoder(model.norm_stats[self._key])
+        self._decoder = ActionDecoder(model.norm_stats[self._key], tokenizer=model.action_tokenizer)
         self._instruction = task.instruction
 
     def act(self, obs: Observation) -> PolicyStep:
