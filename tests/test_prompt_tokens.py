@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 
-from vla_spec.model.tiny import tiny_checkpoint_path
 from vla_spec.model.tokenizer import load_tokenizer, prompt_ids
 from vla_spec.prompt import BOS_TOKEN_ID, SPECIAL_EMPTY_TOKEN_ID, build_prompt
 

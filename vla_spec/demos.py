@@ -118,7 +118,10 @@ def record_demo(spec: DemoSpec, out: Path) -> DemoOutcome:
     for _ in range(NUM_STEPS_WAIT):
         obs, _reward, _done, _info = env.step(list(WAIT_ACTION))
     expert = PickPlaceExpert()
-    expert.reset(TaskContext(spec.suite, spec.task_id, info.instruction, -1, info.max_steps, env=env))
+    context = TaskContext(  # init_index -1: a fresh seeded scene, not one of the official init states
+        suite=spec.suite, task_id=spec.task_id, instruction=info.instruction, init_index=-1, max_steps=info.max_steps, env=env
+    )
+    expert.reset(context)
     noise = np.random.default_rng([spec.seed, spec.task_id])
     images, actions, states, robot_states = [], [], [], []
     success = False
