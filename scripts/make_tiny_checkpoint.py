@@ -28,7 +28,6 @@ only that different inputs give different tokens.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 import zlib
 from pathlib import Path
@@ -41,6 +40,7 @@ from vla_spec.model.config import OpenVLAConfig
 from vla_spec.model.export import llama_text_config, openvla_config, save_checkpoint, word_tokenizer
 from vla_spec.model.modeling import OpenVLA
 from vla_spec.model.tokenizer import prompt_ids
+from vla_spec.normalization import shipped_entries
 from vla_spec.tokens import ActionTokenizer
 
 SEED = 0
@@ -63,18 +63,9 @@ TIMM_OVERRIDES = [
     {"embed_dim": 32, "depth": 2, "num_heads": 2},
     {"embed_dim": 32, "depth": 2, "num_heads": 2},
 ]
-def shipped_libero_stats() -> dict:
-    """The raw ``norm_stats`` entries of the four LIBERO suites shipped in ``vla_spec/stats``."""
-    folder = Path(__file__).resolve().parents[1] / "vla_spec" / "stats"
-    stats = {}
-    for suite in SUITES:
-        stats.update(json.loads((folder / f"{suite}.json").read_text(encoding="utf-8")))
-    return stats
-
-
 def config_dict() -> dict:
     """``config.json`` in the official layout (plus the tower-size extension)."""
-    return openvla_config(TEXT_CONFIG, TIMM_OVERRIDES, shipped_libero_stats())
+    return openvla_config(TEXT_CONFIG, TIMM_OVERRIDES, shipped_entries(SUITES))
 
 
 def synthetic_images(count: int, rng: np.random.Generator) -> list[np.ndarray]:

@@ -36,7 +36,6 @@ OpenVLA trains from) concatenated in ``jpeg`` with ``offsets``, plus ``actions``
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import math
 import os
@@ -51,7 +50,7 @@ from vla_spec.model.config import OpenVLAConfig
 from vla_spec.model.export import llama_text_config, openvla_config, save_checkpoint, word_tokenizer
 from vla_spec.model.modeling import OpenVLA
 from vla_spec.model.tokenizer import prompt_ids
-from vla_spec.normalization import NormStats, dataset_statistics, normalize
+from vla_spec.normalization import NormStats, dataset_statistics, normalize, shipped_entries
 from vla_spec.prompt import EOS_TOKEN_ID
 from vla_spec.tokens import ActionTokenizer
 
@@ -63,9 +62,8 @@ JPEG_QUALITY = 95
 def pack(demos: Path, out_prefix: Path, max_mb: float, stride: int = 1) -> list[Path]:
     """HDF5 demos -> JPEG shards of at most ``max_mb`` MB each (whole episodes per shard); ``stride``
     keeps every ``stride``-th step of each episode."""
-    from PIL import Image
-
     from vla_spec.demos import demo_files, load_demos
+    from vla_spec.images import jpeg_bytes
 
     out_prefix.parent.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
@@ -98,11 +96,7 @@ def pack(demos: Path, out_prefix: Path, max_mb: float, stride: int = 1) -> list[
 
     for number, path in enumerate(files):
         episode = load_demos([path], stride=stride)
-        encoded = []
-        for image in episode.images:
-            buffer = io.BytesIO()
-            Image.fromarray(image).save(buffer, format="JPEG", quality=JPEG_QUALITY, subsampling=2)
-            encoded.append(buffer.getvalue())
+        encoded = [jpeg_bytes(image, JPEG_QUALITY) for image in episode.images]
         episode_bytes = sum(len(b) for b in encoded)
         if size + episode_bytes > max_mb * 1e6:
             flush()
@@ -134,6 +128,7 @@ class Frames:
         images, actions, instruction_index, episode_index = [], [], [], []
         instructions: list[str] = []
         episode_base = 0
+        decode_device = "cuda" if device.startswith("cuda") else "cpu"
         for path in paths:
             shard = np.load(path)
             names = [str(n) for n in shard["instructions"]]
@@ -143,7 +138,6 @@ class Frames:
             remap = np.array([instructions.index(n) for n in names], dtype=np.int64)
             jpeg, offsets = torch.from_numpy(shard["jpeg"]), shard["offsets"]
             blobs = [jpeg[offsets[i]:offsets[i + 1]] for i in range(len(offsets) - 1)]
-            decode_device = "cuda" if device.startswith("cuda") else "cpu"
             for start in range(0, len(blobs), 512):
                 decoded = decode_jpeg(blobs[start:start + 512], device=decode_device)
                 images.append(torch.stack(decoded).to(device))
@@ -163,18 +157,24 @@ class Frames:
                    demos.episode_index, list(demos.instructions))
 
 
-def augment(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """uint8 [B, H, W, 3] -> float [B, 3, H, W] in [0, 1]: random 0.9-area crop + colour jitter."""
-    batch = images.shape[0]
+def square_crop(images: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
+    """uint8 [B, H, W, 3] -> float [B, 3, H, W] in [0, 1]: the square of CROP_AREA of the area whose
+    centre sits at ``offset`` [B, 2] (normalized x, y; 0 = image centre), resized back bilinearly."""
     pixels = images.permute(0, 3, 1, 2).float() / 255.0
     side = math.sqrt(CROP_AREA)
-    offset = (torch.rand(batch, 2, generator=generator, device=images.device) * 2 - 1) * (1 - side)
-    theta = torch.zeros(batch, 2, 3, device=images.device)
+    theta = torch.zeros(images.shape[0], 2, 3, device=images.device)
     theta[:, 0, 0] = side
     theta[:, 1, 1] = side
     theta[:, :, 2] = offset
     grid = torch.nn.functional.affine_grid(theta, list(pixels.shape), align_corners=False)
-    pixels = torch.nn.functional.grid_sample(pixels, grid, mode="bilinear", align_corners=False)
+    return torch.nn.functional.grid_sample(pixels, grid, mode="bilinear", align_corners=False)
+
+
+def augment(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """uint8 [B, H, W, 3] -> float [B, 3, H, W] in [0, 1]: random 0.9-area crop + colour jitter."""
+    batch = images.shape[0]
+    offset = (torch.rand(batch, 2, generator=generator, device=images.device) * 2 - 1) * (1 - math.sqrt(CROP_AREA))
+    pixels = square_crop(images, offset)
 
     def factor() -> torch.Tensor:
         return (0.8 + 0.4 * torch.rand(batch, 1, 1, 1, generator=generator, device=images.device))
@@ -187,16 +187,6 @@ def augment(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
 
 
 # -------------------------------------------------------------------------------------------- model
-def shipped_entries(keys: list[str]) -> dict:
-    """Raw ``norm_stats`` entries of the statistics shipped in ``vla_spec/stats`` (by key)."""
-    from importlib import resources
-
-    entries = {}
-    for key in keys:
-        entries.update(json.loads(resources.files("vla_spec.stats").joinpath(f"{key}.json").read_text(encoding="utf-8")))
-    return entries
-
-
 def build_model(args: argparse.Namespace, instructions: list[str], norm_stats: dict) -> tuple[OpenVLA, dict]:
     text = llama_text_config(args.llm_width, args.llm_intermediate, args.llm_layers, args.llm_heads)
     towers = [{"embed_dim": args.tower_width, "depth": args.tower_depth, "num_heads": args.tower_heads}] * 2
@@ -248,7 +238,7 @@ def train(args: argparse.Namespace) -> None:
     norm_stats = {args.unnorm_key: stats_entry, **shipped_entries(args.extra_stats)}
     model, config = build_model(args, frames.instructions, norm_stats)
     model.to(device)
-    stats = OpenVLAConfig.from_dict(config).norm_stats[args.unnorm_key]
+    stats = model.norm_stats[args.unnorm_key]
     targets = action_targets(frames.actions, stats, model.action_tokenizer).to(device)
     prompts = [prompt_ids(model.tokenizer, text) for text in frames.instructions]
     params = sum(p.numel() for p in model.parameters())
@@ -315,14 +305,11 @@ def train(args: argparse.Namespace) -> None:
 def evaluate(model: OpenVLA, frames: Frames, rows: np.ndarray, prompts: list, targets: torch.Tensor, autocast) -> dict:
     """Held-out episodes, centre crop (as evaluation): loss and per-dim token accuracy (teacher forced)."""
     model.eval()
-    side = math.sqrt(CROP_AREA)
     losses, accuracies = [], []
     for start in range(0, len(rows), 256):
         chunk = rows[start:start + 256]
-        pixels = frames.images[torch.from_numpy(chunk).to(frames.images.device)].permute(0, 3, 1, 2).float() / 255.0
-        theta = torch.tensor([[side, 0, 0], [0, side, 0]], device=pixels.device).expand(len(chunk), 2, 3)
-        grid = torch.nn.functional.affine_grid(theta, list(pixels.shape), align_corners=False)
-        pixels = torch.nn.functional.grid_sample(pixels, grid, mode="bilinear", align_corners=False)
+        images = frames.images[torch.from_numpy(chunk).to(frames.images.device)]
+        pixels = square_crop(images, torch.zeros(len(chunk), 2, device=images.device))
         with autocast:
             loss, accuracy = loss_and_accuracy(model, tower_inputs(pixels), [prompts[i] for i in frames.instruction_index[chunk]], targets[chunk])
         losses.append(loss.item() * len(chunk))

@@ -64,14 +64,20 @@ def rotate_180(image: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(check_rgb_uint8(image)[::-1, ::-1])
 
 
-def jpeg_roundtrip(image: np.ndarray, quality: int = JPEG_QUALITY) -> np.ndarray:
-    """Encode to JPEG at ``quality`` (4:2:0 chroma) and decode back to uint8 RGB."""
+def jpeg_bytes(image: np.ndarray, quality: int = JPEG_QUALITY) -> bytes:
+    """The image encoded as JPEG at ``quality`` with 4:2:0 chroma (PIL's libjpeg)."""
     from PIL import Image
 
     buffer = io.BytesIO()
     Image.fromarray(check_rgb_uint8(image), mode="RGB").save(buffer, format="JPEG", quality=quality, subsampling=2)
-    buffer.seek(0)
-    with Image.open(buffer) as decoded:
+    return buffer.getvalue()
+
+
+def jpeg_roundtrip(image: np.ndarray, quality: int = JPEG_QUALITY) -> np.ndarray:
+    """Encode to JPEG at ``quality`` (4:2:0 chroma) and decode back to uint8 RGB."""
+    from PIL import Image
+
+    with Image.open(io.BytesIO(jpeg_bytes(image, quality))) as decoded:
         return np.asarray(decoded.convert("RGB"), dtype=np.uint8).copy()
 
 

@@ -101,14 +101,20 @@ def read_norm_stats_file(path: str | Path) -> dict[str, NormStats]:
         return parse_norm_stats(json.load(handle))
 
 
+def shipped_entries(keys: Sequence[str]) -> dict[str, Any]:
+    """The raw ``norm_stats`` entries (as stored in checkpoints) of the shipped statistics ``keys``."""
+    folder = resources.files("vla_spec.stats")
+    entries: dict[str, Any] = {}
+    for key in keys:
+        entries.update(json.loads(folder.joinpath(f"{key}.json").read_text(encoding="utf-8")))
+    return entries
+
+
 @cache
 def shipped_norm_stats() -> Mapping[str, NormStats]:
     """All statistics shipped in ``vla_spec/stats`` (four LIBERO suites, bridge_orig, fractal)."""
-    registry: dict[str, NormStats] = {}
-    for item in sorted(resources.files("vla_spec.stats").iterdir(), key=lambda p: p.name):
-        if item.name.endswith(".json"):
-            registry.update(parse_norm_stats(json.loads(item.read_text(encoding="utf-8"))))
-    return registry
+    keys = sorted(item.name.removesuffix(".json") for item in resources.files("vla_spec.stats").iterdir() if item.name.endswith(".json"))
+    return parse_norm_stats(shipped_entries(keys))
 
 
 def resolve_unnorm_key(norm_stats: Mapping[str, Any], unnorm_key: str | None) -> str:
