@@ -148,6 +148,23 @@ class Frames:
         return cls(torch.cat(images).permute(0, 2, 3, 1).contiguous(), np.concatenate(actions),
                    np.concatenate(instruction_index), np.concatenate(episode_index), instructions)
 
+    def episodes_per_instruction(self, count: int, seed: int) -> np.ndarray:
+        """Episode ids: ``count`` drawn at random (seeded) per instruction, for the learning curve."""
+        rng = np.random.default_rng([seed, count])
+        chosen = []
+        for instruction in range(len(self.instructions)):
+            episodes = np.unique(self.episode_index[self.instruction_index == instruction])
+            if len(episodes) < count:
+                raise ValueError(f"--episodes-per-task {count}: instruction {instruction} has only {len(episodes)} episodes")
+            chosen.append(rng.choice(episodes, size=count, replace=False))
+        return np.concatenate(chosen)
+
+    def subset(self, episodes: np.ndarray) -> "Frames":
+        """The frames of ``episodes`` only."""
+        rows = np.flatnonzero(np.isin(self.episode_index, episodes))
+        return Frames(self.images[torch.from_numpy(rows).to(self.images.device)], self.actions[rows],
+                      self.instruction_index[rows], self.episode_index[rows], self.instructions)
+
     @classmethod
     def from_demos(cls, folder: Path, device: str) -> "Frames":
         from vla_spec.demos import demo_files, load_demos
@@ -229,9 +246,11 @@ def train(args: argparse.Namespace) -> None:
         frames = Frames.from_shards(sorted(Path(p) for p in args.data), device)
     else:
         frames = Frames.from_demos(args.demos, device)
+    if args.episodes_per_task:
+        frames = frames.subset(frames.episodes_per_instruction(args.episodes_per_task, args.seed))
     episodes = np.unique(frames.episode_index)
     rng = np.random.default_rng(args.seed)
-    held_out = set(rng.choice(episodes, size=max(1, int(len(episodes) * args.val_fraction)), replace=False).tolist())
+    held_out = set(rng.choice(episodes, size=int(len(episodes) * args.val_fraction), replace=False).tolist())
     is_val = np.isin(frames.episode_index, list(held_out))
     train_rows, val_rows = np.flatnonzero(~is_val), np.flatnonzero(is_val)
     stats_entry = dataset_statistics(frames.actions[train_rows], num_trajectories=len(episodes) - len(held_out))
@@ -285,6 +304,10 @@ def train(args: argparse.Namespace) -> None:
             print(json.dumps(entry), flush=True)
             log.append(entry)
             tick = time.time()
+        if step + 1 in args.snapshot_at:
+            model.eval()
+            save_checkpoint(model, model.tokenizer, config, Path(f"{args.out}-step{step + 1}"))
+            model.train()
         if args.state and ((step + 1) % args.save_every == 0 or last):
             torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                         "generator": generator.get_state(), "step": step + 1}, args.state)
@@ -352,6 +375,10 @@ def main() -> None:
     train_parser.add_argument("--log-every", type=int, default=100)
     train_parser.add_argument("--state", type=Path, help="training-state file: saved periodically, resumed from")
     train_parser.add_argument("--save-every", type=int, default=1000)
+    train_parser.add_argument("--snapshot-at", type=int, nargs="*", default=[],
+                              help="also write the checkpoint after these steps, to OUT-stepN (learning curve over epochs)")
+    train_parser.add_argument("--episodes-per-task", type=int, default=0,
+                              help="train on this many episodes per instruction, drawn at random (0: all; learning curve over data)")
     train_parser.add_argument("--max-minutes", type=float, default=0.0, help="stop (and save) after this wall time")
     args = parser.parse_args()
     if args.command == "pack":
