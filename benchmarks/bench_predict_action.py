@@ -167,7 +167,7 @@ def micro(iters: int) -> None:
     for rows in (1, 8, 32, 280, 8960):
         x = torch.randn(rows, 4096, device=dev, dtype=torch.bfloat16)
         weights = [torch.randn(11008, 4096, device=dev, dtype=torch.bfloat16) for _ in range(8)]  # > L2
-        ms = cuda_ms(lambda: [torch.nn.functional.linear(x, w) for w in weights], iters) / len(weights)
+        ms = cuda_ms(lambda x=x, weights=weights: [torch.nn.functional.linear(x, w) for w in weights], iters) / len(weights)
         gbytes = (11008 * 4096 + rows * (4096 + 11008)) * 2 / 1e9
         tflop = 2 * rows * 4096 * 11008 / 1e12
         print(f"# micro: x[{rows},4096] @ W[4096,11008]: {ms * 1e3:.1f} us, {gbytes / ms:.2f} TB/s, "
@@ -238,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
         print("needs a CUDA GPU", file=sys.stderr)
         return 2
     naive_iters = args.naive_iters or args.iters
-    from vla_spec.images import process_images
+    from vla_spec.model.processor import process_images
 
     props = torch.cuda.get_device_properties(0)
     env = {

@@ -79,7 +79,7 @@ def test_batch_equals_single_calls(tiny, record):
 def test_prefix_layout(tiny):
     """[BOS] + 256 patches + prompt ids (ending in 29871), left-padded; the decoder sees exactly this."""
     short, long = GOLDEN_INSTRUCTIONS[0], GOLDEN_INSTRUCTIONS[2]
-    ids = tiny.prompt_ids([short, long])
+    ids = tiny.processor.prompt_ids([short, long])
     assert ids[0][-1] == ids[1][-1] == SPECIAL_EMPTY_TOKEN_ID and ids[0][0] == ids[1][0] == 1
     prefix = tiny.prefix([load_image("black")] * 2, [short, long])
     lengths = [1 + 256 + len(i) - 1 for i in ids]
@@ -104,7 +104,7 @@ def test_decoder_is_swappable(tiny, record):
         return GreedyResult(torch.full((1, n_tokens), 31872, dtype=torch.int64), torch.ones(1, n_tokens))
 
     result = tiny.predict_action(load_image("white"), GOLDEN_INSTRUCTIONS[0], "libero_spatial", decoder=fixed)
-    n_ids = len(tiny.prompt_ids([GOLDEN_INSTRUCTIONS[0]])[0])
+    n_ids = len(tiny.processor.prompt_ids([GOLDEN_INSTRUCTIONS[0]])[0])
     assert seen == [(True, (1, 256 + n_ids, tiny.config.hidden_size), 256 + n_ids, 7)]
     assert result.token_ids.tolist() == [[31872] * 7] and result.normalized.tolist() == [[0.0] * 7]
     assert tiny.decoder is greedy_decode_default()

@@ -201,7 +201,7 @@ def test_fused_projections_and_lru(cuda_model):
 
 
 def test_graphed_vision_equals_eager(cuda_model, fast_model):
-    from vla_spec.images import process_images
+    from vla_spec.model.processor import process_images
     from vla_spec.model.modeling import OpenVLA
 
     for images in (["black"], ["scene", "marker", "gradient"]):

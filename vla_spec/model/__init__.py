@@ -6,10 +6,10 @@ Heavy imports (torch, timm, transformers) happen only when this package is impor
 from vla_spec.model.config import OpenVLAConfig
 from vla_spec.model.decoding import GreedyResult, greedy_decode
 from vla_spec.model.loading import CheckpointError, from_pretrained
-from vla_spec.model.modeling import ActionPrediction, OpenVLA, Prefix
+from vla_spec.model.modeling import OpenVLA
+from vla_spec.model.network import Prefix
 
 __all__ = [
-    "ActionPrediction",
     "CheckpointError",
     "GreedyResult",
     "OpenVLA",
