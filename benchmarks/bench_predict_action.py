@@ -100,11 +100,13 @@ def openvla_7b_config(tiny_config: Path = TINY / "config.json", text_config: dic
 @torch.no_grad()
 def build_random_openvla(config: OpenVLAConfig, device: str, dtype: torch.dtype, seed: int = 0) -> OpenVLA:
     """Meta-device build, materialized on ``device`` in ``dtype``, random weights; eval mode."""
+    from vla_spec.model.tokenizer import load_tokenizer
+
     previous = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
     try:
         with torch.device("meta"):
-            model = OpenVLA(config)
+            model = OpenVLA(config, load_tokenizer(TINY))
     finally:
         torch.set_default_dtype(previous)
     model.to_empty(device=device)
@@ -124,9 +126,6 @@ def build_random_openvla(config: OpenVLAConfig, device: str, dtype: torch.dtype,
     leftovers = [n for n, t in (*model.named_parameters(), *model.named_buffers()) if t.is_meta]
     if leftovers:
         raise RuntimeError(f"left on meta: {leftovers[:5]}")
-    from vla_spec.model.tokenizer import load_tokenizer
-
-    model.tokenizer = load_tokenizer(TINY)
     return model.eval()
 
 
@@ -266,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
         images = [rng.integers(0, 256, (224, 224, 3), dtype=np.uint8) for _ in range(batch)]
         texts = [INSTRUCTION] * batch
         row: dict = {"batch": batch}
-        prefix_len = int(model.prompt_ids(texts[:1])[0].__len__() + model.vision_backbone.num_patches)
+        prefix_len = int(model.processor.prompt_ids(texts[:1])[0].__len__() + model.vision_backbone.num_patches)
         row["prefix_tokens"] = prefix_len
         row["preproc_ms"], _, _ = timed(lambda: process_images(images), args.iters, 1)
 
@@ -298,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.breakdown and label == "fast":
                 with torch.inference_mode():
                     pixels = process_images(images)
-                    ids = model.prompt_ids(texts)
+                    ids = model.processor.prompt_ids(texts)
                     prefix = model.embed_prefix(pixels, ids)
                     row["breakdown_ms"] = {
                         "vision+projector (graph)": cuda_ms(lambda: model.encode_images(pixels), args.iters),
@@ -312,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
                             max(3, args.iters // 2),
                         ),
                         "naive vision+projector (eager)": cuda_ms(
-                            lambda: OpenVLA.encode_images(model, pixels), max(3, args.iters // 2)
+                            lambda: model.encode_images_eager(pixels), max(3, args.iters // 2)
                         ),
                     }
                     print(f"# batch {batch}: breakdown {row['breakdown_ms']}", flush=True)
