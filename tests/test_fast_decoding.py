@@ -53,6 +53,7 @@ def test_static_cache_equals_dynamic_cache(kv_heads, fuse, pad_multiple):
         assert isinstance(fast, GreedyResult)
         assert torch.equal(fast.token_ids, naive.token_ids)
         assert torch.allclose(fast.margins, naive.margins, atol=1e-4)
+        assert torch.allclose(fast.top_logits, naive.top_logits, atol=1e-4)
     assert len(decoder.buckets) == 1 and decoder.buckets[0][2] == -(-13 // pad_multiple) * pad_multiple
 
 

@@ -32,13 +32,15 @@ from vla_spec.tokens import ActionTokenizer
 class ActionPrediction:
     """One action per sample. ``token_ids`` [B, 7] int64; ``normalized`` [B, 7] float64 bin centres
     in [-1, 1]; ``actions`` [B, 7] float64 in dataset units (gripper: raw bin centre, training
-    convention 1 = open); ``margins`` [B, 7] float32 top-1 minus top-2 logit; ``unnorm_key``."""
+    convention 1 = open); ``margins`` [B, 7] float32 top-1 minus top-2 logit; ``unnorm_key``;
+    ``top_logits`` [B, 7] float32 top-1 logit (None when the decoder did not report it)."""
 
     token_ids: np.ndarray
     normalized: np.ndarray
     actions: np.ndarray
     margins: np.ndarray
     unnorm_key: str
+    top_logits: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -79,8 +81,8 @@ class ActionProcessor:
         """Dataset-unit actions (..., 7), gripper in the training convention -> int64 token ids."""
         return self.tokenizer.encode(normalize(actions, self.stats))
 
-    def prediction(self, token_ids: Any, margins: Any) -> ActionPrediction:
-        """The :class:`ActionPrediction` of decoded ids [B, 7] and their margins [B, 7]."""
+    def prediction(self, token_ids: Any, margins: Any, top_logits: Any = None) -> ActionPrediction:
+        """The :class:`ActionPrediction` of decoded ids [B, 7], their margins and top-1 logits [B, 7]."""
         ids = np.asarray(token_ids, dtype=np.int64)
         normalized, actions = self.decode(ids)
         return ActionPrediction(
@@ -89,6 +91,7 @@ class ActionProcessor:
             actions=actions,
             margins=np.asarray(margins, dtype=np.float32),
             unnorm_key=self.unnorm_key,
+            top_logits=None if top_logits is None else np.asarray(top_logits, dtype=np.float32),
         )
 
 

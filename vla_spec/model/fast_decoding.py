@@ -43,7 +43,7 @@ from typing import Any
 
 import torch
 
-from vla_spec.model.decoding import GreedyResult, check_decoder_inputs, positions_from_mask, top1_and_margin
+from vla_spec.model.decoding import GreedyResult, check_decoder_inputs, positions_from_mask, greedy_step
 from vla_spec.model.fast_vision import GraphedVision
 from vla_spec.model.static_llama import StaticLlama
 
@@ -71,6 +71,7 @@ class _Bucket:
         self.eye = torch.eye(length, dtype=torch.bool, device=device)
         self.token_ids = torch.zeros(batch, n_tokens, dtype=torch.int64, device=device)
         self.margins = torch.zeros(batch, n_tokens, dtype=torch.float32, device=device)
+        self.top_logits = torch.zeros(batch, n_tokens, dtype=torch.float32, device=device)
         self.graph: torch.cuda.CUDAGraph | None = None
 
     def load(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor) -> None:
@@ -92,9 +93,10 @@ class _Bucket:
         cos, sin = llama.rotary(h, positions)
         for i in range(n_layers):
             h = llama.layer(i, h, cos, sin, self.k_cache[i], self.v_cache[i], 0, mask)
-        token, margin = top1_and_margin(llama.logits_last(h))
+        token, margin, top = greedy_step(llama.logits_last(h))
         self.token_ids[:, 0].copy_(token)
         self.margins[:, 0].copy_(margin)
+        self.top_logits[:, 0].copy_(top)
         key_valid = _additive(
             torch.cat([valid, valid.new_ones(self.batch, self.n_tokens - 1)], dim=1)[:, None, None, :], self.embeds.dtype
         )
@@ -106,9 +108,10 @@ class _Bucket:
             step_mask = key_valid[..., : start + 1]
             for i in range(n_layers):
                 h = llama.layer(i, h, cos, sin, self.k_cache[i], self.v_cache[i], start, step_mask)
-            token, margin = top1_and_margin(llama.logits_last(h))
+            token, margin, top = greedy_step(llama.logits_last(h))
             self.token_ids[:, step].copy_(token)
             self.margins[:, step].copy_(margin)
+            self.top_logits[:, step].copy_(top)
 
     def capture(self, warmup: int) -> None:
         side = torch.cuda.Stream()
@@ -127,7 +130,9 @@ class _Bucket:
             self.graph.replay()
         else:
             self.compute()
-        return GreedyResult(token_ids=self.token_ids.clone(), margins=self.margins.clone())
+        return GreedyResult(
+            token_ids=self.token_ids.clone(), margins=self.margins.clone(), top_logits=self.top_logits.clone()
+        )
 
 
 class FastGreedyDecoder:

@@ -5,9 +5,11 @@ Images are the PNGs in ``golden/images`` (256 x 256 x 3 uint8, written by
 (not through the LIBERO path, which :mod:`tests.test_images` pins separately).
 
 A record is keyed by *device class* (``"cpu-float32"``, ``"cuda-bfloat16"``, ...): the CPU float32
-golden is exact; a golden of another class may differ from it only where a step was a near-tie,
-see :func:`vla_spec.model.agreement.near_tie_divergences`. Margins are stored rounded to 0.1 logit
-(informative, and stable across machines) plus a ``near_tie`` flag per step.
+golden is exact; a golden of another class may differ from it only where a step was a near-tie
+(:mod:`vla_spec.model.agreement`: dtype-aware, in the less precise dtype of the two records).
+Margins and top-1 logits are stored at full precision (``margin_resolution`` 0) with a ``near_tie``
+flag per step under :data:`TIE_RULE`. Goldens recorded before stored margins rounded to 0.1 and no
+top-1 logits; they are read with :data:`LEGACY_MARGIN_RESOLUTION` and their flags.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from vla_spec.model.agreement import DEFAULT_TIE_MARGIN, near_tie_divergences
+from vla_spec.model.agreement import DEFAULT_TIE_MARGIN, FRACTION_BITS, TIE_ULPS, near_tie_divergences, near_ties
 from vla_spec.model.decoding import Decoder
 from vla_spec.model.modeling import OpenVLA
 
@@ -32,6 +34,9 @@ GOLDEN_INSTRUCTIONS = (
     "pick up the alphabet soup and place it in the basket",
 )
 GOLDEN_UNNORM_KEY = "libero_spatial"
+#: The rule of the stored ``near_tie`` flags: bfloat16, the least precise dtype a golden is held against.
+TIE_RULE = {"floor": DEFAULT_TIE_MARGIN, "ulps": TIE_ULPS, "dtype": "bfloat16"}
+LEGACY_MARGIN_RESOLUTION = 0.1  # goldens without "margin_resolution" stored margins rounded to 0.1
 
 
 def load_image(name: str) -> np.ndarray:
@@ -58,18 +63,21 @@ def golden_record(model: OpenVLA, decoder: Decoder | None = None, unnorm_key: st
     images = {name: load_image(name) for name in GOLDEN_IMAGES}
     with torch.inference_mode():
         result = model.predict_action([images[i] for i, _ in cases], [t for _, t in cases], unnorm_key, decoder=decoder)
+    ties = near_ties(result.margins, top_logits=result.top_logits, dtype=TIE_RULE["dtype"])
     return {
         "device_class": device_class(model),
         "unnorm_key": result.unnorm_key,
-        "tie_margin": DEFAULT_TIE_MARGIN,
+        "tie_rule": TIE_RULE,
+        "margin_resolution": 0.0,
         "cases": [
             {
                 "image": image,
                 "instruction": text,
                 "token_ids": [int(v) for v in result.token_ids[row]],
                 "actions": [round(float(v), 6) for v in result.actions[row]],
-                "margins": [round(float(v), 1) for v in result.margins[row]],
-                "near_tie": [bool(v < DEFAULT_TIE_MARGIN) for v in result.margins[row]],
+                "margins": [float(v) for v in result.margins[row]],
+                "top_logits": [float(v) for v in result.top_logits[row]],
+                "near_tie": [bool(v) for v in ties[row]],
             }
             for row, (image, text) in enumerate(cases)
         ],
@@ -83,8 +91,27 @@ def read_cpu_golden(path: Path = CPU_GOLDEN) -> dict[str, Any]:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
+def record_dtype(record: dict[str, Any]) -> str:
+    """The dtype of a record's device class (``"cuda-bfloat16"`` -> ``"bfloat16"``)."""
+    return str(record["device_class"]).rpartition("-")[2]
+
+
+def reference_ties(reference: dict[str, Any], dtype: str) -> np.ndarray:
+    """Which steps of ``reference`` [cases, 7] may flip in ``dtype``: its stored flags, and its margins
+    (to their stored resolution) against the dtype-aware threshold at its top-1 logits, when stored."""
+    cases = reference["cases"]
+    return near_ties(
+        [c["margins"] for c in cases],
+        top_logits=[c["top_logits"] for c in cases] if all("top_logits" in c for c in cases) else None,
+        dtype=dtype,
+        resolution=float(reference.get("margin_resolution", LEGACY_MARGIN_RESOLUTION)),
+        flags=[c["near_tie"] for c in cases],
+    )
+
+
 def divergences_from(record: dict[str, Any], reference: dict[str, Any]) -> list[str]:
-    """Cases of ``record`` whose tokens leave ``reference``'s at a step that was not a near-tie.
+    """Cases of ``record`` whose tokens leave ``reference``'s at a step that was not a near-tie in the
+    less precise dtype of the two.
 
     Use it to check a golden of another device class (e.g. CUDA bfloat16) against the CPU one:
     ``divergences_from(golden_record(model), read_cpu_golden()) == []``.
@@ -94,9 +121,9 @@ def divergences_from(record: dict[str, Any], reference: dict[str, Any]) -> list[
         raise ValueError("the two records cover different cases: regenerate them with the same golden_cases()")
     if record["unnorm_key"] != reference["unnorm_key"]:
         raise ValueError(f"unnorm_key differs: {record['unnorm_key']!r} vs {reference['unnorm_key']!r}")
+    dtype = min(record_dtype(record), record_dtype(reference), key=FRACTION_BITS.__getitem__)
     return near_tie_divergences(
         [c["token_ids"] for c in record["cases"]],
         [c["token_ids"] for c in reference["cases"]],
-        [c["margins"] for c in reference["cases"]],
-        tie_margin=reference["tie_margin"],
+        reference_ties(reference, dtype),
     )

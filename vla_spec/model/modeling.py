@@ -80,4 +80,7 @@ class OpenVLA(OpenVLANetwork):
         outputs = self.action_processor(unnorm_key)
         prefix = self.prefix(images, instructions)
         result = (decoder or self.decoder)(self.language_model, prefix.inputs_embeds, prefix.attention_mask, outputs.action_dim)
-        return outputs.prediction(result.token_ids.detach().cpu().numpy(), result.margins.detach().cpu().float().numpy())
+        top_logits = None if result.top_logits is None else result.top_logits.detach().cpu().float().numpy()
+        return outputs.prediction(
+            result.token_ids.detach().cpu().numpy(), result.margins.detach().cpu().float().numpy(), top_logits
+        )
