@@ -108,6 +108,6 @@ def openvla_path(pytestconfig: pytest.Config) -> Path:
 @pytest.fixture
 def golden(snapshot):  # type: ignore[no-untyped-def]
     """A syrupy snapshot stored as JSON under ``golden/<test module>/``."""
-    from vla_spec.golden import GoldenExtension
+    from tests.snapshots import GoldenExtension
 
     return snapshot.use_extension(GoldenExtension)

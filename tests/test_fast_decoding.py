@@ -89,11 +89,11 @@ def test_bad_inputs_and_lru():
 
 def test_accelerate_tiny_openvla_on_cpu():
     """On CPU, accelerate() swaps in the fast decoder (eager static cache) with the same tokens."""
-    from vla_spec.model.goldens import GOLDEN_UNNORM_KEY, golden_cases, load_image
+    from tests.goldens import GOLDEN_UNNORM_KEY, golden_cases, load_image
     from vla_spec.model.loading import from_pretrained
-    from vla_spec.model.tiny import tiny_checkpoint_path
+    from tests.goldens import TINY_CHECKPOINT
 
-    model = from_pretrained(tiny_checkpoint_path(), dtype=torch.float32)
+    model = from_pretrained(TINY_CHECKPOINT, dtype=torch.float32)
     cases = golden_cases()[::4]
     images, texts = [load_image(i) for i, _ in cases], [t for _, t in cases]
     naive = model.predict_action(images, texts, GOLDEN_UNNORM_KEY)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from vla_spec import images as im
-from vla_spec.model.goldens import GOLDEN_IMAGES, load_image
+from tests.goldens import GOLDEN_IMAGES, load_image
 
 pytestmark = pytest.mark.cpu
 

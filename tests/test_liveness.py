@@ -9,7 +9,7 @@ import torch
 
 from vla_spec.model import OpenVLA
 from vla_spec.model.liveness import HOOKED_MODULES, check_liveness
-from vla_spec.model.tiny import load_tiny
+from tests.goldens import load_tiny
 
 @pytest.fixture(scope="module")
 def tiny() -> OpenVLA:

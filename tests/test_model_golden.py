@@ -13,8 +13,8 @@ import pytest
 
 from vla_spec.model import OpenVLA
 from vla_spec.model.loading import load_cached
-from vla_spec.model.goldens import GOLDEN_INSTRUCTIONS, golden_cases, golden_record, load_image
-from vla_spec.model.tiny import load_tiny
+from tests.goldens import GOLDEN_INSTRUCTIONS, golden_cases, golden_record, load_image
+from tests.goldens import load_tiny
 from vla_spec.prompt import SPECIAL_EMPTY_TOKEN_ID
 
 
@@ -117,7 +117,7 @@ def greedy_decode_default():
 
 @pytest.mark.cpu
 def test_record_agrees_with_itself_and_flags_a_clear_flip(record):
-    from vla_spec.model.goldens import divergences_from, read_cpu_golden
+    from tests.goldens import divergences_from, read_cpu_golden
 
     assert divergences_from(record, read_cpu_golden()) == []
     flipped = {**record, "cases": [dict(c) for c in record["cases"]]}
@@ -137,7 +137,7 @@ def test_a_legacy_golden_margin_of_0_1_is_a_near_tie(image, flag):
     import json
     from pathlib import Path
 
-    from vla_spec.model.goldens import divergences_from
+    from tests.goldens import divergences_from
 
     path = Path(__file__).parents[1] / "golden" / "test_model_gpu" / "test_tiny_golden_cuda[bfloat16][sm90-bfloat16].json"
     legacy = json.loads(path.read_text(encoding="utf-8"))

@@ -23,7 +23,7 @@ import pytest
 import torch
 
 from vla_spec.model.agreement import near_tie_divergences, near_ties
-from vla_spec.model.goldens import GOLDEN_INSTRUCTIONS, GOLDEN_UNNORM_KEY, golden_cases, golden_record, load_image
+from tests.goldens import GOLDEN_INSTRUCTIONS, GOLDEN_UNNORM_KEY, golden_cases, golden_record, load_image
 from vla_spec.model.liveness import HOOKED_MODULES, check_liveness
 
 pytestmark = pytest.mark.gpu
@@ -43,14 +43,14 @@ def exact_float32():
 
 def _load(dtype: torch.dtype, device: str):
     from vla_spec.model.loading import from_pretrained
-    from vla_spec.model.tiny import tiny_checkpoint_path
+    from tests.goldens import TINY_CHECKPOINT
 
-    return from_pretrained(tiny_checkpoint_path(), dtype=dtype, device=device)
+    return from_pretrained(TINY_CHECKPOINT, dtype=dtype, device=device)
 
 
 @pytest.fixture(scope="module")
 def cpu_record() -> dict:
-    from vla_spec.model.tiny import load_tiny
+    from tests.goldens import load_tiny
 
     return golden_record(load_tiny())
 
@@ -118,7 +118,7 @@ def test_cuda_matches_cpu_golden(cuda_model, cuda_record, cpu_record):
         for mine, theirs in zip(cuda_record["cases"], cpu_record["cases"]):
             assert mine["actions"] == pytest.approx(theirs["actions"], abs=1e-6)
     else:
-        from vla_spec.model.tiny import load_tiny
+        from tests.goldens import load_tiny
 
         cpu = _naive(load_tiny(), golden_cases())
         assert cpu.token_ids.tolist() == cpu_ids.tolist()

@@ -11,7 +11,7 @@ import torch
 
 from vla_spec.model import from_pretrained
 from vla_spec.model.agreement import near_tie_divergences, near_ties
-from vla_spec.model.goldens import GOLDEN_IMAGES, GOLDEN_INSTRUCTIONS, load_image
+from tests.goldens import GOLDEN_IMAGES, GOLDEN_INSTRUCTIONS, load_image
 
 
 @pytest.mark.gpu

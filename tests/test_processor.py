@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from vla_spec.images import libero_image
-from vla_spec.model.goldens import load_image
+from tests.goldens import load_image
 
 pytestmark = pytest.mark.cpu
 

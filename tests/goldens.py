@@ -1,8 +1,10 @@
-"""The fixed golden inputs (images x instructions) and the record that is snapshotted.
+"""Test support: the tiny checkpoint, the fixed golden inputs (images x instructions) and the
+record that is snapshotted.
 
 Images are the PNGs in ``golden/images`` (256 x 256 x 3 uint8, written by
 ``scripts/make_tiny_checkpoint.py --images-only``); each is fed through the model processor as is
-(not through the LIBERO path, which :mod:`tests.test_images` pins separately).
+(not through the LIBERO path, which :mod:`tests.test_images` pins separately). The tiny model is
+``golden/tiny-openvla`` (:data:`vla_spec.model.tiny.NAMED_CHECKPOINTS`), loaded once per process.
 
 A record is keyed by *device class* (``"cpu-float32"``, ``"cuda-bfloat16"``, ...): the CPU float32
 golden is exact; a golden of another class may differ from it only where a step was a near-tie
@@ -17,14 +19,21 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
 
 from vla_spec.model.agreement import DEFAULT_TIE_MARGIN, FRACTION_BITS, TIE_ULPS, near_tie_divergences, near_ties
-from vla_spec.model.decoding import Decoder
-from vla_spec.model.modeling import OpenVLA
+from vla_spec.model.tiny import NAMED_CHECKPOINTS
 
-GOLDEN_DIR = Path(__file__).resolve().parents[2] / "golden"
+if TYPE_CHECKING:  # torch is imported when a model is loaded, not when tests are collected
+    import torch
+
+    from vla_spec.model.decoding import Decoder
+    from vla_spec.model.modeling import OpenVLA
+
+GOLDEN_DIR = Path(__file__).resolve().parents[1] / "golden"
+TINY_CHECKPOINT = NAMED_CHECKPOINTS["tiny-openvla"]
 IMAGE_DIR = GOLDEN_DIR / "images"
 CPU_GOLDEN = GOLDEN_DIR / "test_model_golden" / "test_tiny_golden_cpu_float32.json"
 GOLDEN_IMAGES = ("black", "white", "gradient", "scene", "marker")
@@ -37,6 +46,15 @@ GOLDEN_UNNORM_KEY = "libero_spatial"
 #: The rule of the stored ``near_tie`` flags: bfloat16, the least precise dtype a golden is held against.
 TIE_RULE = {"floor": DEFAULT_TIE_MARGIN, "ulps": TIE_ULPS, "dtype": "bfloat16"}
 LEGACY_MARGIN_RESOLUTION = 0.1  # goldens without "margin_resolution" stored margins rounded to 0.1
+
+
+def load_tiny(dtype: torch.dtype | None = None, device: str = "cpu") -> OpenVLA:
+    """The tiny model (default float32), cached per (dtype, device): treat it as read-only."""
+    import torch
+
+    from vla_spec.model.loading import load_cached
+
+    return load_cached(str(TINY_CHECKPOINT), dtype or torch.float32, device)
 
 
 def load_image(name: str) -> np.ndarray:
@@ -61,6 +79,8 @@ def golden_record(model: OpenVLA, decoder: Decoder | None = None, unnorm_key: st
     """Run every golden case in one batch; return the JSON-ready record."""
     cases = golden_cases()
     images = {name: load_image(name) for name in GOLDEN_IMAGES}
+    import torch
+
     with torch.inference_mode():
         result = model.predict_action([images[i] for i, _ in cases], [t for _, t in cases], unnorm_key, decoder=decoder)
     ties = near_ties(result.margins, top_logits=result.top_logits, dtype=TIE_RULE["dtype"])

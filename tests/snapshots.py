@@ -1,4 +1,4 @@
-"""Goldens: syrupy JSON snapshots stored under ``<repo>/golden/<test module>/``.
+"""Test support: syrupy JSON snapshots stored under ``<repo>/golden/<test module>/``.
 
 One folder per test module keeps syrupy's unused-snapshot detection exact (it scans the folder of
 each test file). Record or refresh with ``pytest --snapshot-update``; a changed golden then shows
