@@ -1,6 +1,7 @@
-"""Where the policy and the simulator meet: the one place observations become policy inputs and
-policy outputs become ``env.step`` commands. Every policy (scripted expert, tiny model, OpenVLA)
-goes through these functions; nothing else flips images or gripper signs.
+"""Where the policy and the simulator meet: the episode loop's view of a policy, and the one place
+LIBERO observations become policy inputs (the image is rotated here and nowhere else). Policy
+outputs become ``env.step`` commands through :class:`vla_spec.actions.LiberoOutputs`, the only
+place gripper signs are flipped.
 
 Conventions
 -----------
@@ -12,8 +13,6 @@ Conventions
   gripper: -1 opens, +1 closes.
 * Model action (what a decoded token means): ``x, y, z, roll, pitch, yaw`` in the same controller
   units after :func:`vla_spec.unnormalize`, gripper in the training convention (1 open, 0 close).
-
-The action path, token ids -> environment command, is :class:`vla_spec.actions.LiberoOutputs`.
 """
 
 from __future__ import annotations
