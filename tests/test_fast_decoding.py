@@ -115,3 +115,22 @@ def test_accelerate_tiny_openvla_on_cpu():
     assert abs(fast.margins - naive.margins).max() < 1e-4
     restore(model)
     assert not is_accelerated(model) and model.vision_runner is None
+
+
+def test_vision_runner_is_explicit():
+    """``vision_runner`` replaces the eager towers + projector when set (no patched method); a
+    :class:`GraphedVision` without graphs (CPU) gives the eager patches. Its CUDA graphs and the
+    hook fallback are checked in the gpu tier."""
+    from tests.goldens import load_image, load_tiny
+    from vla_spec.model.fast_vision import GraphedVision
+    from vla_spec.model.processor import process_images
+
+    model = copy.copy(load_tiny())
+    pixels = process_images([load_image("scene")])
+    eager = load_tiny().encode_images(pixels)
+    seen = []
+    model.vision_runner = lambda pixel_values: seen.append(pixel_values.shape) or model.encode_images_eager(pixel_values)
+    assert torch.equal(model.encode_images(pixels), eager) and seen == [(1, 6, 224, 224)]
+    model.vision_runner = GraphedVision(model, compile_vision=False, use_cuda_graphs=False)
+    assert torch.equal(model.encode_images(pixels), eager)
+    assert load_tiny().vision_runner is None and "encode_images" not in vars(model)
