@@ -35,13 +35,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vla_spec.images import process_images
+from vla_spec.model.processor import process_images
 from vla_spec.model.config import OpenVLAConfig
 from vla_spec.model.export import llama_text_config, openvla_config, save_checkpoint, word_tokenizer
 from vla_spec.model.modeling import OpenVLA
 from vla_spec.model.tokenizer import prompt_ids
 from vla_spec.normalization import shipped_entries
-from vla_spec.tokens import ActionTokenizer
 
 SEED = 0
 SUITES = ("libero_spatial", "libero_object", "libero_goal", "libero_10")
@@ -115,7 +114,7 @@ def fit(model: OpenVLA, steps: int, batch_size: int, seed: int) -> None:
     image_part = [image_targets(image) for image in pool]
     text_ids = [prompt_ids(model.tokenizer, text) for text in TRAIN_INSTRUCTIONS]
     text_part = [instruction_targets(text) for text in TRAIN_INSTRUCTIONS]
-    tokens = ActionTokenizer(vocab_size=model.config.text_vocab_size)
+    tokens = model.action_tokenizer
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
     model.train()
     start = time.time()

@@ -45,7 +45,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vla_spec.images import tower_inputs
+from vla_spec.model.processor import tower_inputs
 from vla_spec.model.config import OpenVLAConfig
 from vla_spec.model.export import llama_text_config, openvla_config, save_checkpoint, word_tokenizer
 from vla_spec.model.modeling import OpenVLA

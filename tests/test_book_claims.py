@@ -8,7 +8,8 @@ gripper post-processing). Every expected number here is computed in the test fro
 formulas and constants, never read back from our own library.
 
 Then one test per sentence of the book; each name says the claim and the verdict:
-``..._confirmed`` or ``..._refuted``.
+``..._confirmed`` or ``..._refuted``. Each calls the project's code; the one test that is only
+arithmetic on the book's numbers (where a figure comes from) is marked ``documentation``.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import numpy as np
 import pytest
 
 from vla_spec.gripper import ENV_CLOSE, policy_to_env
-from vla_spec.normalization import normalize, shipped_norm_stats, unnormalize
+from vla_spec.normalization import NormStats, normalize, shipped_norm_stats, unnormalize
 from vla_spec.resolution import axis_resolutions
 from vla_spec.tokens import ActionTokenizer
 
@@ -34,12 +35,6 @@ MASK = np.array([True] * 6 + [False])
 OSC_POSE = np.array([0.05] * 3 + [0.5] * 3)  # m, m, m, rad, rad, rad per unit of controller input
 
 
-def bin_centre_of(token_id: int) -> float:
-    """c_k = -1 + (2k + 1)/255 with k = 32000 - id - 1 (facts §1)."""
-    k = 32000 - token_id - 1
-    return -1 + (2 * k + 1) / 255
-
-
 def reference_unnormalize(x: np.ndarray, low: np.ndarray, high: np.ndarray) -> np.ndarray:
     """``predict_action``: where(mask, 0.5 (x + 1)(high - low) + low, x)."""
     return np.where(MASK, 0.5 * (x + 1) * (high - low) + low, x)
@@ -53,20 +48,14 @@ def stats():  # type: ignore[no-untyped-def]
 # --- the worked example -------------------------------------------------------------------------
 
 
-def test_step1_tokens_are_bins_k_from_the_top() -> None:
-    k = 32000 - TOKENS - 1
-    assert k.tolist() == [117, 105, 118, 94, 111, 124, 0]
-
-
-def test_step2_normalized_values_are_bin_centres() -> None:
-    expected = [bin_centre_of(int(t)) for t in TOKENS]
-    # the same numbers as exact fractions: -20/255, -44/255, ...
-    assert expected == pytest.approx(np.array([-20, -44, -18, -66, -32, -6, -254]) / 255, abs=1e-15)
-    np.testing.assert_allclose(TOK.decode(TOKENS), expected, atol=1e-15)
+def test_steps_1_2_tokens_decode_to_bin_centres() -> None:
+    """Token id t is bin k = 31999 - t from the top: k = 117, 105, 118, 94, 111, 124, 0; its centre
+    c_k = -1 + (2k + 1)/255 (facts §1) is -20/255, -44/255, -18/255, -66/255, -32/255, -6/255, -254/255."""
+    np.testing.assert_allclose(TOK.decode(TOKENS), np.array([-20, -44, -18, -66, -32, -6, -254]) / 255, atol=1e-15)
 
 
 def test_step3_unnormalized_action_under_libero_object(stats) -> None:  # type: ignore[no-untyped-def]
-    x = np.array([bin_centre_of(int(t)) for t in TOKENS])
+    x = np.array([-20, -44, -18, -66, -32, -6, -254]) / 255
     expected = reference_unnormalize(x, Q01, Q99)
     action = unnormalize(TOK.decode(TOKENS), stats)
     np.testing.assert_allclose(action, expected, rtol=1e-14, atol=1e-15)
@@ -103,9 +92,9 @@ def test_claim_action_tokens_are_the_bottom_256_vocabulary_entries_refuted() -> 
 
 
 def test_claim_bin_index_is_in_0_to_255_refuted_by_the_code() -> None:
-    """The paper says 256 bins with integers in [0..255]. The code's digitize index is 1..256
-    (256 values, ids 32000 - d), and decoding clips d - 1 to 0..254: only 255 distinct values."""
-    d = np.digitize(np.clip(np.linspace(-1.2, 1.2, 20001), -1, 1), np.linspace(-1, 1, 256))
+    """The paper says 256 bins with integers in [0..255]. The code's digitize index d = 32000 - id
+    is 1..256 (256 values), and decoding clips d - 1 to 0..254: only 255 distinct values."""
+    d = 32000 - TOK.encode(np.linspace(-1.2, 1.2, 20001))
     assert (d.min(), d.max(), len(set(d.tolist()))) == (1, 256, 256)
     decoded = TOK.decode(np.arange(31744, 32000))
     assert len(set(decoded.tolist())) == 255
@@ -136,10 +125,16 @@ def test_claim_bins_give_0_78_mm_resolution_refuted(stats) -> None:  # type: ign
     0.1 m (the full ±0.05 m travel) is 0.78 mm. But one unit of controller input is 0.05 m, not
     0.1 m, so even that width is 0.39 mm; the real q01..q99 spans are narrower still.
     """
-    step_m = (Q99 - Q01)[:3] / 255 * 0.05
-    np.testing.assert_allclose(step_m * 1000, [0.2715, 0.3372, 0.3676], atol=1e-4)
-    np.testing.assert_allclose([row.physical for row in axis_resolutions(stats)[:3]], step_m, rtol=1e-12)
-    assert 0.1 / 255 * 1000 == pytest.approx(0.392, abs=1e-3)
-    assert np.all(step_m * 1000 < 0.78 / 2)
+    step_mm = np.array([row.physical for row in axis_resolutions(stats)[:3]]) * 1000
+    np.testing.assert_allclose(step_mm, [0.2715, 0.3372, 0.3676], atol=1e-4)
+    assert np.all(step_mm < 0.78 / 2)
+    widest = NormStats("whole controller range", q01=np.full(7, -1.0), q99=np.ones(7), mask=MASK)
+    assert axis_resolutions(widest)[0].physical * 1000 == pytest.approx(0.392, abs=1e-3)
+
+
+@pytest.mark.documentation
+def test_where_0_78_mm_comes_from() -> None:
+    """Arithmetic on the book's numbers, no project code: the 256-bin width 2/256 in [-1, 1] times
+    the full +-0.05 m travel (0.1 m) is 0.78 mm; one unit of controller input is 0.05 m, so 0.39 mm."""
     assert 2 / 256 * 0.1 * 1000 == pytest.approx(0.78, abs=0.005)
     assert 2 / 256 * 0.05 * 1000 == pytest.approx(0.39, abs=0.005)

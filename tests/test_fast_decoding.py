@@ -6,6 +6,9 @@ benchmarks/bench_predict_action.py.)
 
 from __future__ import annotations
 
+import copy
+from functools import cache
+
 import pytest
 import torch
 
@@ -15,7 +18,9 @@ from vla_spec.model.fast_decoding import FastGreedyDecoder, accelerate, is_accel
 pytestmark = pytest.mark.cpu
 
 
+@cache
 def tiny_llama(kv_heads: int):
+    """One per kv_heads for the module (decoders read it, never change it)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(kv_heads)
@@ -27,6 +32,13 @@ def tiny_llama(kv_heads: int):
     with torch.no_grad():
         model.lm_head.weight.mul_(50)  # spread the logits: margins of O(1), no accidental near-ties
     return model
+
+
+@cache
+def naive_decode(kv_heads: int, n_tokens: int, seed: int = 0) -> GreedyResult:
+    """The naive decoder's result on :func:`left_padded_batch` (computed once per case)."""
+    embeds, mask = left_padded_batch(seed)
+    return greedy_decode(tiny_llama(kv_heads), embeds, mask, n_tokens)
 
 
 def left_padded_batch(seed: int = 0):
@@ -45,7 +57,7 @@ def left_padded_batch(seed: int = 0):
 def test_static_cache_equals_dynamic_cache(kv_heads, fuse, pad_multiple):
     model = tiny_llama(kv_heads)
     embeds, mask = left_padded_batch()
-    naive = greedy_decode(model, embeds, mask, 7)
+    naive = naive_decode(kv_heads, 7)
     assert not naive.margins.requires_grad and not naive.token_ids.requires_grad  # decoding records no graph
     decoder = FastGreedyDecoder(fuse=fuse, pad_multiple=pad_multiple)
     for _ in range(2):  # the second call reuses the bucket's buffers
@@ -53,6 +65,7 @@ def test_static_cache_equals_dynamic_cache(kv_heads, fuse, pad_multiple):
         assert isinstance(fast, GreedyResult)
         assert torch.equal(fast.token_ids, naive.token_ids)
         assert torch.allclose(fast.margins, naive.margins, atol=1e-4)
+        assert torch.allclose(fast.top_logits, naive.top_logits, atol=1e-4)
     assert len(decoder.buckets) == 1 and decoder.buckets[0][2] == -(-13 // pad_multiple) * pad_multiple
 
 
@@ -68,7 +81,7 @@ def test_padded_row_equals_its_single_call():
 def test_token_counts(n_tokens):
     model = tiny_llama(4)
     embeds, mask = left_padded_batch(1)
-    naive = greedy_decode(model, embeds, mask, n_tokens)
+    naive = naive_decode(4, n_tokens, seed=1)
     fast = FastGreedyDecoder()(model, embeds, mask, n_tokens)
     assert fast.token_ids.shape == (3, n_tokens) and torch.equal(fast.token_ids, naive.token_ids)
 
@@ -88,18 +101,36 @@ def test_bad_inputs_and_lru():
 
 def test_accelerate_tiny_openvla_on_cpu():
     """On CPU, accelerate() swaps in the fast decoder (eager static cache) with the same tokens."""
-    from vla_spec.model.goldens import GOLDEN_UNNORM_KEY, golden_cases, load_image
-    from vla_spec.model.loading import from_pretrained
-    from vla_spec.model.tiny import tiny_checkpoint_path
+    from tests.goldens import GOLDEN_UNNORM_KEY, golden_cases, load_image, load_tiny
 
-    model = from_pretrained(tiny_checkpoint_path(), dtype=torch.float32)
+    model = copy.copy(load_tiny())  # shallow: accelerate() sets attributes on the copy only
     cases = golden_cases()[::4]
     images, texts = [load_image(i) for i, _ in cases], [t for _, t in cases]
     naive = model.predict_action(images, texts, GOLDEN_UNNORM_KEY)
     accelerate(model)
-    assert is_accelerated(model) and "encode_images" not in model.__dict__  # no CUDA: vision stays eager
+    assert is_accelerated(model) and model.vision_runner is None  # no CUDA: vision stays eager
+    assert not is_accelerated(load_tiny())  # the shared cached model is untouched
     fast = model.predict_action(images, texts, GOLDEN_UNNORM_KEY)
     assert fast.token_ids.tolist() == naive.token_ids.tolist()
     assert abs(fast.margins - naive.margins).max() < 1e-4
     restore(model)
-    assert not is_accelerated(model)
+    assert not is_accelerated(model) and model.vision_runner is None
+
+
+def test_vision_runner_is_explicit():
+    """``vision_runner`` replaces the eager towers + projector when set (no patched method); a
+    :class:`GraphedVision` without graphs (CPU) gives the eager patches. Its CUDA graphs and the
+    hook fallback are checked in the gpu tier."""
+    from tests.goldens import load_image, load_tiny
+    from vla_spec.model.fast_vision import GraphedVision
+    from vla_spec.model.processor import process_images
+
+    model = copy.copy(load_tiny())
+    pixels = process_images([load_image("scene")])
+    eager = load_tiny().encode_images(pixels)
+    seen = []
+    model.vision_runner = lambda pixel_values: seen.append(pixel_values.shape) or model.encode_images_eager(pixel_values)
+    assert torch.equal(model.encode_images(pixels), eager) and seen == [(1, 6, 224, 224)]
+    model.vision_runner = GraphedVision(model, compile_vision=False, use_cuda_graphs=False)
+    assert torch.equal(model.encode_images(pixels), eager)
+    assert load_tiny().vision_runner is None and "encode_images" not in vars(model)

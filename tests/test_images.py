@@ -1,4 +1,4 @@
-"""Spec of the image path: LIBERO observation -> 224 x 224 uint8 -> pixel_values [B, 6, 224, 224]."""
+"""Spec of the LIBERO image path: observation -> 224 x 224 uint8 model image (facts §3)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from vla_spec import images as im
-from vla_spec.model.goldens import GOLDEN_IMAGES, load_image
+from tests.goldens import GOLDEN_IMAGES, load_image
 
 pytestmark = pytest.mark.cpu
 
@@ -42,8 +42,6 @@ def test_rotation_is_180_degrees_not_flipud(fixtures):
 def test_wrong_image_says_what_is_expected(bad, expected):
     with pytest.raises(ValueError, match=expected):
         im.libero_image(bad)
-    with pytest.raises(ValueError, match=expected):
-        im.process_images(bad)
 
 
 def test_non_array_image_is_rejected():
@@ -106,32 +104,3 @@ def test_libero_image_checksums(fixtures, golden):
             "without_jpeg": sha256(im.center_crop(im.resize_lanczos(rotated))),
         }
     assert record == golden
-
-
-def test_processor_normalization_constants():
-    pixels = im.process_images([np.zeros((256, 256, 3), np.uint8), np.full((256, 256, 3), 255, np.uint8)])
-    assert tuple(pixels.shape) == (2, 6, 224, 224) and str(pixels.dtype) == "torch.float32"
-    black, white = pixels[0].reshape(6, -1), pixels[1].reshape(6, -1)
-    for c in range(3):
-        mean, std = im.DINOV2_MEAN[c], im.DINOV2_STD[c]
-        assert black[c].unique().tolist() == pytest.approx([(0 - mean) / std])
-        assert white[c].unique().tolist() == pytest.approx([(1 - mean) / std])
-        assert black[3 + c].unique().tolist() == [-1.0]
-        assert white[3 + c].unique().tolist() == [1.0]
-    assert im.DINOV2_MEAN == (0.485, 0.456, 0.406) and im.DINOV2_STD == (0.229, 0.224, 0.225)
-    assert im.SIGLIP_MEAN == im.SIGLIP_STD == (0.5, 0.5, 0.5)
-
-
-def test_processor_keeps_224_images_and_orientation(fixtures):
-    """A 224 x 224 input is only rescaled to [0, 1] and normalized; row 0 stays the top row."""
-    image = im.libero_image(fixtures["marker"], center_crop_enabled=False)
-    pixels = im.process_images(image)[0]
-    siglip = ((pixels[3:] * 0.5 + 0.5) * 255).round().permute(1, 2, 0).numpy().astype(np.uint8)
-    assert np.array_equal(siglip, image)
-
-
-def test_processor_accepts_pil_and_arrays_alike(fixtures):
-    from PIL import Image
-
-    scene = fixtures["scene"]
-    assert np.array_equal(im.process_images(scene).numpy(), im.process_images(Image.fromarray(scene)).numpy())

@@ -9,7 +9,7 @@ import torch
 
 from vla_spec.model import OpenVLA
 from vla_spec.model.liveness import HOOKED_MODULES, check_liveness
-from vla_spec.model.tiny import load_tiny
+from tests.goldens import load_tiny
 
 @pytest.fixture(scope="module")
 def tiny() -> OpenVLA:
@@ -24,7 +24,7 @@ def without_vision(model: OpenVLA, mode: str) -> OpenVLA:
             pixel_values.shape[0], model.vision_backbone.num_patches, model.config.hidden_size, dtype=model.dtype
         )
     else:  # "zeroed": towers and projector run, but their output is discarded
-        broken.encode_images = lambda pixel_values: OpenVLA.encode_images(model, pixel_values) * 0
+        broken.encode_images = lambda pixel_values: model.encode_images_eager(pixel_values) * 0
     return broken
 
 
@@ -51,7 +51,7 @@ def test_liveness_check_catches_a_model_that_ignores_the_image(tiny, mode):
 @pytest.mark.cpu
 def test_liveness_check_catches_a_model_that_ignores_the_instruction(tiny):
     broken = copy.copy(tiny)
-    broken.prompt_ids = lambda instructions: OpenVLA.prompt_ids(tiny, ["put the bowl on the stove"] * len(instructions))
+    broken.processor = lambda images, instructions: tiny.processor(images, ["put the bowl on the stove"] * len(instructions))
     report = check_liveness(broken)
     assert report.instruction_delta == 0.0
     assert report.problems == ("two instructions give the same logits (max diff 0 <= 0.0001)",)

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from vla_spec.model import from_pretrained
-from vla_spec.model.agreement import near_tie_divergences
-from vla_spec.model.goldens import GOLDEN_IMAGES, GOLDEN_INSTRUCTIONS, load_image
+from vla_spec.model.agreement import near_tie_divergences, near_ties
+from tests.goldens import GOLDEN_IMAGES, GOLDEN_INSTRUCTIONS, load_image
 
 
 @pytest.mark.gpu
@@ -32,7 +32,8 @@ def test_native_matches_hf_remote(openvla_path):
     del remote
     torch.cuda.empty_cache()
     native = from_pretrained(openvla_path, dtype=torch.bfloat16, device="cuda").predict_action(images, texts, key)
-    assert near_tie_divergences(native.token_ids, reference.token_ids, reference.margins) == []
+    ties = near_ties(reference.margins, top_logits=reference.top_logits, dtype="bfloat16")
+    assert near_tie_divergences(native.token_ids, reference.token_ids, ties) == []
 
 
 class _FakeInputs(dict):
@@ -88,5 +89,6 @@ def test_hf_remote_adapter_mirrors_reference_predict_action():
     assert fake.input_ids == [[1, 5, 6, 29871]] * 2
     assert result.token_ids.tolist() == [fake.tokens] * 2 and result.unnorm_key == "libero_spatial"
     assert result.margins.tolist() == [[2.0] * 7] * 2
+    assert result.top_logits.tolist() == [[3.0] * 7] * 2
     expected = unnormalize(ActionTokenizer().decode(np.array(fake.tokens)), shipped_norm_stats()["libero_spatial"])
     assert np.array_equal(result.actions[0], expected)

@@ -12,7 +12,7 @@ import torch
 
 from vla_spec.model import CheckpointError, OpenVLA, OpenVLAConfig, from_pretrained
 from vla_spec.model.config import CheckpointConfigError, OVERRIDES_KEY
-from vla_spec.model.tiny import load_tiny, tiny_checkpoint_path
+from tests.goldens import TINY_CHECKPOINT, load_tiny
 from vla_spec.model.tokenizer import MissingTokenizerError
 
 pytestmark = pytest.mark.cpu
@@ -35,7 +35,7 @@ def tiny() -> OpenVLA:
 @pytest.fixture
 def checkpoint(tmp_path: Path) -> Path:
     """A writable copy of the tiny checkpoint."""
-    return Path(shutil.copytree(tiny_checkpoint_path(), tmp_path / "ckpt"))
+    return Path(shutil.copytree(TINY_CHECKPOINT, tmp_path / "ckpt"))
 
 
 def read_index(folder: Path) -> dict:
@@ -51,7 +51,7 @@ def rewrite_shard(folder: Path, shard: str, edit) -> None:
 
 
 def test_tiny_checkpoint_has_the_official_files():
-    folder = tiny_checkpoint_path()
+    folder = TINY_CHECKPOINT
     names = sorted(p.name for p in folder.iterdir())
     assert names == sorted(
         [
@@ -97,7 +97,7 @@ def test_real_openvla_7b_shapes_on_meta_device():
     """The official config builds the official shapes (no memory: meta tensors).
 
     Its text_config is a diff against LlamaConfig defaults; the reference's defaults are pinned."""
-    raw = json.loads((tiny_checkpoint_path() / "config.json").read_text())
+    raw = json.loads((TINY_CHECKPOINT / "config.json").read_text())
     raw.pop(OVERRIDES_KEY)
     raw["text_config"] = {"model_type": "llama", "pad_token_id": 32000, "torch_dtype": "bfloat16", "vocab_size": 32064}
     config = OpenVLAConfig.from_dict(raw)
@@ -186,7 +186,7 @@ def test_missing_tokenizer(checkpoint):
 
 
 def test_dataset_statistics_file_overrides_config(checkpoint, tiny):
-    raw = json.loads((tiny_checkpoint_path() / "config.json").read_text())["norm_stats"]
+    raw = json.loads((TINY_CHECKPOINT / "config.json").read_text())["norm_stats"]
     entry = raw["libero_goal"]
     (checkpoint / "dataset_statistics.json").write_text(json.dumps({"my_robot": entry}))
     model = from_pretrained(checkpoint, dtype=torch.float32)
@@ -195,7 +195,7 @@ def test_dataset_statistics_file_overrides_config(checkpoint, tiny):
 
 
 def test_config_errors_name_the_problem():
-    raw = json.loads((tiny_checkpoint_path() / "config.json").read_text())
+    raw = json.loads((TINY_CHECKPOINT / "config.json").read_text())
     with pytest.raises(CheckpointConfigError, match="model_type must be 'openvla'"):
         OpenVLAConfig.from_dict({**raw, "model_type": "llama"})
     with pytest.raises(CheckpointConfigError, match="vision_backbone_id 'siglip-vit-so400m' is not supported"):
@@ -208,13 +208,13 @@ def test_config_errors_name_the_problem():
 
 def test_unknown_backend_is_refused():
     with pytest.raises(ValueError, match="unknown backend 'onnx'"):
-        from_pretrained(tiny_checkpoint_path(), backend="onnx")
+        from_pretrained(TINY_CHECKPOINT, backend="onnx")
 
 
 def test_tiny_checkpoint_is_bfloat16_and_small():
     from safetensors import safe_open
 
-    folder = tiny_checkpoint_path()
+    folder = TINY_CHECKPOINT
     dtypes = set()
     for shard in (SHARD_1, SHARD_2):
         with safe_open(str(folder / shard), framework="pt") as handle:

@@ -37,7 +37,7 @@ def _task_context(env):
 def test_tiny_model_tokens_on_a_libero_frame(first_frame, golden):
     """Golden tokens for a real agentview frame (pinned per mujoco 3.3.2 rendering and cpu/float32)."""
     from vla_spec.images import model_image
-    from vla_spec.model.tiny import load_tiny
+    from tests.goldens import load_tiny
     from vla_spec.sim.interface import policy_image
     from vla_spec.sim.suites import task_info
 

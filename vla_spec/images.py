@@ -1,7 +1,8 @@
-"""Images: the LIBERO observation path and the OpenVLA processor.
+"""Images: the LIBERO evaluation's observation path, camera frame -> 224 x 224 model image.
 
 Conventions: images are numpy ``uint8`` arrays of shape H x W x 3 (RGB, row 0 = top of the image
-as stored) or PIL RGB images; model inputs are float32 tensors [B, 6, 224, 224].
+as stored). The model's own processor (bicubic resize, per-tower normalization, ``pixel_values``)
+runs after this path: :mod:`vla_spec.model.processor`. numpy and PIL only, no torch.
 
 **LIBERO path** (:func:`libero_image`, openvla ``experiments/robot/libero/libero_utils.py`` and
 ``openvla_utils.py``), applied to ``obs["agentview_image"]`` (256 x 256, upside down):
@@ -19,33 +20,19 @@ as stored) or PIL RGB images; model inputs are float32 tensors [B, 6, 224, 224].
    Reproduces ``tf.image.crop_and_resize``'s sampling formula and ``convert_image_dtype``'s
    float <-> uint8 conversions (x / 255 in, ``trunc(clip(x) * 255.5)`` out) in float32 with numpy;
    no deviation intended beyond float rounding order.
-
-**Processor** (:func:`process_images`, openvla ``prismatic/extern/hf/processing_prismatic.py``):
-per tower ``resize((224, 224), bicubic, antialias=True)`` (resize-naive squash), ``center_crop(224)``,
-``to_tensor`` (uint8 -> [0, 1]), ``normalize(mean, std)``; DINOv2 uses ImageNet mean/std, SigLIP
-0.5/0.5. The two 3-channel results are stacked: channels 0-2 DINOv2, 3-5 SigLIP. Done with
-torchvision on PIL images, as the reference (same library, so no deviation intended).
 """
 
 from __future__ import annotations
 
 import io
 import math
-from collections.abc import Sequence
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 
 MODEL_IMAGE_SIZE = 224
 JPEG_QUALITY = 95
 CENTER_CROP_AREA = 0.9
-DINOV2_MEAN = (0.485, 0.456, 0.406)
-DINOV2_STD = (0.229, 0.224, 0.225)
-SIGLIP_MEAN = (0.5, 0.5, 0.5)
-SIGLIP_STD = (0.5, 0.5, 0.5)
-TOWER_NORMALIZATION = ((DINOV2_MEAN, DINOV2_STD), (SIGLIP_MEAN, SIGLIP_STD))
-
-ImageLike = Union[np.ndarray, Any]  # numpy H x W x 3 uint8, or PIL.Image.Image
 
 
 def check_rgb_uint8(image: Any, what: str = "image") -> np.ndarray:
@@ -127,44 +114,3 @@ def model_image(upright: np.ndarray, *, center_crop_enabled: bool = True) -> np.
 def libero_image(agentview: np.ndarray, *, center_crop_enabled: bool = True) -> np.ndarray:
     """LIBERO ``agentview_image`` (H x W x 3 uint8, as rendered) -> the 224 x 224 x 3 uint8 model image."""
     return model_image(rotate_180(check_rgb_uint8(agentview, "agentview image")), center_crop_enabled=center_crop_enabled)
-
-
-def _as_pil(image: ImageLike, index: int) -> Any:
-    from PIL import Image
-
-    if isinstance(image, Image.Image):
-        return image.convert("RGB")
-    return Image.fromarray(check_rgb_uint8(image, f"image {index}"), mode="RGB")
-
-
-def process_images(images: ImageLike | Sequence[ImageLike], size: int = MODEL_IMAGE_SIZE) -> "Any":
-    """One image or a sequence of images -> float32 ``pixel_values`` [B, 6, size, size].
-
-    Channels 0-2: DINOv2 input (ImageNet mean/std); channels 3-5: SigLIP input (mean = std = 0.5).
-    """
-    import torch
-    import torchvision.transforms.functional as TVF
-    from torchvision.transforms import InterpolationMode
-
-    batch = [images] if not isinstance(images, (list, tuple)) else list(images)
-    if not batch:
-        raise ValueError("process_images needs at least one image")
-    tensors = []
-    for index, image in enumerate(batch):
-        resized = TVF.resize(_as_pil(image, index), [size, size], interpolation=InterpolationMode.BICUBIC, antialias=True)
-        tensors.append(TVF.to_tensor(TVF.center_crop(resized, [size, size])))
-    return tower_inputs(torch.stack(tensors).to(torch.float32))
-
-
-def tower_inputs(pixels: "Any") -> "Any":
-    """[B, 3, H, W] RGB in [0, 1] -> [B, 6, H, W]: each tower's ``(x - mean) / std``, DINOv2 first.
-
-    The processor's last step, shared with training (which crops and jitters on the GPU first)."""
-    import torch
-
-    towers = []
-    for mean, std in TOWER_NORMALIZATION:
-        mean_t = torch.tensor(mean, dtype=pixels.dtype, device=pixels.device).view(1, 3, 1, 1)
-        std_t = torch.tensor(std, dtype=pixels.dtype, device=pixels.device).view(1, 3, 1, 1)
-        towers.append((pixels - mean_t) / std_t)
-    return torch.cat(towers, dim=1)

@@ -20,16 +20,10 @@ from typing import Any
 
 import numpy as np
 
+from vla_spec.actions import ActionProcessor, LiberoOutputs
 from vla_spec.commands import CliError
-from vla_spec.gripper import ENV_CLOSE, policy_to_env
-from vla_spec.normalization import (
-    AXIS_NAMES,
-    NormStats,
-    UnnormKeyError,
-    load_norm_stats,
-    shipped_norm_stats,
-    unnormalize,
-)
+from vla_spec.gripper import ENV_CLOSE
+from vla_spec.normalization import AXIS_NAMES, UnnormKeyError, shipped_norm_stats
 from vla_spec.resolution import OSC_POSE_SCALE, PHYSICAL_UNITS, axis_resolutions
 from vla_spec.tokens import ACTION_DIM, ActionTokenizer
 
@@ -91,20 +85,20 @@ def parse_ids(texts: Sequence[str], tokenizer: ActionTokenizer, allow_out_of_ran
     return np.array(ids, dtype=np.int64)
 
 
-def select_stats(unnorm_key: str | None) -> NormStats:
-    """Shipped statistics for ``unnorm_key``; None or an unknown key lists the valid keys."""
+def select_processor(unnorm_key: str | None) -> ActionProcessor:
+    """The output transform of the shipped statistics ``unnorm_key``; None or an unknown key lists
+    the valid keys."""
     try:
-        return load_norm_stats(unnorm_key)
+        return ActionProcessor.select(shipped_norm_stats(), unnorm_key)
     except UnnormKeyError as error:
         raise CliError(f"--unnorm-key: {error}") from None
 
 
-def decode_report(ids: np.ndarray, stats: NormStats, tokenizer: ActionTokenizer) -> dict[str, Any]:
+def decode_report(ids: np.ndarray, processor: ActionProcessor) -> dict[str, Any]:
     """Everything ``decode`` prints, as plain JSON-ready values (SI units for ``physical``)."""
-    normalized = tokenizer.decode(ids)
-    action = unnormalize(normalized, stats)
+    normalized, action = processor.decode(ids)
     report: dict[str, Any] = {
-        "unnorm_key": stats.key,
+        "unnorm_key": processor.unnorm_key,
         "axes": list(AXIS_NAMES),
         "token_ids": ids.tolist(),
         "normalized": normalized.tolist(),
@@ -114,8 +108,8 @@ def decode_report(ids: np.ndarray, stats: NormStats, tokenizer: ActionTokenizer)
         "env_gripper": None,
         "gripper_meaning": None,
     }
-    if is_libero_key(stats.key):
-        env_gripper = float(policy_to_env(action)[-1])
+    if is_libero_key(processor.unnorm_key):
+        env_gripper = float(LiberoOutputs(processor).env_command(action)[-1])
         report["physical"] = [float(v) for v in action[:6] * OSC_POSE_SCALE[:6]] + [None]
         report["physical_units"] = list(PHYSICAL_UNITS)
         report["env_gripper"] = env_gripper
@@ -144,9 +138,8 @@ def format_decode(report: dict[str, Any]) -> str:
 
 
 def run_decode(args: argparse.Namespace) -> int:
-    tokenizer = ActionTokenizer()
-    ids = parse_ids(args.ids, tokenizer, args.allow_out_of_range)
-    report = decode_report(ids, select_stats(args.unnorm_key), tokenizer)
+    ids = parse_ids(args.ids, ActionTokenizer(), args.allow_out_of_range)
+    report = decode_report(ids, select_processor(args.unnorm_key))
     print(json.dumps(report) if args.json else format_decode(report))
     return 0
 

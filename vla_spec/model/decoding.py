@@ -23,10 +23,13 @@ import torch
 
 @dataclass(frozen=True)
 class GreedyResult:
-    """``token_ids`` [B, n] int64; ``margins`` [B, n] float32 (top-1 minus top-2 logit per step)."""
+    """``token_ids`` [B, n] int64; ``margins`` [B, n] float32 (top-1 minus top-2 logit per step);
+    ``top_logits`` [B, n] float32, the top-1 logit (its magnitude sets the dtype's resolution, see
+    :mod:`vla_spec.model.agreement`), or None from a decoder that does not report it."""
 
     token_ids: torch.Tensor
     margins: torch.Tensor
+    top_logits: torch.Tensor | None = None
 
 
 class Decoder(Protocol):
@@ -51,10 +54,11 @@ def positions_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.long().cumsum(dim=1) - 1).clamp(min=0)
 
 
-def top1_and_margin(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Argmax ids [B] (int64) and top-1 minus top-2 logit [B] (float32) of logits [B, V]."""
+def greedy_step(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Of logits [B, V]: argmax ids [B] (int64), top-1 minus top-2 logit [B] and the top-1 logit [B]
+    (float32)."""
     top = torch.topk(logits.float(), k=2, dim=-1)
-    return top.indices[:, 0].to(torch.int64), (top.values[:, 0] - top.values[:, 1]).to(torch.float32)
+    return top.indices[:, 0].to(torch.int64), (top.values[:, 0] - top.values[:, 1]).to(torch.float32), top.values[:, 0]
 
 
 def check_decoder_inputs(inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, n_tokens: int) -> None:
@@ -87,6 +91,7 @@ def greedy_decode(
     step_embeds = inputs_embeds
     ids: list[torch.Tensor] = []
     margins: list[torch.Tensor] = []
+    top_logits: list[torch.Tensor] = []
     for step in range(n_tokens):
         out = language_model(
             inputs_embeds=step_embeds,
@@ -96,11 +101,14 @@ def greedy_decode(
             logits_to_keep=1,
             **{cache_keyword(): kv_cache},
         )
-        token, margin = top1_and_margin(out.logits[:, -1, :])
+        token, margin, top = greedy_step(out.logits[:, -1, :])
         ids.append(token)
         margins.append(margin)
+        top_logits.append(top)
         if step + 1 < n_tokens:
             step_embeds = embed(token[:, None])
             positions = positions[:, -1:] + 1
             mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
-    return GreedyResult(token_ids=torch.stack(ids, dim=1), margins=torch.stack(margins, dim=1))
+    return GreedyResult(
+        token_ids=torch.stack(ids, dim=1), margins=torch.stack(margins, dim=1), top_logits=torch.stack(top_logits, dim=1)
+    )

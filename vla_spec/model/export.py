@@ -21,7 +21,8 @@ from typing import Any
 
 import torch
 
-from vla_spec.images import MODEL_IMAGE_SIZE, TOWER_NORMALIZATION
+from vla_spec.images import MODEL_IMAGE_SIZE
+from vla_spec.model.processor import TOWER_NORMALIZATION
 from vla_spec.model.config import OVERRIDES_KEY
 from vla_spec.prompt import BOS_TOKEN_ID, EOS_TOKEN_ID, SPECIAL_EMPTY_TOKEN_ID, build_prompt
 

@@ -18,9 +18,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from vla_spec.model.decoding import top1_and_margin
-from vla_spec.model.modeling import ActionPrediction
-from vla_spec.normalization import parse_norm_stats, read_norm_stats_file, resolve_unnorm_key, unnormalize
+from vla_spec.actions import ActionPrediction, ActionProcessor
+from vla_spec.model.decoding import greedy_step
+from vla_spec.normalization import parse_norm_stats, read_norm_stats_file
 from vla_spec.prompt import SPECIAL_EMPTY_TOKEN_ID, build_prompt
 from vla_spec.tokens import ActionTokenizer
 
@@ -52,8 +52,13 @@ class HFRemoteOpenVLA:
         text_vocab = self.model.config.text_config.vocab_size - self.model.config.pad_to_multiple_of
         self.action_tokenizer = ActionTokenizer(vocab_size=text_vocab)
 
+    def action_processor(self, unnorm_key: str | None) -> ActionProcessor:
+        """The output transform for ``unnorm_key``, as :meth:`vla_spec.model.modeling.OpenVLA.action_processor`."""
+        return ActionProcessor.select(self.norm_stats, unnorm_key, self.action_tokenizer)
+
     @torch.inference_mode()
-    def _one(self, image: np.ndarray, instruction: str, n_tokens: int) -> tuple[np.ndarray, np.ndarray]:
+    def _one(self, image: np.ndarray, instruction: str, n_tokens: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """One sample's ids, margins and top-1 logits [n_tokens]."""
         from PIL import Image
 
         inputs = self.processor(build_prompt(instruction), Image.fromarray(image, mode="RGB")).to(self.device, dtype=self.dtype)
@@ -70,8 +75,10 @@ class HFRemoteOpenVLA:
             return_dict_in_generate=True,
         )
         ids = out.sequences[0, -n_tokens:].cpu().numpy().astype(np.int64)
-        margins = np.array([float(top1_and_margin(score)[1][0]) for score in out.scores], dtype=np.float32)
-        return ids, margins
+        steps = [greedy_step(score) for score in out.scores]
+        margins = np.array([float(margin[0]) for _, margin, _ in steps], dtype=np.float32)
+        top_logits = np.array([float(top[0]) for _, _, top in steps], dtype=np.float32)
+        return ids, margins, top_logits
 
     def predict_action(
         self, images: np.ndarray | Sequence[np.ndarray], instructions: str | Sequence[str], unnorm_key: str | None = None
@@ -81,15 +88,7 @@ class HFRemoteOpenVLA:
         text_list = [instructions] if isinstance(instructions, str) else list(instructions)
         if len(image_list) != len(text_list):
             raise ValueError(f"{len(image_list)} images but {len(text_list)} instructions: give one per image")
-        key = resolve_unnorm_key(self.norm_stats, unnorm_key)
-        stats = self.norm_stats[key]
-        rows = [self._one(image, text, stats.action_dim) for image, text in zip(image_list, text_list)]
-        token_ids = np.stack([ids for ids, _ in rows])
-        normalized = self.action_tokenizer.decode(token_ids)
-        return ActionPrediction(
-            token_ids=token_ids,
-            normalized=normalized,
-            actions=unnormalize(normalized, stats),
-            margins=np.stack([m for _, m in rows]),
-            unnorm_key=key,
-        )
+        outputs = self.action_processor(unnorm_key)
+        rows = [self._one(image, text, outputs.action_dim) for image, text in zip(image_list, text_list)]
+        ids, margins, top_logits = (np.stack(column) for column in zip(*rows))
+        return outputs.prediction(ids, margins, top_logits)

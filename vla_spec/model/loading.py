@@ -139,7 +139,7 @@ def from_pretrained(
     text_tokenizer = tokenizer if tokenizer is not None else load_tokenizer(folder)
     target = torch.device(device)
     with torch.device("meta"):
-        model = OpenVLA(config)
+        model = OpenVLA(config, text_tokenizer)
     expected = {name: tensor.shape for name, tensor in model.state_dict().items()}
     state = read_state_dict(folder, expected, dtype, target)
     model.load_state_dict(state, strict=True, assign=True)
@@ -147,7 +147,6 @@ def from_pretrained(
     leftovers = [name for name, t in (*model.named_parameters(), *model.named_buffers()) if t.is_meta]
     if leftovers:
         raise CheckpointError(f"tensors left uninitialized after loading {folder}: {leftovers[:5]}")
-    model.tokenizer = text_tokenizer
     return model.eval()
 
 

@@ -7,7 +7,7 @@ As ``prismatic/extern/hf/modeling_prismatic.py`` (openvla c8f03f4, L85-123):
   ``get_intermediate_layers(x, n={len(blocks) - 2})``, without the final norm and with the prefix
   tokens (DINOv2: class + 4 registers; SigLIP: none) dropped: 256 patch tokens at 224 px / patch 14;
 * ``pixel_values`` [B, 6, 224, 224] float: channels 0-2 go to DINOv2, 3-5 to SigLIP (each already
-  normalized by its own mean/std, see :mod:`vla_spec.images`);
+  normalized by its own mean/std, see :mod:`vla_spec.model.processor`);
 * output [B, 256, D_dino + D_siglip] (1024 + 1152 = 2176 for the real towers), DINOv2 first.
 
 LayerScale: timm stores ``ls1.gamma`` / ``ls2.gamma``; the released checkpoints store
@@ -100,7 +100,7 @@ class FusedVisionBackbone(nn.Module):
         if pixel_values.ndim != 4 or tuple(pixel_values.shape[1:]) != expected:
             raise ValueError(
                 f"pixel_values must have shape [B, {expected[0]}, {expected[1]}, {expected[2]}] "
-                f"(DINOv2 channels 0-2, SigLIP 3-5; see vla_spec.images.process_images), got {tuple(pixel_values.shape)}"
+                f"(DINOv2 channels 0-2, SigLIP 3-5; see vla_spec.model.processor.process_images), got {tuple(pixel_values.shape)}"
             )
         dino, siglip = torch.split(pixel_values, [N_TOWER_CHANNELS, N_TOWER_CHANNELS], dim=1)
         return torch.cat(

@@ -3,9 +3,9 @@
 It exists to prove the simulator loop and the action path work before any model is involved: a
 positive control (it must succeed) and, with one knob of its action path changed, the negative
 controls (it must fail). Its commands go through OpenVLA's real action path
-(:class:`vla_spec.sim.interface.TokenizedActionPath`): command -> training gripper convention ->
-``normalize`` with the suite's statistics -> 7 tokens -> decode -> ``unnormalize`` ->
-``policy_to_env``; the environment only ever sees the decoded command.
+(:class:`TokenizedActionPath`, both ways of :class:`vla_spec.actions.LiberoOutputs`): command ->
+training gripper convention -> ``normalize`` with the suite's statistics -> 7 tokens -> decode ->
+``unnormalize`` -> ``policy_to_env``; the environment only ever sees the decoded command.
 
 Supported goals: conjunctions of ``('in' | 'on', obj, target)`` where ``obj`` is a movable object
 and ``target`` an object or a site region (all of libero_object and libero_spatial; the
@@ -30,8 +30,10 @@ from typing import Any
 
 import numpy as np
 
+from vla_spec.actions import ActionProcessor, LiberoOutputs
 from vla_spec.gripper import ENV_CLOSE, ENV_OPEN
-from vla_spec.sim.interface import Observation, PolicyStep, TaskContext, TokenizedActionPath
+from vla_spec.normalization import shipped_norm_stats
+from vla_spec.sim.interface import Observation, PolicyStep, TaskContext
 
 #: Controller gain: command units per metre of position error (1.0 commands 0.05 m).
 POSITION_GAIN = 15.0
@@ -51,6 +53,30 @@ STALL_STEPS = 60  # leave a move phase after this many steps even if the toleran
 
 class UnsupportedTask(ValueError):
     """The task's goal is not a pick-and-place the expert knows how to script."""
+
+
+@dataclass(frozen=True)
+class TokenizedActionPath:
+    """Environment command -> tokens -> environment command, through OpenVLA's real action path.
+
+    ``encoder`` holds the suite's statistics; ``decoder`` the ``unnorm_key``'s and ``invert_gripper``:
+    with the defaults the round trip only quantizes; the negative controls change exactly one knob.
+    """
+
+    encoder: LiberoOutputs
+    decoder: LiberoOutputs
+
+    @classmethod
+    def for_suite(cls, suite: str, *, unnorm_key: str | None = None, invert_gripper: bool = True) -> "TokenizedActionPath":
+        """Encode with ``suite``'s shipped stats; decode with ``unnorm_key``'s (default: the suite's)."""
+        stats = shipped_norm_stats()
+        encoder = LiberoOutputs(ActionProcessor.select(stats, suite))
+        decoder = LiberoOutputs(ActionProcessor.select(stats, unnorm_key or suite), invert_gripper=invert_gripper)
+        return cls(encoder, decoder)
+
+    def __call__(self, env_command: np.ndarray) -> PolicyStep:
+        tokens = self.encoder.tokens(env_command)
+        return PolicyStep(action=self.decoder(tokens), tokens=tokens)
 
 
 @dataclass(frozen=True)
@@ -219,7 +245,7 @@ class PickPlaceExpert:
         if task.env is None:
             raise UnsupportedTask("the scripted expert needs the privileged env in TaskContext.env")
         self.path = TokenizedActionPath.for_suite(task.suite, unnorm_key=self.unnorm_key, invert_gripper=self.invert_gripper)
-        stats = self.path.encoder.stats
+        stats = self.path.encoder.processor.stats
         self.command_low = np.asarray(stats.q01[:6], dtype=float)
         self.command_high = np.asarray(stats.q99[:6], dtype=float)
         self._scene = Scene(task.env)

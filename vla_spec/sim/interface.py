@@ -1,6 +1,7 @@
-"""Where the policy and the simulator meet: the one place observations become policy inputs and
-policy outputs become ``env.step`` commands. Every policy (scripted expert, tiny model, OpenVLA)
-goes through these functions; nothing else flips images or gripper signs.
+"""Where the policy and the simulator meet: the episode loop's view of a policy, and the one place
+LIBERO observations become policy inputs (the image is rotated here and nowhere else). Policy
+outputs become ``env.step`` commands through :class:`vla_spec.actions.LiberoOutputs`, the only
+place gripper signs are flipped.
 
 Conventions
 -----------
@@ -12,25 +13,17 @@ Conventions
   gripper: -1 opens, +1 closes.
 * Model action (what a decoded token means): ``x, y, z, roll, pitch, yaw`` in the same controller
   units after :func:`vla_spec.unnormalize`, gripper in the training convention (1 open, 0 close).
-
-The action path, token ids -> ``env.step`` (:class:`ActionDecoder`):
-``ActionTokenizer.decode`` -> ``unnormalize(stats)`` -> ``policy_to_env`` (binarize + invert).
-The expert reaches tokens the other way (:class:`ActionEncoder`): environment command ->
-``env_to_training`` -> ``normalize(stats)`` -> ``ActionTokenizer.encode``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from vla_spec.gripper import env_to_training, normalize_gripper_action, policy_to_env
 from vla_spec.images import rotate_180
-from vla_spec.normalization import NormStats, load_norm_stats, normalize, unnormalize
-from vla_spec.tokens import ACTION_DIM, ActionTokenizer
 
 AGENTVIEW_KEY = "agentview_image"
 
@@ -104,74 +97,3 @@ class Policy(Protocol):
     def reset(self, task: TaskContext) -> None: ...
 
     def act(self, obs: Observation) -> PolicyStep: ...
-
-
-@dataclass(frozen=True)
-class ActionDecoder:
-    """Token ids -> environment command, the LIBERO evaluation's path.
-
-    ``stats`` are the statistics selected by the ``unnorm_key``; ``invert_gripper=False`` skips the
-    final sign flip of ``policy_to_env`` (a negative control: then the gripper closes when the
-    model means open).
-    """
-
-    stats: NormStats
-    invert_gripper: bool = True
-    tokenizer: ActionTokenizer = field(default_factory=ActionTokenizer)
-
-    def model_action(self, tokens: Sequence[int] | np.ndarray) -> np.ndarray:
-        """Decoded, un-normalized action (7,): controller units, gripper in training convention."""
-        ids = np.asarray(tokens, dtype=np.int64)
-        if ids.shape != (ACTION_DIM,):
-            raise ValueError(f"expected {ACTION_DIM} action token ids, got shape {ids.shape}")
-        return unnormalize(self.tokenizer.decode(ids), self.stats)
-
-    def to_env(self, tokens: Sequence[int] | np.ndarray) -> np.ndarray:
-        """Environment command (7,) for ``env.step``."""
-        action = self.model_action(tokens)
-        if self.invert_gripper:
-            return policy_to_env(action)
-        return normalize_gripper_action(action, binarize=True)
-
-
-@dataclass(frozen=True)
-class ActionEncoder:
-    """Environment command -> the 7 token ids a perfect OpenVLA would emit for it (training path).
-
-    Arm dims outside ``[q01, q99]`` of ``stats`` are clipped by ``normalize`` (as in training data);
-    the gripper is mapped to the training convention and passes un-normalized.
-    """
-
-    stats: NormStats
-    tokenizer: ActionTokenizer = field(default_factory=ActionTokenizer)
-
-    def tokens(self, env_command: Sequence[float] | np.ndarray) -> tuple[int, ...]:
-        command = np.asarray(env_command, dtype=np.float64)
-        if command.shape != (ACTION_DIM,):
-            raise ValueError(f"expected a {ACTION_DIM}-dim environment command, got shape {command.shape}")
-        ids = self.tokenizer.encode(normalize(env_to_training(command), self.stats))
-        return tuple(int(i) for i in ids)
-
-
-@dataclass(frozen=True)
-class TokenizedActionPath:
-    """Environment command -> tokens -> environment command, through OpenVLA's real action path.
-
-    Encodes with the suite's statistics and decodes with ``decoder`` (its ``unnorm_key`` and
-    ``invert_gripper``): with the defaults the round trip only quantizes; the negative controls
-    change exactly one knob.
-    """
-
-    encoder: ActionEncoder
-    decoder: ActionDecoder
-
-    @classmethod
-    def for_suite(cls, suite: str, *, unnorm_key: str | None = None, invert_gripper: bool = True) -> "TokenizedActionPath":
-        """Encode with ``suite``'s stats; decode with ``unnorm_key``'s (default: the suite's)."""
-        encode_stats = load_norm_stats(suite)
-        decode_stats = encode_stats if unnorm_key in (None, suite) else load_norm_stats(unnorm_key)
-        return cls(ActionEncoder(encode_stats), ActionDecoder(decode_stats, invert_gripper=invert_gripper))
-
-    def __call__(self, env_command: Sequence[float] | np.ndarray) -> PolicyStep:
-        tokens = self.encoder.tokens(env_command)
-        return PolicyStep(action=self.decoder.to_env(tokens), tokens=tokens)

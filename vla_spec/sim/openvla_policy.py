@@ -2,10 +2,10 @@
 
 Per step: the upright agentview (``Observation.image``, already rotated 180 degrees by
 :mod:`vla_spec.sim.interface`) -> :func:`vla_spec.images.model_image` (JPEG 95, Lanczos 224, the
-0.9-area centre crop) -> ``predict_action`` -> 7 token ids -> :class:`ActionDecoder` (decode,
-un-normalize with the checkpoint's statistics, gripper binarize + invert) -> ``env.step``.
-The ``unnorm_key`` defaults to the LIBERO evaluation's choice: the suite name, else
-``{suite}_no_noops``.
+0.9-area centre crop) -> ``predict_action`` (the checkpoint's processor, network, decoder and
+action processor: its un-normalized action) -> :class:`vla_spec.actions.LiberoOutputs` (gripper
+binarize + invert) -> ``env.step``. The ``unnorm_key`` defaults to the LIBERO evaluation's choice:
+the suite name, else ``{suite}_no_noops``; it is chosen once per episode, in ``reset``.
 
 The checkpoint is explicit: a folder in the Hugging Face format or a name of
 :data:`vla_spec.model.tiny.NAMED_CHECKPOINTS`. ``image="black"`` feeds a constant black image
@@ -19,8 +19,9 @@ from typing import Any
 
 import numpy as np
 
-from vla_spec.normalization import libero_unnorm_key, resolve_unnorm_key
-from vla_spec.sim.interface import ActionDecoder, Observation, PolicyStep, TaskContext
+from vla_spec.actions import LiberoOutputs
+from vla_spec.normalization import libero_unnorm_key
+from vla_spec.sim.interface import Observation, PolicyStep, TaskContext
 
 DTYPES = ("float32", "bfloat16")
 IMAGE_SOURCES = ("camera", "black")
@@ -56,9 +57,8 @@ class OpenVLAPolicy:
         self.image = image
         self.threads = None if threads is None else int(threads)
         self._model: Any = None
-        self._decoder: ActionDecoder | None = None
+        self._outputs: LiberoOutputs | None = None
         self._instruction = ""
-        self._key = ""
 
     def _load(self) -> Any:
         if self._model is None:
@@ -73,20 +73,19 @@ class OpenVLAPolicy:
 
     def reset(self, task: TaskContext) -> None:
         model = self._load()
-        if self.unnorm_key is None:
-            self._key = libero_unnorm_key(task.suite, model.norm_stats)
-        else:
-            self._key = resolve_unnorm_key(model.norm_stats, self.unnorm_key)
-        self._decoder = ActionDecoder(model.norm_stats[self._key], tokenizer=model.action_tokenizer)
+        key = libero_unnorm_key(task.suite, model.norm_stats) if self.unnorm_key is None else self.unnorm_key
+        self._outputs = LiberoOutputs(model.action_processor(key))
         self._instruction = task.instruction
 
     def act(self, obs: Observation) -> PolicyStep:
         from vla_spec.images import model_image
 
-        if obs.image is None or self._decoder is None:
+        if obs.image is None or self._outputs is None:
             raise RuntimeError("OpenVLAPolicy needs a camera observation and reset() before act()")
         upright = obs.image if self.image == "camera" else np.zeros_like(obs.image)
         image = model_image(upright, center_crop_enabled=self.center_crop)
-        prediction = self._load().predict_action(image, self._instruction, self._key)
-        tokens = tuple(int(t) for t in prediction.token_ids[0])
-        return PolicyStep(action=self._decoder.to_env(tokens), tokens=tokens)
+        prediction = self._load().predict_action(image, self._instruction, self._outputs.processor.unnorm_key)
+        return PolicyStep(
+            action=self._outputs.env_command(prediction.actions[0]),
+            tokens=tuple(int(t) for t in prediction.token_ids[0]),
+        )
