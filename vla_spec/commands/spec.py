@@ -16,6 +16,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -34,6 +35,9 @@ from vla_spec.resolution import OSC_POSE_SCALE, PHYSICAL_UNITS, axis_resolutions
 from vla_spec.tokens import ACTION_DIM, ActionTokenizer
 
 OSC_POSE_NOTE = "LIBERO OSC_POSE: 1.0 = 0.05 m / 0.5 rad per 20 Hz step"
+#: ``{suite}_no_noops`` names a LIBERO suite's regenerated dataset (the OpenVLA-OFT checkpoints' key);
+#: the released OpenVLA checkpoints key the same statistics by the suite name (facts section 3-4).
+NO_NOOPS = "_no_noops"
 
 
 def register(subparsers: Any) -> None:
@@ -45,7 +49,12 @@ def register(subparsers: Any) -> None:
         description="Decode 7 action token ids (x y z roll pitch yaw gripper) as predict_action does.",
     )
     decode.add_argument("ids", nargs="+", metavar="ID", help="seven token ids in 31744..31999")
-    decode.add_argument("--unnorm-key", help=f"statistics to un-normalize with (required; one of: {keys})")
+    decode.add_argument(
+        "--unnorm-key",
+        required=True,
+        metavar="KEY",
+        help=f"statistics to un-normalize with: {keys}, or {{suite}}{NO_NOOPS} for a LIBERO suite",
+    )
     decode.add_argument(
         "--allow-out-of-range",
         action="store_true",
@@ -91,9 +100,13 @@ def parse_ids(texts: Sequence[str], tokenizer: ActionTokenizer, allow_out_of_ran
     return np.array(ids, dtype=np.int64)
 
 
-def select_stats(unnorm_key: str | None) -> NormStats:
-    """Shipped statistics for ``unnorm_key``; None or an unknown key lists the valid keys."""
+def select_stats(unnorm_key: str) -> NormStats:
+    """Shipped statistics for ``unnorm_key`` (``{suite}_no_noops`` selects the suite's, under the
+    name asked for); an unknown key lists the valid keys."""
+    base = unnorm_key.removesuffix(NO_NOOPS)
     try:
+        if base != unnorm_key and is_libero_key(base) and base in shipped_norm_stats():
+            return replace(load_norm_stats(base), key=unnorm_key)
         return load_norm_stats(unnorm_key)
     except UnnormKeyError as error:
         raise CliError(f"--unnorm-key: {error}") from None
