@@ -25,12 +25,15 @@ x in [-0.538, 0.846], about 0.006-0.009 m per step at steady state.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from vla_spec.gripper import ENV_CLOSE, ENV_OPEN
+from vla_spec.normalization import UnnormKeyError, load_norm_stats, shipped_norm_stats
+from vla_spec.sim import PolicySetupError
 from vla_spec.sim.interface import Observation, PolicyStep, TaskContext, TokenizedActionPath
 
 #: Controller gain: command units per metre of position error (1.0 commands 0.05 m).
@@ -213,6 +216,21 @@ class PickPlaceExpert:
         self._grasp: np.ndarray | None = None
         self._gripper_low = np.zeros(3)
         self._gripper_high = np.zeros(3)
+
+    def check_setup(self, suites: Sequence[str]) -> dict[str, Any]:
+        """Raise :class:`PolicySetupError` when a suite or the ``unnorm_key`` has no shipped
+        statistics (the action path needs both); return what the log header records."""
+        shipped = shipped_norm_stats()
+        known = ", ".join(sorted(shipped))
+        for suite in suites:
+            if suite not in shipped:
+                raise PolicySetupError("suite", f"the expert encodes with the suite's statistics; none are shipped for {suite} ({known})")
+        if self.unnorm_key is not None:
+            try:
+                load_norm_stats(self.unnorm_key)
+            except UnnormKeyError as error:
+                raise PolicySetupError("unnorm_key", str(error)) from None
+        return {"unnorm_key": {suite: self.unnorm_key or suite for suite in suites}, "invert_gripper": self.invert_gripper}
 
     # -- Policy protocol -------------------------------------------------------------------------
     def reset(self, task: TaskContext) -> None:
