@@ -98,6 +98,10 @@ class OpenVLAPolicy:
         self.center_crop = center_crop
         self.image = image
         self.threads = None if threads is None else int(threads)
+        self._model: Any = None
+        self._decoder: ActionDecoder | None = None
+        self._instruction = ""
+        self._key = ""
 
     def check_setup(self, suites: Sequence[str]) -> dict[str, Any]:
         """Check the device, the checkpoint's files and the ``unnorm_key`` for each suite without
@@ -141,10 +145,6 @@ class OpenVLAPolicy:
             "image": self.image,
             "unnorm_key": keys,
         }
-        self._model: Any = None
-        self._decoder: ActionDecoder | None = None
-        self._instruction = ""
-        self._key = ""
 
     def _load(self) -> Any:
         if self._model is None:
