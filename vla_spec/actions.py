@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from vla_spec.gripper import env_to_training, normalize_gripper_action, policy_to_env
-from vla_spec.normalization import NormStats, normalize, resolve_unnorm_key, unnormalize
+from vla_spec.normalization import NormStats, load_norm_stats, normalize, unnormalize
 from vla_spec.tokens import ActionTokenizer
 
 
@@ -54,10 +54,11 @@ class ActionProcessor:
     def select(
         cls, norm_stats: Mapping[str, NormStats], unnorm_key: str | None, tokenizer: ActionTokenizer | None = None
     ) -> "ActionProcessor":
-        """The statistics of ``unnorm_key`` (resolved as the reference ``_check_unnorm_key``: None
-        only for a single dataset; an unknown key lists the valid ones) with ``tokenizer``
+        """The statistics of ``unnorm_key`` (:func:`vla_spec.normalization.load_norm_stats`: resolved
+        as the reference ``_check_unnorm_key``, None only for a single dataset, an unknown key lists
+        the valid ones, ``{suite}_no_noops`` accepted for a LIBERO suite) with ``tokenizer``
         (default: Llama-2's 32000-token vocabulary)."""
-        stats = norm_stats[resolve_unnorm_key(norm_stats, unnorm_key)]
+        stats = load_norm_stats(unnorm_key, norm_stats)
         return cls(stats) if tokenizer is None else cls(stats, tokenizer)
 
     @property

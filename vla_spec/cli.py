@@ -12,6 +12,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from vla_spec import __version__
 from vla_spec.commands import CliError, sim, spec
 
 __all__ = ["CliError", "build_parser", "main"]
@@ -20,9 +21,23 @@ __all__ = ["CliError", "build_parser", "main"]
 COMMAND_MODULES = (spec, sim)
 
 
+DESCRIPTION = """An executable specification of OpenVLA-style vision-language-action policies:
+decode action tokens, run LIBERO episodes into resumable logs, report success rates."""
+EPILOG = """examples:
+  vla-spec decode 31882 31894 31881 31905 31888 31875 31999 --unnorm-key libero_object
+  vla-spec rollout --suite libero_object --tasks 0-9 --inits 0-1 --policy openvla \\
+      --checkpoint tiny-vla-libero-object --workers 2 --log runs/first-vla.jsonl
+  vla-spec report runs/first-vla.jsonl --plot runs/first-vla.png
+
+'vla-spec COMMAND --help' describes each command."""
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="vla-spec", description=__doc__.splitlines()[0])
-    subparsers = parser.add_subparsers(dest="command", required=True)
+    parser = argparse.ArgumentParser(
+        prog="vla-spec", description=DESCRIPTION, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module in COMMAND_MODULES:
         module.register(subparsers)
     return parser
@@ -36,6 +51,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CliError as error:
         print(f"vla-spec {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # before a command could say more (``rollout`` reports what is kept)
+        print(f"vla-spec {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -15,8 +15,11 @@ readers ignore it and :meth:`EpisodeLog.open` cuts it off before appending.
 
 Resume policy (:meth:`EpisodeLog.open` on an existing log):
 
-* the *identity* of the run must match the header: policy name, policy parameters, the set of
-  episodes (suite, task, init index, env seed) and ``record_trace``; otherwise :class:`LogMismatch`.
+* the *identity* of the run must match the header: policy name, policy parameters, what the policy
+  was found to be at setup (``policy_setup``: e.g. a checkpoint's content hash, dtype, device and the
+  resolved ``unnorm_key``), the set of episodes (suite, task, init index, env seed) and
+  ``record_trace``; otherwise :class:`LogMismatch`, naming each field that differs.
+  ``overwrite=True`` starts the log afresh instead;
   ``workers`` and ``video_dir`` may change (they do not change results), and so may the code
   (git SHA, hash of uncommitted edits): it changes with every commit, so it is recorded in the
   ``resume`` line instead, and ``vla-spec report`` notes a log resumed with other code;
@@ -36,7 +39,9 @@ import hashlib
 import json
 import os
 import platform
+import re
 import subprocess
+import tomllib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -58,10 +63,17 @@ PINNED_VERSIONS: tuple[str, ...] = (
     "python", "numpy", "torch", "transformers", "mujoco", "robosuite", "libero", "MUJOCO_GL",
 )
 
+#: The lock file that pins the whole stack (``scripts/install.sh`` installs exactly it).
+LOCK_FILE = Path(__file__).resolve().parent.parent / "uv.lock"
+
 SpecKey = tuple[str, int, int, int]
 
 
-class LogMismatch(ValueError):
+class LogError(ValueError):
+    """A log that cannot be used as asked: a directory, damaged, foreign, or locked by a writer."""
+
+
+class LogMismatch(LogError):
     """An existing log was started with another configuration or software stack."""
 
 
@@ -98,11 +110,33 @@ def _git_state() -> dict[str, Any]:
     }
 
 
+def _canonical_name(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def stack_name(lock: Path = LOCK_FILE) -> str:
+    """The stack's name: ``"uv.lock 0123456789ab"`` (the lock file's hash) when every installed
+    distribution the lock pins has its locked version; otherwise the versions that differ follow."""
+    if not lock.is_file():
+        return f"unlocked (no {lock.name} beside the vla_spec package)"
+    raw = lock.read_bytes()
+    locked: dict[str, set[str]] = {}
+    for package in tomllib.loads(raw.decode()).get("package", ()):
+        locked.setdefault(_canonical_name(package["name"]), set()).add(package.get("version"))
+    changed = sorted(
+        f"{name} {dist.version}"
+        for dist in metadata.distributions()
+        if (name := _canonical_name(dist.metadata["Name"])) in locked and dist.version not in locked[name]
+    )
+    name = f"{lock.name} {hashlib.sha256(raw).hexdigest()[:12]}"
+    return f"{name} + {len(changed)} other version(s): {', '.join(changed)}" if changed else name
+
+
 def collect_versions() -> dict[str, Any]:
     """Everything about the software stack that can change a rollout's outcome or speed."""
     from vla_spec.sim.libero import DEFAULT_MUJOCO_GL
 
-    versions: dict[str, Any] = {"python": platform.python_version()}
+    versions: dict[str, Any] = {"python": platform.python_version(), "stack": stack_name()}
     versions.update({name: _distribution_version(name) for name in VERSIONED_DISTRIBUTIONS})
     libero = next(((name, v) for name in LIBERO_DISTRIBUTIONS if (v := _distribution_version(name))), (None, None))
     versions["libero_distribution"], versions["libero"] = libero
@@ -128,9 +162,11 @@ class RunConfig:
     record_trace: bool = False
     workers: int = 1
     video_dir: str | None = None
+    policy_setup: Mapping[str, Any] = field(default_factory=dict)  # what the policy resolved to
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "policy_params", _canonical_json(dict(self.policy_params)))
+        object.__setattr__(self, "policy_setup", _canonical_json(dict(self.policy_setup)))
         object.__setattr__(self, "specs", tuple(self.specs))
         keys = [spec_key(spec) for spec in self.specs]
         if len(set(keys)) != len(keys):
@@ -141,6 +177,7 @@ class RunConfig:
         return {
             "policy": self.policy,
             "policy_params": self.policy_params,
+            "policy_setup": self.policy_setup,
             "specs": sorted(list(key) for key in map(spec_key, self.specs)),
             "record_trace": self.record_trace,
         }
@@ -159,8 +196,11 @@ class RunConfig:
         }
 
 
+_IDENTITY_KEYS = ("policy", "policy_params", "policy_setup", "specs", "record_trace")
+
+
 def _identity_of(config_json: Mapping[str, Any]) -> dict[str, Any]:
-    return {key: config_json.get(key) for key in ("policy", "policy_params", "specs", "record_trace")}
+    return {key: config_json.get(key) for key in _IDENTITY_KEYS}
 
 
 @dataclass(frozen=True)
@@ -222,7 +262,7 @@ def _result_from_record(record: Mapping[str, Any], where: str) -> EpisodeResult:
     missing = [name for name in _RESULT_FIELDS if name not in fields]
     unknown = sorted(set(fields) - set(_RESULT_FIELDS))
     if missing or unknown:
-        raise ValueError(f"{where}: episode record has missing fields {missing} / unknown fields {unknown}")
+        raise LogError(f"{where}: episode record has missing fields {missing} / unknown fields {unknown}")
     return EpisodeResult(**fields)
 
 
@@ -243,11 +283,11 @@ def _parse(path: Path, lines: Sequence[bytes], truncated: bool) -> LogContents:
         try:
             record = json.loads(line)
         except ValueError as error:
-            raise ValueError(f"{where}: not a JSON line ({error}); the log is corrupt") from None
+            raise LogError(f"{where}: not a JSON line ({error}); the log is corrupt") from None
         kind = record.get("kind") if isinstance(record, dict) else None
         if number == 1:
             if kind != "header" or record.get("format") != LOG_FORMAT:
-                raise ValueError(f"{where}: not a vla-spec episode log (first line must be a {LOG_FORMAT} header)")
+                raise LogError(f"{where}: not a vla-spec episode log (first line must be a {LOG_FORMAT} header)")
             header = LogHeader(record["format"], record["created"], record["versions"], record["config"])
         elif kind == "resume":
             resumes.append(LogResume(record["time"], record["versions"]))
@@ -257,41 +297,54 @@ def _parse(path: Path, lines: Sequence[bytes], truncated: bool) -> LogContents:
             if key in first_line:
                 earlier = results[first_line[key]]
                 if earlier.error is None:
-                    raise ValueError(f"{where}: episode {key} is already on line {line_of[key]}")
+                    raise LogError(f"{where}: episode {key} is already on line {line_of[key]}")
                 results[first_line[key]] = result  # a retry of an errored episode replaces it
             else:
                 first_line[key] = len(results)
                 results.append(result)
             line_of[key] = number
         else:
-            raise ValueError(f"{where}: unknown line kind {kind!r}")
+            raise LogError(f"{where}: unknown line kind {kind!r}")
     if header is None:
-        raise ValueError(f"{path}: empty episode log (no header line)")
+        raise LogError(f"{path}: empty episode log (no header line)")
     return LogContents(path, header, tuple(resumes), tuple(results), truncated)
+
+
+def check_log_path(path: Path) -> None:
+    """Raise :class:`LogError` when ``path`` cannot be a log file: a directory, or under a file."""
+    if path.is_dir():
+        raise LogError(f"episode log {path} is a directory; give a file in it, e.g. {path / 'run.jsonl'}")
+    blocking = next((parent for parent in path.parents if parent.exists() and not parent.is_dir()), None)
+    if blocking is not None:
+        raise LogError(f"episode log {path} cannot be created: {blocking} is a file, not a directory")
 
 
 def read_log(path: str | os.PathLike[str]) -> LogContents:
     """Parse a log; a partial last line is ignored (``truncated=True``), any other damage raises
-    ``ValueError`` naming the line, a missing file ``FileNotFoundError``."""
+    :class:`LogError` naming the line, a missing file ``FileNotFoundError``."""
     path = Path(path)
+    check_log_path(path)
     if not path.is_file():
         raise FileNotFoundError(f"episode log {path} does not exist")
     lines, _, truncated = _complete_lines(path.read_bytes())
     return _parse(path, lines, truncated)
 
 
-def _describe_difference(old: Mapping[str, Any], new: Mapping[str, Any]) -> str:
+def _differences(old: Mapping[str, Any], new: Mapping[str, Any], prefix: str = "") -> list[str]:
+    """One phrase per differing field; nested mappings are compared field by field (``a.b``)."""
     parts = []
-    for key in old.keys() | new.keys():
-        if old.get(key) == new.get(key):
+    for key in sorted(old.keys() | new.keys()):
+        before, after = old.get(key), new.get(key)
+        if before == after:
             continue
-        if key == "specs":
-            before = {tuple(s) for s in old.get(key) or ()}
-            after = {tuple(s) for s in new.get(key) or ()}
-            parts.append(f"episodes: {len(after - before)} new, {len(before - after)} missing")
+        if key == "specs" and not prefix:
+            was, now = {tuple(s) for s in before or ()}, {tuple(s) for s in after or ()}
+            parts.append(f"episodes: {len(now - was)} new, {len(was - now)} missing")
+        elif isinstance(before, Mapping) and isinstance(after, Mapping):
+            parts += _differences(before, after, f"{prefix}{key}.")
         else:
-            parts.append(f"{key}: {old.get(key)!r} in the log, {new.get(key)!r} now")
-    return "; ".join(sorted(parts))
+            parts.append(f"{prefix}{key}: {before!r} in the log, {after!r} now")
+    return parts
 
 
 @dataclass
@@ -304,24 +357,39 @@ class EpisodeLog:
     _file: IO[bytes] = field(repr=False)
 
     @classmethod
-    def open(cls, path: str | os.PathLike[str], config: RunConfig, versions: Mapping[str, Any] | None = None) -> EpisodeLog:
-        """Create the log (writing its header) or resume it (see the module docstring).
+    def open(
+        cls,
+        path: str | os.PathLike[str],
+        config: RunConfig,
+        versions: Mapping[str, Any] | None = None,
+        *,
+        overwrite: bool = False,
+    ) -> EpisodeLog:
+        """Create the log (writing its header) or resume it (see the module docstring);
+        ``overwrite`` empties an existing log first.
 
         Raises :class:`LogMismatch` when an existing log's identity or pinned versions differ, and
-        ``ValueError`` when it is locked by a running writer or damaged before its last line.
+        :class:`LogError` when the path is a directory, or the log is locked by a running writer or
+        damaged before its last line.
         """
         path = Path(path)
+        check_log_path(path)
         versions = dict(versions if versions is not None else collect_versions())
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle = open(path, "a+b")  # noqa: SIM115 - kept open for appends, closed by close()
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            handle = open(path, "a+b")  # noqa: SIM115 - kept open for appends, closed by close()
+        except PermissionError as error:
+            raise LogError(f"episode log {path} cannot be written: {error.strerror} ({error.filename})") from None
         try:
             try:
                 fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                raise ValueError(f"episode log {path} is being written by another running process") from None
+                raise LogError(f"episode log {path} is being written by another running process") from None
             handle.seek(0)
             lines, complete_bytes, truncated = _complete_lines(handle.read())
-            if truncated:  # cut off a killed writer's partial line before appending
+            if overwrite:
+                lines, complete_bytes, truncated = [], 0, True
+            if truncated:  # cut off a killed writer's partial line (or everything) before appending
                 handle.truncate(complete_bytes)
             if not lines:
                 header = LogHeader(LOG_FORMAT, _now(), _canonical_json(versions), _canonical_json(config.to_json()))
@@ -340,8 +408,8 @@ class EpisodeLog:
         old, new = _identity_of(header.config), _canonical_json(config.identity())
         if old != new:
             raise LogMismatch(
-                f"{path} was started with another configuration ({_describe_difference(old, new)}); "
-                "rerun with the log's arguments or use a new log"
+                f"{path} was started with another configuration ({'; '.join(_differences(old, new))}); "
+                "rerun with the log's arguments to resume it, or start a new log"
             )
         changed = {k: (header.versions.get(k), versions.get(k)) for k in PINNED_VERSIONS if header.versions.get(k) != versions.get(k)}
         if changed:
@@ -388,13 +456,16 @@ __all__ = [
     "EpisodeLog",
     "LOG_FORMAT",
     "LogContents",
+    "LogError",
     "LogHeader",
     "LogMismatch",
     "LogResume",
     "PINNED_VERSIONS",
     "RunConfig",
+    "check_log_path",
     "collect_versions",
     "read_log",
+    "stack_name",
     "result_to_line",
     "spec_key",
 ]

@@ -10,14 +10,16 @@ OSC_POSE controller input in [-1, 1]) and gripper. ``mask`` marks the dims that 
   ``clip(2 * (a - q01) / (q99 - q01 + 1e-8) - 1, -1, 1)`` on masked dims, and 0 where min == max.
 
 Statistics are selected by ``unnorm_key`` (a dataset name); :func:`resolve_unnorm_key` mirrors the
-reference ``_check_unnorm_key`` and :func:`libero_unnorm_key` the LIBERO evaluation's fallback.
+reference ``_check_unnorm_key`` (and accepts ``{suite}_no_noops`` for a LIBERO suite's statistics),
+:func:`libero_unnorm_key` the LIBERO evaluation's fallback. Every caller (``predict_action``, the
+policies, their setup checks, ``vla-spec decode``) resolves a key through these two functions.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cache
 from importlib import resources
 from pathlib import Path
@@ -27,6 +29,9 @@ import numpy as np
 
 BOUNDS_Q99_EPS = 1e-8
 AXIS_NAMES = ("x", "y", "z", "roll", "pitch", "yaw", "gripper")
+#: ``{suite}_no_noops`` names a LIBERO suite's regenerated dataset (the OpenVLA-OFT checkpoints' key);
+#: the released OpenVLA checkpoints key the same statistics by the suite name (facts section 3-4).
+NO_NOOPS = "_no_noops"
 
 
 class UnnormKeyError(KeyError):
@@ -117,11 +122,18 @@ def shipped_norm_stats() -> Mapping[str, NormStats]:
     return parse_norm_stats(shipped_entries(keys))
 
 
+def is_libero_key(key: str) -> bool:
+    """LIBERO statistics are in OSC_POSE controller units, so they have a physical meaning."""
+    return key.startswith("libero")
+
+
 def resolve_unnorm_key(norm_stats: Mapping[str, Any], unnorm_key: str | None) -> str:
-    """Return the key to use, as the reference ``_check_unnorm_key`` does.
+    """Return the key of ``norm_stats`` to use, as the reference ``_check_unnorm_key`` does.
 
     ``None`` is allowed only when there is exactly one dataset; an unknown key is an error that
-    lists the valid keys.
+    lists the valid keys. One addition to the reference: ``{suite}_no_noops`` of a LIBERO suite
+    that ``norm_stats`` holds only under the suite name resolves to the suite (the same dataset,
+    regenerated without no-op steps).
     """
     valid = ", ".join(sorted(norm_stats)) or "(none)"
     if unnorm_key is None:
@@ -132,6 +144,9 @@ def resolve_unnorm_key(norm_stats: Mapping[str, Any], unnorm_key: str | None) ->
             )
         return next(iter(norm_stats))
     if unnorm_key not in norm_stats:
+        suite = unnorm_key.removesuffix(NO_NOOPS)
+        if suite != unnorm_key and is_libero_key(suite) and suite in norm_stats:
+            return suite
         raise UnnormKeyError(f"unknown unnorm_key {unnorm_key!r}; valid keys: {valid}")
     return unnorm_key
 
@@ -144,9 +159,12 @@ def libero_unnorm_key(suite_name: str, norm_stats: Mapping[str, Any]) -> str:
 
 
 def load_norm_stats(unnorm_key: str | None, registry: Mapping[str, NormStats] | None = None) -> NormStats:
-    """Statistics for ``unnorm_key`` from ``registry`` (default: the shipped statistics)."""
+    """Statistics for ``unnorm_key`` from ``registry`` (default: the shipped statistics), resolved by
+    :func:`resolve_unnorm_key`; under the name asked for (``libero_object_no_noops`` gives
+    libero_object's statistics with that key)."""
     stats = shipped_norm_stats() if registry is None else registry
-    return stats[resolve_unnorm_key(stats, unnorm_key)]
+    key = resolve_unnorm_key(stats, unnorm_key)
+    return stats[key] if unnorm_key in (None, key) else replace(stats[key], key=unnorm_key)
 
 
 def _check_last_dim(values: np.ndarray, stats: NormStats, what: str) -> None:

@@ -17,6 +17,7 @@ policy needs it or a video is asked.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -98,8 +99,10 @@ def run_episode(
     *,
     record_trace: bool = False,
     video_path: Path | None = None,
+    on_step: Callable[[int], None] | None = None,
 ) -> EpisodeResult:
-    """Run one episode of ``spec`` with ``policy`` (see the module docstring); never raises."""
+    """Run one episode of ``spec`` with ``policy`` (see the module docstring); never raises
+    ``Exception``s. ``on_step(n)`` is called after each policy step with the steps taken so far."""
     started = time.perf_counter()
     cameras = POLICY_CAMERAS if bool(policy.needs_camera) or video_path is not None else ()
     instruction = ""
@@ -137,6 +140,8 @@ def run_episode(
             action = _checked_action(out)
             obs, _reward, done, _info = env.step(action.tolist())
             steps += 1
+            if on_step is not None:
+                on_step(steps)
             if trace is not None:
                 trace.append({"tokens": None if out.tokens is None else [int(t) for t in out.tokens], "action": action.tolist()})
             if writer is not None:

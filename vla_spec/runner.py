@@ -21,7 +21,10 @@ import functools
 import os
 import pickle
 import queue
+import signal
 import sys
+import threading
+import time
 import traceback
 from collections import deque
 from collections.abc import Callable, Hashable, Mapping, Sequence
@@ -30,11 +33,14 @@ from typing import Any
 
 from vla_spec.episodes import EpisodeLog, RunConfig, SpecKey, spec_key
 from vla_spec.rollout import EpisodeResult, EpisodeSpec, Policy, run_episode
+from vla_spec.sim.suites import MAX_STEPS
 
-__all__ = ["TaskScheduler", "describe_policy", "run_episodes", "video_path_for"]
+__all__ = ["TaskScheduler", "describe_policy", "run_episodes", "run_in_log", "video_path_for"]
 
 #: How often (seconds) the parent checks that busy workers are still alive, and a worker its parent.
 POLL_S = 1.0
+#: How often (seconds) at most a worker reports the step count of its running episode.
+STEP_REPORT_S = 0.5
 
 
 def describe_policy(make_policy: Callable[[], Policy]) -> tuple[str, dict[str, Any]]:
@@ -105,6 +111,20 @@ def _episode_kwargs(spec: EpisodeSpec, record_trace: bool, video_dir: Path | Non
     return {"record_trace": record_trace, "video_path": None if video_dir is None else video_path_for(video_dir, spec)}
 
 
+def _throttled(report: Callable[[int], None], every_s: float) -> Callable[[int], None]:
+    """``report`` called at most once per ``every_s`` seconds (the step count of the last call)."""
+    last = -every_s
+
+    def on_step(steps: int) -> None:
+        nonlocal last
+        now = time.monotonic()
+        if now - last >= every_s:
+            last = now
+            report(steps)
+
+    return on_step
+
+
 def _worker_main(
     make_policy: Callable[[], Policy],
     record_trace: bool,
@@ -112,13 +132,20 @@ def _worker_main(
     inbox: Any,
     outbox: Any,
     worker: int,
+    report_steps: bool,
 ) -> None:
-    """A worker process: build the policy, then run specs from ``inbox`` until it gets None."""
+    """A worker process: build the policy, then run specs from ``inbox`` until it gets None.
+
+    Ctrl-C reaches the whole process group: workers ignore it and the parent, which owns the log,
+    stops them. With ``report_steps`` the worker sends ``("steps", worker, n)`` while an episode runs.
+    """
     import multiprocessing
 
     from vla_spec.sim.env import clear_env_cache
 
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     parent = multiprocessing.parent_process()
+    on_step = _throttled(lambda steps: outbox.put(("steps", worker, steps)), STEP_REPORT_S) if report_steps else None
     try:
         policy = make_policy()
         while True:
@@ -130,7 +157,8 @@ def _worker_main(
                 continue
             if spec is None:
                 return
-            outbox.put(("result", worker, run_episode(policy, spec, **_episode_kwargs(spec, record_trace, video_dir))))
+            result = run_episode(policy, spec, on_step=on_step, **_episode_kwargs(spec, record_trace, video_dir))
+            outbox.put(("result", worker, result))
     except BaseException as error:  # noqa: BLE001 - report anything (a policy that fails to build) to the parent
         outbox.put(("error", worker, (_picklable(error), traceback.format_exc())))
     finally:
@@ -147,23 +175,68 @@ def _picklable(error: BaseException) -> BaseException:
     return error
 
 
-class _Progress:
-    """A tqdm bar (or nothing) counting episodes, with successes so far as its postfix."""
+class _Interruption:
+    """Ctrl-C during a run, raised where this module can see it: the first SIGINT is only noted,
+    and :meth:`check` (at every policy step and result) raises ``KeyboardInterrupt``; LIBERO and
+    robosuite swallow one raised inside them (``env.reset``). A second Ctrl-C interrupts at once.
+    Outside the main thread, or with SIGINT ignored, nothing changes."""
 
-    def __init__(self, total: int, done: Sequence[EpisodeResult], enabled: bool) -> None:
+    def __init__(self) -> None:
+        self.noted = False
+        self.previous: Any = None
+
+    def __enter__(self) -> _Interruption:
+        if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            self.previous = signal.signal(signal.SIGINT, self._note)
+        return self
+
+    def _note(self, _signum: int, _frame: Any) -> None:
+        self.noted = True
+        signal.signal(signal.SIGINT, self.previous)
+
+    def check(self) -> None:
+        if self.noted:
+            self.noted = False
+            raise KeyboardInterrupt
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+
+
+class _Progress:
+    """tqdm bars (or nothing): episodes, with successes so far as the postfix, and below it one bar
+    per running episode counting its policy steps (tqdm shows the steps/s)."""
+
+    def __init__(self, total: int, done: Sequence[EpisodeResult], enabled: bool, slots: int) -> None:
         self.wins = sum(bool(r.success) for r in done)
         self.count = len(done)
-        self.bar = None
+        self.bar: Any = None
+        self.steps: list[Any] = []
         if enabled:
             from tqdm import tqdm
 
-            self.bar = tqdm(total=total, initial=self.count, unit="ep", desc="episodes", file=sys.stderr, dynamic_ncols=True)
+            options = {"file": sys.stderr, "dynamic_ncols": True}
+            self.bar = tqdm(total=total, initial=self.count, unit="ep", desc="episodes", **options)
+            self.steps = [tqdm(total=0, unit="step", position=1 + slot, leave=False, **options) for slot in range(slots)]
             self._postfix()
             self.bar.refresh()
 
     def _postfix(self) -> None:
         if self.bar is not None:
             self.bar.set_postfix_str(f"success {self.wins}/{self.count}", refresh=False)
+
+    def start(self, slot: int, spec: EpisodeSpec) -> None:
+        """Episode ``spec`` begins in ``slot`` (a worker, or 0 in this process)."""
+        if self.steps:
+            bar = self.steps[slot]
+            bar.reset(total=MAX_STEPS[spec.suite])
+            bar.set_description(f"{spec.suite} task {spec.task_id} init {spec.init_index}", refresh=True)
+
+    def step(self, slot: int, steps: int) -> None:
+        """The episode in ``slot`` has taken ``steps`` policy steps."""
+        if self.steps:
+            self.steps[slot].update(steps - self.steps[slot].n)
 
     def add(self, result: EpisodeResult) -> None:
         self.wins += bool(result.success)
@@ -173,20 +246,28 @@ class _Progress:
             self.bar.update(1)
 
     def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
+        for bar in [*self.steps, self.bar]:
+            if bar is not None:
+                bar.close()
 
 
 def _run_here(
     make_policy: Callable[[], Policy], specs: Sequence[EpisodeSpec], log: EpisodeLog, progress: _Progress,
-    record_trace: bool, video_dir: Path | None,
+    record_trace: bool, video_dir: Path | None, interruption: _Interruption,
 ) -> None:
     from vla_spec.sim.env import clear_env_cache
 
     policy = make_policy()
+
+    def on_step(steps: int) -> None:
+        interruption.check()
+        progress.step(0, steps)
+
     try:
         for spec in TaskScheduler(specs).ordered():
-            result = run_episode(policy, spec, **_episode_kwargs(spec, record_trace, video_dir))
+            interruption.check()
+            progress.start(0, spec)
+            result = run_episode(policy, spec, on_step=on_step, **_episode_kwargs(spec, record_trace, video_dir))
             log.append(result)
             progress.add(result)
     finally:
@@ -195,7 +276,7 @@ def _run_here(
 
 def _run_in_workers(
     make_policy: Callable[[], Policy], specs: Sequence[EpisodeSpec], log: EpisodeLog, progress: _Progress,
-    record_trace: bool, video_dir: Path | None, workers: int,
+    record_trace: bool, video_dir: Path | None, workers: int, interruption: _Interruption,
 ) -> None:
     import multiprocessing
 
@@ -205,7 +286,7 @@ def _run_in_workers(
     processes = [
         context.Process(
             target=_worker_main,
-            args=(make_policy, record_trace, video_dir, inboxes[w], outbox, w),
+            args=(make_policy, record_trace, video_dir, inboxes[w], outbox, w, bool(progress.steps)),
             name=f"vla-spec-worker-{w}",
             daemon=True,
         )
@@ -219,6 +300,7 @@ def _run_in_workers(
         inboxes[worker].put(spec)  # None tells the worker to stop
         if spec is not None:
             in_flight[worker] = spec
+            progress.start(worker, spec)
 
     try:
         for process in processes:
@@ -226,6 +308,7 @@ def _run_in_workers(
         for worker in range(workers):
             hand_out(worker)
         while in_flight:
+            interruption.check()
             try:
                 kind, worker, payload = outbox.get(timeout=POLL_S)
             except queue.Empty:
@@ -235,6 +318,9 @@ def _run_in_workers(
                             f"worker {worker} died (exit code {processes[worker].exitcode}) while running "
                             f"{spec_key(spec)}; finished episodes are in {log.path}: rerun to resume"
                         ) from None
+                continue
+            if kind == "steps":
+                progress.step(worker, payload)
                 continue
             if kind == "error":
                 error, worker_traceback = payload
@@ -253,6 +339,46 @@ def _run_in_workers(
             if process.is_alive():
                 process.terminate()
                 process.join(timeout=10)
+
+
+def _check_request(workers: int, specs: Sequence[EpisodeSpec]) -> None:
+    if workers < 1:
+        raise ValueError(f"workers must be at least 1, got {workers}")
+    if not specs:
+        raise ValueError("no episodes to run")
+
+
+def run_in_log(
+    log: EpisodeLog,
+    make_policy: Callable[[], Policy],
+    specs: Sequence[EpisodeSpec],
+    *,
+    workers: int = 1,
+    record_trace: bool = False,
+    video_dir: str | os.PathLike[str] | None = None,
+    progress: bool = True,
+    retry_errors: bool = False,
+) -> list[EpisodeResult]:
+    """Run the specs not yet in the open ``log`` (see :func:`run_episodes`); return all results, in
+    ``specs`` order. A ``KeyboardInterrupt`` stops the workers and propagates; finished episodes
+    stay in the log."""
+    _check_request(workers, specs)
+    video = None if video_dir is None else Path(video_dir)
+    pending = log.pending(specs, retry_errors=retry_errors)
+    rerun = {spec_key(spec) for spec in pending}
+    done = [log.finished[spec_key(spec)] for spec in specs if spec_key(spec) in log.finished and spec_key(spec) not in rerun]
+    slots = min(workers, len(pending))
+    bar = _Progress(len(specs), done, enabled=progress and bool(pending), slots=slots)
+    try:
+        with _Interruption() as interruption:
+            if pending and workers == 1:
+                _run_here(make_policy, pending, log, bar, record_trace, video, interruption)
+            elif pending:
+                _run_in_workers(make_policy, pending, log, bar, record_trace, video, slots, interruption)
+    finally:
+        bar.close()
+    finished: dict[SpecKey, EpisodeResult] = log.finished
+    return [finished[spec_key(spec)] for spec in specs]
 
 
 def run_episodes(
@@ -280,10 +406,7 @@ def run_episodes(
     they are recorded as failures (``EpisodeResult.error``); ``retry_errors`` runs those again.
     Finished episodes stay in the log.
     """
-    if workers < 1:
-        raise ValueError(f"workers must be at least 1, got {workers}")
-    if not specs:
-        raise ValueError("no episodes to run")
+    _check_request(workers, specs)
     described_name, described_params = describe_policy(make_policy)
     config = RunConfig(
         policy=policy_name or described_name,
@@ -293,18 +416,8 @@ def run_episodes(
         workers=workers,
         video_dir=None if video_dir is None else str(video_dir),
     )
-    video = None if video_dir is None else Path(video_dir)
     with EpisodeLog.open(log_path, config) as log:
-        pending = log.pending(specs, retry_errors=retry_errors)
-        rerun = {spec_key(spec) for spec in pending}
-        done = [log.finished[spec_key(spec)] for spec in specs if spec_key(spec) in log.finished and spec_key(spec) not in rerun]
-        bar = _Progress(len(specs), done, enabled=progress)
-        try:
-            if pending and workers == 1:
-                _run_here(make_policy, pending, log, bar, record_trace, video)
-            elif pending:
-                _run_in_workers(make_policy, pending, log, bar, record_trace, video, min(workers, len(pending)))
-        finally:
-            bar.close()
-        finished: dict[SpecKey, EpisodeResult] = log.finished
-        return [finished[spec_key(spec)] for spec in specs]
+        return run_in_log(
+            log, make_policy, specs, workers=workers, record_trace=record_trace, video_dir=video_dir,
+            progress=progress, retry_errors=retry_errors,
+        )

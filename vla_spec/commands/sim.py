@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from vla_spec.commands import CliError
-from vla_spec.statistics import DEFAULT_CONFIDENCE, PUBLISHED_OPENVLA, Proportion, SuccessRow, percent
+from vla_spec.statistics import DEFAULT_CONFIDENCE, PUBLISHED_OPENVLA, Proportion, PublishedResult, SuccessRow, percent
 
 if TYPE_CHECKING:  # the simulator side is imported inside the handlers
     from vla_spec.episodes import LogContents
@@ -117,14 +117,24 @@ def parse_indices(text: str, what: str) -> tuple[int, ...]:
     return tuple(out)
 
 
-def build_specs(suites: Sequence[str], tasks: Sequence[int], inits: Sequence[int], seeds: Sequence[int]) -> list[EpisodeSpec]:
-    """Every (suite, task, init, seed) combination, checked against the installed benchmark."""
-    from vla_spec.rollout import EpisodeSpec
-    from vla_spec.sim.suites import INIT_STATES_PER_TASK, MAX_STEPS, num_tasks
+def check_suites(suites: Sequence[str]) -> None:
+    """Every name in ``suites`` is a LIBERO suite (no simulator needed)."""
+    from vla_spec.sim.suites import MAX_STEPS
 
+    if not suites:
+        raise CliError("--suite names no suite; give one such as libero_object")
     for suite in suites:
         if suite not in MAX_STEPS:
             raise CliError(f"unknown suite {suite!r}; known: {', '.join(MAX_STEPS)}")
+
+
+def build_specs(suites: Sequence[str], tasks: Sequence[int], inits: Sequence[int], seeds: Sequence[int]) -> list[EpisodeSpec]:
+    """Every (suite, task, init, seed) combination, checked against the installed benchmark."""
+    from vla_spec.rollout import EpisodeSpec
+    from vla_spec.sim.suites import INIT_STATES_PER_TASK, num_tasks
+
+    check_suites(suites)
+    for suite in suites:
         available = num_tasks(suite)
         if max(tasks) >= available:
             raise CliError(f"{suite} has tasks 0-{available - 1}, not {max(tasks)}")
@@ -145,12 +155,16 @@ def register(subparsers: Any) -> None:
     rollout.add_argument("--inits", default="0-49", help="initial-state indices (default 0-49)")
     rollout.add_argument("--seeds", default="0", help="env seeds, env.seed() before reset (default 0)")
     rollout.add_argument(
-        "--policy", required=True, help="; ".join(f"{name}: {entry.help}" for name, entry in POLICIES.items())
+        "--policy",
+        required=True,
+        metavar="{" + ",".join(POLICIES) + "}",
+        help="; ".join(f"{name}: {entry.help}" for name, entry in POLICIES.items()),
     )
     for dest, (flag, text) in POLICY_OPTIONS.items():
         rollout.add_argument(flag, dest=dest, default=None, help=text)
     rollout.add_argument("--workers", type=int, default=1, help="worker processes (each ~2 GB RAM; 1 = in-process)")
     rollout.add_argument("--log", required=True, type=Path, help="JSONL episode log to create or resume")
+    rollout.add_argument("--overwrite", action="store_true", help="empty an existing --log first (its episodes are lost)")
     rollout.add_argument("--trace", action="store_true", help="record per-step tokens and actions in the log")
     rollout.add_argument("--retry-errors", action="store_true", help="rerun episodes of the log that ended with an error")
     rollout.add_argument("--video-dir", type=Path, help="write one mp4 per episode here (forces the camera)")
@@ -197,12 +211,12 @@ def _policy_params(args: argparse.Namespace) -> dict[str, Any]:
     return given
 
 
-def run_rollout(args: argparse.Namespace) -> int:
-    from vla_spec.episodes import LogMismatch
-    from vla_spec.runner import run_episodes
-    from vla_spec.sim.libero import SimulatorUnavailable
+def _policy_setup(name: str, params: Mapping[str, Any], suites: Sequence[str]) -> dict[str, Any]:
+    """Build the policy here once and let it check that it can run ``suites`` on this machine
+    (checkpoint, device, dtype, unnorm_key...) before the log is opened; returns what the log
+    header records about it (``check_setup``; a policy without one records nothing)."""
+    from vla_spec.sim import PolicySetupError
 
-    params = _policy_params(args)
     if "checkpoint" in params:
         from vla_spec.model.tiny import resolve_checkpoint
 
@@ -210,32 +224,77 @@ def run_rollout(args: argparse.Namespace) -> int:
             resolve_checkpoint(params["checkpoint"])
         except FileNotFoundError as error:
             raise CliError(f"--checkpoint: {error}") from None
+    try:
+        policy = build_policy(name, **params)
+        check = getattr(policy, "check_setup", None)
+        return {} if check is None else dict(check(suites))
+    except PolicySetupError as error:
+        flag = POLICY_OPTIONS[error.option][0] if error.option in POLICY_OPTIONS else f"--{error.option}"
+        raise CliError(f"{flag}: {error}") from None
+
+
+def _open_log(args: argparse.Namespace, config: Any) -> Any:
+    """The episode log for ``config`` (created, resumed or, with --overwrite, emptied)."""
+    from vla_spec.episodes import EpisodeLog, LogError, LogMismatch
+
+    try:
+        return EpisodeLog.open(args.log, config, overwrite=args.overwrite)
+    except LogMismatch as error:
+        raise CliError(f"{error}: --log NEW.jsonl, or --overwrite to discard the episodes in it") from None
+    except LogError as error:
+        raise CliError(str(error)) from None
+
+
+def run_rollout(args: argparse.Namespace) -> int:
+    import sys
+
+    from vla_spec.episodes import LogError, RunConfig, check_log_path, spec_key
+    from vla_spec.runner import run_in_log
+    from vla_spec.sim.libero import SimulatorUnavailable
+
+    params = _policy_params(args)
     if args.workers < 1:
         raise CliError(f"--workers must be at least 1, got {args.workers}")
-    suites = [s.strip() for s in args.suite.split(",") if s.strip()]
-    specs = build_specs(
-        suites,
-        parse_indices(args.tasks, "--tasks"),
-        parse_indices(args.inits, "--inits"),
-        parse_indices(args.seeds, "--seeds"),
-    )
     try:
-        results = run_episodes(
-            functools.partial(build_policy, args.policy, **params),
-            specs,
-            args.log,
-            workers=args.workers,
-            record_trace=args.trace,
-            video_dir=args.video_dir,
-            progress=not args.no_progress,
-            policy_name=args.policy,
-            policy_params=params,
-            retry_errors=args.retry_errors,
-        )
-    except (SimulatorUnavailable, LogMismatch) as error:
+        check_log_path(args.log)
+    except LogError as error:
         raise CliError(str(error)) from None
-    print(f"log: {args.log}")
-    print(format_success_table(results))
+    suites = [s.strip() for s in args.suite.split(",") if s.strip()]
+    tasks, inits = parse_indices(args.tasks, "--tasks"), parse_indices(args.inits, "--inits")
+    seeds = parse_indices(args.seeds, "--seeds")
+    check_suites(suites)
+    setup = _policy_setup(args.policy, params, suites)
+    try:
+        specs = build_specs(suites, tasks, inits, seeds)
+    except SimulatorUnavailable as error:
+        raise CliError(str(error)) from None
+    config = RunConfig(
+        args.policy, params, tuple(specs), record_trace=args.trace, workers=args.workers,
+        video_dir=None if args.video_dir is None else str(args.video_dir), policy_setup=setup,
+    )
+    with _open_log(args, config) as log:
+        kept = [spec for spec in specs if spec_key(spec) in log.finished]
+        try:
+            if kept:
+                print(f"resuming: {len(kept)} of {len(specs)} episodes already in the log {args.log}", file=sys.stderr)
+            results = run_in_log(
+                log,
+                functools.partial(build_policy, args.policy, **params),
+                specs,
+                workers=args.workers,
+                record_trace=args.trace,
+                video_dir=args.video_dir,
+                progress=not args.no_progress,
+                retry_errors=args.retry_errors,
+            )
+        except KeyboardInterrupt:
+            ran = sum(spec_key(spec) in log.finished for spec in specs) - len(kept)
+            print(f"interrupted after {ran} episode(s); rerun the same command to resume", file=sys.stderr)
+            return 130
+        except SimulatorUnavailable as error:
+            raise CliError(str(error)) from None
+    wins = sum(bool(r.success) for r in results)
+    print(f"{wins}/{len(results)} episodes succeeded; log: {args.log} (per task: vla-spec report {args.log})")
     errors = [r for r in results if r.error]
     if errors:
         print(
@@ -303,14 +362,36 @@ def _code_version(versions: Mapping[str, Any]) -> str:
     return text
 
 
+def describe_policy(config: Mapping[str, Any]) -> str:
+    """``"openvla, checkpoint tiny-vla-libero-object (sha256 0123456789ab), float32 on cpu,
+    unnorm_key libero_object"``: what a log's header says ran."""
+    setup = dict(config.get("policy_setup") or {})
+    words = [str(config.get("policy"))]
+    if "checkpoint" in setup:
+        words.append(
+            f"checkpoint {Path(setup['checkpoint']).name} (sha256 {setup['checkpoint_sha256'][:12]}), "
+            f"{setup['dtype']} on {setup['device']}"
+        )
+    keys = sorted(set(dict(setup.get("unnorm_key") or {}).values()))
+    if keys:
+        words.append(f"unnorm_key {', '.join(keys)}")
+    if setup.get("image", "camera") != "camera":
+        words.append(f"{setup['image']} image")
+    if setup.get("invert_gripper") is False:
+        words.append("gripper not inverted")
+    if not setup and config.get("policy_params"):  # a log written before policy_setup was recorded
+        words.append(str(dict(config["policy_params"])))
+    return ", ".join(words)
+
+
 def _describe_log(name: str, log: LogContents) -> list[str]:
     config, versions = log.header.config, log.header.versions
     planned = len(config.get("specs") or ())
     stack = ", ".join(f"{k} {versions.get(k)}" for k in ("mujoco", "robosuite", "libero", "torch", "transformers", "MUJOCO_GL"))
     lines = [
-        f"{name}{log.path}: policy {config.get('policy')} {dict(config.get('policy_params') or {})}, "
+        f"{name}{log.path}: policy {describe_policy(config)}; "
         f"{len(log.results)}/{planned} episodes finished, {len(log.resumes)} resume(s)",
-        f"  {stack}; git {_code_version(versions)}",
+        f"  stack {versions.get('stack', 'not recorded')}: {stack}; git {_code_version(versions)}",
     ]
     other_code = sorted({_code_version(r.versions) for r in log.resumes} - {_code_version(versions)})
     if other_code:
@@ -323,14 +404,21 @@ def _describe_log(name: str, log: LogContents) -> list[str]:
     return lines
 
 
-def _verdict_lines(results: Sequence[EpisodeResult], confidence: float) -> list[str]:
+def _published(log: LogContents, suite: str) -> PublishedResult | None:
+    """OpenVLA's published rate for ``suite``, when the log holds an OpenVLA checkpoint."""
+    return PUBLISHED_OPENVLA.get(suite) if log.header.config.get("policy") == "openvla" else None
+
+
+def _verdict_lines(log: LogContents, confidence: float) -> list[str]:
     from vla_spec.statistics import compare_to_published
 
     lines = []
-    for suite, p in sorted(_suite_totals(results, confidence).items()):
-        if suite in PUBLISHED_OPENVLA:
+    for suite, p in sorted(_suite_totals(log.results, confidence).items()):
+        if _published(log, suite) is not None:
             v = compare_to_published(suite, p.successes, p.n, confidence)
             lines.append(f"vs published OpenVLA, {suite}: {v.verdict}: {v.reason}")
+    if not lines:
+        lines.append(f"(no published rate to compare with: the log holds policy {log.header.config.get('policy')}, not an OpenVLA checkpoint)")
     return lines
 
 
@@ -379,32 +467,82 @@ def _comparison_lines(a: LogContents, b: LogContents, confidence: float) -> list
     return lines
 
 
-def plot_success(path: Path, logs: Mapping[str, Sequence[EpisodeResult]], confidence: float = DEFAULT_CONFIDENCE) -> None:
-    """Bar chart of per-task success (one bar per log per task) with Wilson-interval error bars."""
+def _short_policy(config: Mapping[str, Any]) -> str:
+    """The policy, and its checkpoint's folder name when it has one: for titles and legends."""
+    checkpoint = dict(config.get("policy_setup") or {}).get("checkpoint") or dict(config.get("policy_params") or {}).get("checkpoint")
+    return f"{config.get('policy')} {Path(checkpoint).name}" if checkpoint else str(config.get("policy"))
+
+
+def success_figure(logs: Mapping[str, LogContents], confidence: float = DEFAULT_CONFIDENCE) -> Any:
+    """A matplotlib Figure (Agg): per-task success of each log (bars side by side) with Wilson-interval error bars, each
+    suite's total as a darker bar after its tasks, OpenVLA's published rate as a dashed line over
+    the suites where it applies, and a title naming the policies, suites and episode counts."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     from vla_spec.statistics import success_rows
 
-    tables = {name: {_label(r): r.proportion for r in success_rows(results, confidence)} for name, results in logs.items()}
-    labels = sorted({label for table in tables.values() for label in table}, key=lambda l: (l[0] == "all suites", l))
+    tables = {name: {_label(r): r.proportion for r in success_rows(log.results, confidence)} for name, log in logs.items()}
+    suites = sorted({suite for table in tables.values() for suite, _ in table if suite != "all suites"})
+    groups = {suite: sorted({int(t) for table in tables.values() for s, t in table if s == suite and t != "all"}) for suite in suites}
+    positions: dict[tuple[str, str], float] = {}
+    x = 0.0
+    for suite in suites:
+        for task in groups[suite]:
+            positions[(suite, str(task))] = x
+            x += 1
+        positions[(suite, "all")] = x + 0.3  # the suite total stands a little apart
+        x += 1.9
     width = 0.8 / len(tables)
-    fig = Figure(figsize=(max(6.0, 0.5 * len(labels) * len(tables) + 2), 4))
+    fig = Figure(figsize=(max(7.0, 0.3 * len(positions) * len(tables) + 3), 4.8), layout="constrained")
     FigureCanvasAgg(fig)  # Agg, no GUI and no pyplot state
     ax = fig.add_subplot()
+    colors = ("tab:blue", "tab:orange", "tab:green", "tab:purple")
     for k, (name, table) in enumerate(tables.items()):
-        xs = [i + (k - (len(tables) - 1) / 2) * width for i, label in enumerate(labels) if label in table]
-        props = [table[label] for label in labels if label in table]
+        log = logs[name]
+        labels = [label for label in positions if label in table]
+        xs = [positions[label] + (k - (len(tables) - 1) / 2) * width for label in labels]
+        props = [table[label] for label in labels]
         rates = [100 * p.rate for p in props]
         errors = [[100 * (p.rate - p.low) for p in props], [100 * (p.high - p.rate) for p in props]]
-        ax.bar(xs, rates, width, yerr=errors, capsize=3, label=name)
-    ax.set_xticks(range(len(labels)), [f"{s}\n{t}" for s, t in labels], fontsize=7)
-    ax.set_ylim(0, 105)
+        total = next(p for label, p in table.items() if label[1] == "all" and (len(suites) == 1 or label[0] == "all suites"))
+        legend = f"{Path(name).name}: {_short_policy(log.header.config)} ({total.successes}/{total.n})"
+        color = colors[k % len(colors)]
+        bars = ax.bar(xs, rates, width, color=color, alpha=0.75, label=legend)
+        ax.errorbar(xs, rates, yerr=errors, fmt="o", markersize=4, color=color, ecolor=color, elinewidth=1.5, capsize=3)
+        for bar, label in zip(bars, labels):
+            if label[1] == "all":
+                bar.set_edgecolor("black")
+                bar.set_hatch("//")
+        if len(positions) * len(tables) <= 30:
+            for x_pos, p in zip(xs, props):
+                ax.text(x_pos, 100 * p.high + 1.5, f"{p.successes}/{p.n}", ha="center", va="bottom", fontsize=7)
+    for suite in suites:
+        published = next((_published(log, suite) for log in logs.values() if _published(log, suite)), None)
+        if published is not None:
+            left, right = positions[(suite, str(groups[suite][0]))] - 0.5, positions[(suite, "all")] + 0.5
+            ax.hlines(published.rate_percent, left, right, colors="crimson", linestyles="--", linewidth=1.5,
+                      label=f"published OpenVLA, {suite}: {published.rate_percent:.1f} %")
+    ax.set_xticks(list(positions.values()), [task if task != "all" else "total" for _, task in positions])
+    for suite in suites:
+        first, last = positions[(suite, str(groups[suite][0]))], positions[(suite, "all")]
+        ax.annotate(f"{suite}: task id", xy=((first + last) / 2, 0), xycoords=("data", "axes fraction"), xytext=(0, -24),
+                    textcoords="offset points", ha="center", va="top", fontsize=10)
+    ax.set_ylim(0, 112)
+    ax.set_yticks(range(0, 101, 20))
     ax.set_ylabel(f"success % ({percent(confidence, 0)} Wilson interval)")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
+    ax.grid(axis="y", alpha=0.3)
+    ax.set_axisbelow(True)
+    runs = " vs ".join(f"{_short_policy(log.header.config)}, {len(log.results)} episodes" for log in logs.values())
+    ax.set_title(f"{', '.join(suites)}: success per task and suite total\n{runs}", fontsize=11)
+    fig.legend(fontsize=8, loc="outside lower center", ncols=1 if len(tables) > 1 else 2, frameon=False)
+    return fig
+
+
+def plot_success(path: Path, logs: Mapping[str, LogContents], confidence: float = DEFAULT_CONFIDENCE) -> None:
+    """Write :func:`success_figure` to ``path`` (PNG at 150 dpi, SVG, PDF...)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
+    success_figure(logs, confidence).savefig(path, dpi=150)
 
 
 def _read_log(path: Path) -> LogContents:
@@ -428,15 +566,15 @@ def run_report(args: argparse.Namespace) -> int:
     if not log.results:
         raise CliError(f"{args.log} has no finished episodes yet")
     lines = _describe_log("A: " if args.compare else "", log)
-    lines += [format_success_table(log.results, args.confidence), *_verdict_lines(log.results, args.confidence)]
-    logs = {str(args.log): log.results}
+    lines += [format_success_table(log.results, args.confidence), *_verdict_lines(log, args.confidence)]
+    logs = {str(args.log): log}
     if args.compare:
         other = _read_log(args.compare)
         if not other.results:
             raise CliError(f"{args.compare} has no finished episodes yet")
         lines += ["", *_describe_log("B: ", other), format_success_table(other.results, args.confidence)]
-        lines += [*_verdict_lines(other.results, args.confidence), "", *_comparison_lines(log, other, args.confidence)]
-        logs[str(args.compare)] = other.results
+        lines += [*_verdict_lines(other, args.confidence), "", *_comparison_lines(log, other, args.confidence)]
+        logs[str(args.compare)] = other
     if args.plot:
         plot_success(args.plot, logs, args.confidence)
         lines.append(f"plot: {args.plot}")

@@ -23,7 +23,7 @@ import numpy as np
 from vla_spec.actions import ActionProcessor, LiberoOutputs
 from vla_spec.commands import CliError
 from vla_spec.gripper import ENV_CLOSE
-from vla_spec.normalization import AXIS_NAMES, UnnormKeyError, shipped_norm_stats
+from vla_spec.normalization import AXIS_NAMES, NO_NOOPS, UnnormKeyError, is_libero_key, shipped_norm_stats
 from vla_spec.resolution import OSC_POSE_SCALE, PHYSICAL_UNITS, axis_resolutions
 from vla_spec.tokens import ACTION_DIM, ActionTokenizer
 
@@ -39,7 +39,12 @@ def register(subparsers: Any) -> None:
         description="Decode 7 action token ids (x y z roll pitch yaw gripper) as predict_action does.",
     )
     decode.add_argument("ids", nargs="+", metavar="ID", help="seven token ids in 31744..31999")
-    decode.add_argument("--unnorm-key", help=f"statistics to un-normalize with (required; one of: {keys})")
+    decode.add_argument(
+        "--unnorm-key",
+        required=True,
+        metavar="KEY",
+        help=f"statistics to un-normalize with: {keys}, or {{suite}}{NO_NOOPS} for a LIBERO suite",
+    )
     decode.add_argument(
         "--allow-out-of-range",
         action="store_true",
@@ -55,11 +60,6 @@ def register(subparsers: Any) -> None:
     )
     stats.add_argument("--json", action="store_true", help="print one JSON object")
     stats.set_defaults(func=run_stats)
-
-
-def is_libero_key(key: str) -> bool:
-    """LIBERO statistics are in OSC_POSE controller units, so they have a physical meaning."""
-    return key.startswith("libero")
 
 
 def parse_ids(texts: Sequence[str], tokenizer: ActionTokenizer, allow_out_of_range: bool) -> np.ndarray:
@@ -85,9 +85,10 @@ def parse_ids(texts: Sequence[str], tokenizer: ActionTokenizer, allow_out_of_ran
     return np.array(ids, dtype=np.int64)
 
 
-def select_processor(unnorm_key: str | None) -> ActionProcessor:
-    """The output transform of the shipped statistics ``unnorm_key``; None or an unknown key lists
-    the valid keys."""
+def select_processor(unnorm_key: str) -> ActionProcessor:
+    """The output transform of the shipped statistics ``unnorm_key`` (``{suite}_no_noops`` selects
+    the suite's, under the name asked for: :func:`vla_spec.normalization.resolve_unnorm_key`); an
+    unknown key lists the valid keys."""
     try:
         return ActionProcessor.select(shipped_norm_stats(), unnorm_key)
     except UnnormKeyError as error:

@@ -105,6 +105,18 @@ def _rebuild_rotary(model: OpenVLA, device: torch.device) -> None:
         model.language_model.model.rotary_emb = type(rotary)(config=model.language_model.config)
 
 
+def read_config(folder: Path) -> OpenVLAConfig:
+    """The checkpoint's ``config.json``, its ``norm_stats`` replaced by ``dataset_statistics.json``
+    when the folder has one (no weights read)."""
+    config_path = folder / CONFIG_FILE
+    if not config_path.is_file():
+        raise CheckpointError(f"{folder} is not an OpenVLA checkpoint: {CONFIG_FILE} is missing")
+    config = OpenVLAConfig.from_file(config_path)
+    if (folder / STATS_FILE).is_file():
+        config = config.with_norm_stats(read_norm_stats_file(folder / STATS_FILE))
+    return config
+
+
 BACKENDS = ("native", "hf-remote")
 
 
@@ -130,12 +142,7 @@ def from_pretrained(
 
         return HFRemoteOpenVLA(path, dtype=dtype, device=device)
     folder = Path(path)
-    config_path = folder / CONFIG_FILE
-    if not config_path.is_file():
-        raise CheckpointError(f"{folder} is not an OpenVLA checkpoint: {CONFIG_FILE} is missing")
-    config = OpenVLAConfig.from_file(config_path)
-    if (folder / STATS_FILE).is_file():
-        config = config.with_norm_stats(read_norm_stats_file(folder / STATS_FILE))
+    config = read_config(folder)
     text_tokenizer = tokenizer if tokenizer is not None else load_tokenizer(folder)
     target = torch.device(device)
     with torch.device("meta"):

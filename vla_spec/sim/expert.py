@@ -25,6 +25,7 @@ x in [-0.538, 0.846], about 0.006-0.009 m per step at steady state.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,7 +33,8 @@ import numpy as np
 
 from vla_spec.actions import ActionProcessor, LiberoOutputs
 from vla_spec.gripper import ENV_CLOSE, ENV_OPEN
-from vla_spec.normalization import shipped_norm_stats
+from vla_spec.normalization import UnnormKeyError, shipped_norm_stats
+from vla_spec.sim import PolicySetupError
 from vla_spec.sim.interface import Observation, PolicyStep, TaskContext
 
 #: Controller gain: command units per metre of position error (1.0 commands 0.05 m).
@@ -68,10 +70,19 @@ class TokenizedActionPath:
 
     @classmethod
     def for_suite(cls, suite: str, *, unnorm_key: str | None = None, invert_gripper: bool = True) -> "TokenizedActionPath":
-        """Encode with ``suite``'s shipped stats; decode with ``unnorm_key``'s (default: the suite's)."""
+        """Encode with ``suite``'s shipped stats; decode with ``unnorm_key``'s (default: the suite's).
+        Raises :class:`PolicySetupError` naming ``suite`` or ``unnorm_key`` when one has no shipped
+        statistics."""
         stats = shipped_norm_stats()
-        encoder = LiberoOutputs(ActionProcessor.select(stats, suite))
-        decoder = LiberoOutputs(ActionProcessor.select(stats, unnorm_key or suite), invert_gripper=invert_gripper)
+        try:
+            encoder = LiberoOutputs(ActionProcessor.select(stats, suite))
+        except UnnormKeyError:
+            known = ", ".join(sorted(stats))
+            raise PolicySetupError("suite", f"the expert encodes with the suite's statistics; none are shipped for {suite} ({known})") from None
+        try:
+            decoder = LiberoOutputs(ActionProcessor.select(stats, unnorm_key or suite), invert_gripper=invert_gripper)
+        except UnnormKeyError as error:
+            raise PolicySetupError("unnorm_key", str(error)) from None
         return cls(encoder, decoder)
 
     def __call__(self, env_command: np.ndarray) -> PolicyStep:
@@ -240,11 +251,21 @@ class PickPlaceExpert:
         self._gripper_low = np.zeros(3)
         self._gripper_high = np.zeros(3)
 
+    def check_setup(self, suites: Sequence[str]) -> dict[str, Any]:
+        """Build each suite's action path as ``reset`` does (:meth:`TokenizedActionPath.for_suite`):
+        raises :class:`PolicySetupError` when a suite or the ``unnorm_key`` has no shipped
+        statistics (the action path needs both); return what the log header records."""
+        paths = {suite: self._action_path(suite) for suite in suites}
+        return {"unnorm_key": {suite: path.decoder.processor.unnorm_key for suite, path in paths.items()}, "invert_gripper": self.invert_gripper}
+
+    def _action_path(self, suite: str) -> TokenizedActionPath:
+        return TokenizedActionPath.for_suite(suite, unnorm_key=self.unnorm_key, invert_gripper=self.invert_gripper)
+
     # -- Policy protocol -------------------------------------------------------------------------
     def reset(self, task: TaskContext) -> None:
         if task.env is None:
             raise UnsupportedTask("the scripted expert needs the privileged env in TaskContext.env")
-        self.path = TokenizedActionPath.for_suite(task.suite, unnorm_key=self.unnorm_key, invert_gripper=self.invert_gripper)
+        self.path = self._action_path(task.suite)
         stats = self.path.encoder.processor.stats
         self.command_low = np.asarray(stats.q01[:6], dtype=float)
         self.command_high = np.asarray(stats.q99[:6], dtype=float)

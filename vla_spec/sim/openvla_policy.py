@@ -8,23 +8,64 @@ binarize + invert) -> ``env.step``. The ``unnorm_key`` defaults to the LIBERO ev
 the suite name, else ``{suite}_no_noops``; it is chosen once per episode, in ``reset``.
 
 The checkpoint is explicit: a folder in the Hugging Face format or a name of
-:data:`vla_spec.model.tiny.NAMED_CHECKPOINTS`. ``image="black"`` feeds a constant black image
+:data:`vla_spec.model.tiny.NAMED_CHECKPOINTS`. :meth:`OpenVLAPolicy.check_setup` checks, before any
+episode, what would otherwise fail inside every episode (the checkpoint's files, the device, the
+``unnorm_key`` for each suite) and returns what a log records about the run (the checkpoint's
+content hash among it). ``image="black"`` feeds a constant black image
 instead of the camera (the image-blind control: a policy that succeeds without looking has not
 learnt from pixels).
 """
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from vla_spec.actions import LiberoOutputs
-from vla_spec.normalization import libero_unnorm_key
+from vla_spec.actions import ActionProcessor, LiberoOutputs
+from vla_spec.normalization import UnnormKeyError, libero_unnorm_key
+from vla_spec.sim import PolicySetupError
 from vla_spec.sim.interface import Observation, PolicyStep, TaskContext
 
 DTYPES = ("float32", "bfloat16")
 IMAGE_SOURCES = ("camera", "black")
+
+
+def checkpoint_sha256(folder: Path) -> str:
+    """SHA-256 over the names and contents of the checkpoint's files (all but hidden and ``*.md``
+    files), in name order: two checkpoints that load alike hash alike."""
+    digest = hashlib.sha256()
+    for path in sorted(folder.iterdir()):
+        if path.is_file() and not path.name.startswith(".") and path.suffix != ".md":
+            digest.update(path.name.encode() + b"\0")
+            with open(path, "rb") as handle:
+                digest.update(hashlib.file_digest(handle, "sha256").digest())
+    return digest.hexdigest()
+
+
+def check_device(device: str) -> None:
+    """Raise :class:`PolicySetupError` unless ``device`` names a torch device usable here."""
+    import torch
+
+    try:
+        target = torch.device(device)
+    except RuntimeError as error:
+        raise PolicySetupError("device", f"{device!r} is not a torch device ({error}); use cpu or cuda") from None
+    if target.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            build = f"torch {torch.__version__}" + ("" if torch.version.cuda else ", a build without CUDA")
+            raise PolicySetupError("device", f"{device!r} needs CUDA, which is not available here ({build}); use cpu")
+        if target.index is not None and target.index >= count:
+            raise PolicySetupError("device", f"{device!r}: this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}")
+    elif target.type != "cpu":
+        try:
+            torch.empty(0, device=target)
+        except (RuntimeError, AssertionError) as error:
+            raise PolicySetupError("device", f"{device!r} is not usable here ({error}); use cpu") from None
 
 
 class OpenVLAPolicy:
@@ -46,9 +87,11 @@ class OpenVLAPolicy:
         from vla_spec.model.tiny import resolve_checkpoint
 
         if dtype not in DTYPES:
-            raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
+            raise PolicySetupError("dtype", f"{dtype!r} is not supported; choose {' or '.join(DTYPES)}")
         if image not in IMAGE_SOURCES:
-            raise ValueError(f"image must be one of {IMAGE_SOURCES}, got {image!r}")
+            raise PolicySetupError("image", f"{image!r} is not an image source; choose {' or '.join(IMAGE_SOURCES)}")
+        if threads is not None and (not str(threads).isdigit() or int(threads) < 1):
+            raise PolicySetupError("threads", f"{threads!r} is not a whole number of threads >= 1")
         self.checkpoint = str(resolve_checkpoint(checkpoint))
         self.unnorm_key = unnorm_key
         self.device = device
@@ -59,6 +102,47 @@ class OpenVLAPolicy:
         self._model: Any = None
         self._outputs: LiberoOutputs | None = None
         self._instruction = ""
+
+    def check_setup(self, suites: Sequence[str]) -> dict[str, Any]:
+        """Check the device, the checkpoint's files and the ``unnorm_key`` for each suite without
+        loading the weights; return what the log header records. Raises :class:`PolicySetupError`."""
+        from vla_spec.model.loading import CheckpointError, read_config, weight_files
+        from vla_spec.model.tokenizer import TOKENIZER_FILES
+
+        check_device(self.device)
+        folder = Path(self.checkpoint)
+        try:
+            weight_files(folder)
+            norm_stats = read_config(folder).norm_stats  # what from_pretrained gives model.norm_stats
+        except (CheckpointError, ValueError) as error:
+            raise PolicySetupError("checkpoint", f"{folder}: {error}") from None
+        if not any((folder / name).is_file() for name in TOKENIZER_FILES):
+            raise PolicySetupError("checkpoint", f"{folder} has no tokenizer ({' or '.join(TOKENIZER_FILES)})")
+        keys = {}
+        for suite in suites:
+            try:  # as reset does, on the statistics read from the files
+                keys[suite] = ActionProcessor.select(norm_stats, self._unnorm_key(suite, norm_stats)).unnorm_key
+            except UnnormKeyError as error:
+                if self.unnorm_key is not None:
+                    raise PolicySetupError("unnorm_key", f"checkpoint {folder.name}: {error}") from None
+                raise PolicySetupError(
+                    "suite",
+                    f"checkpoint {folder.name} has no statistics for {suite} (it has {', '.join(sorted(norm_stats))}); "
+                    "choose one of them as the unnorm_key",
+                ) from None
+        return {
+            "checkpoint": str(folder.resolve()),
+            "checkpoint_sha256": checkpoint_sha256(folder),
+            "dtype": self.dtype,
+            "device": self.device,
+            "image": self.image,
+            "unnorm_key": keys,
+        }
+
+    def _unnorm_key(self, suite: str, norm_stats: Mapping[str, Any]) -> str:
+        """The key asked for in ``suite``'s episodes: ``unnorm_key``, else the LIBERO evaluation's
+        choice (:func:`libero_unnorm_key`); :meth:`ActionProcessor.select` resolves it."""
+        return libero_unnorm_key(suite, norm_stats) if self.unnorm_key is None else self.unnorm_key
 
     def _load(self) -> Any:
         if self._model is None:
@@ -73,8 +157,7 @@ class OpenVLAPolicy:
 
     def reset(self, task: TaskContext) -> None:
         model = self._load()
-        key = libero_unnorm_key(task.suite, model.norm_stats) if self.unnorm_key is None else self.unnorm_key
-        self._outputs = LiberoOutputs(model.action_processor(key))
+        self._outputs = LiberoOutputs(model.action_processor(self._unnorm_key(task.suite, model.norm_stats)))
         self._instruction = task.instruction
 
     def act(self, obs: Observation) -> PolicyStep:
