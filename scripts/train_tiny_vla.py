@@ -14,7 +14,8 @@ The recipe (OpenVLA's fine-tuning at tiny scale; every piece is the package's ow
 * Input: ``In: What action should the robot take to {instruction}?\\nOut:`` with BOS and the
   trailing 29871 (:func:`vla_spec.model.tokenizer.prompt_ids`), the image's 256 patch embeddings
   after BOS, the prefix left-padded exactly as ``predict_action`` pads a batch.
-* Target: the 7 ids of ``ActionTokenizer.encode(normalize(action, stats))`` then EOS; loss on
+* Target: the 7 ids of ``ActionProcessor.encode(action)`` (BOUNDS_Q99 ``normalize``, then the
+  checkpoint's action tokenizer: :mod:`vla_spec.actions`) then EOS; loss on
   those 8 positions only (teacher forcing). ``stats`` (BOUNDS_Q99: q01/q99, mask = all but the
   gripper) come from the training actions (:func:`vla_spec.normalization.dataset_statistics`) and
   are stored in ``norm_stats`` under ``--unnorm-key`` (default: the suite name, the key the LIBERO
@@ -23,7 +24,7 @@ The recipe (OpenVLA's fine-tuning at tiny scale; every piece is the package's ow
 * Images: the stored 224 px demo frames (the LIBERO image path before the crop); per sample a
   random square crop of 0.9 of the area resized back to 224 (bilinear), then brightness (x U[0.8,
   1.2]), contrast and saturation (U[0.8, 1.2]) jitter as OpenVLA's training (its hue jitter of 0.05
-  is left out), then :func:`vla_spec.images.tower_inputs`. Evaluation takes the 0.9-area centre crop.
+  is left out), then :func:`vla_spec.model.processor.tower_inputs`. Evaluation takes the 0.9-area centre crop.
 * Optimizer: AdamW (lr ``--lr``, betas 0.9/0.95, weight decay 0.01), linear warm-up then cosine
   decay, bf16 autocast on CUDA, gradient clipping at 1.0. Seeded; ``--state`` saves the full
   training state every ``--save-every`` steps and a rerun resumes from it.
@@ -45,14 +46,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vla_spec.model.processor import tower_inputs
+from vla_spec.actions import ActionProcessor
 from vla_spec.model.config import OpenVLAConfig
-from vla_spec.model.export import llama_text_config, openvla_config, save_checkpoint, word_tokenizer
+from vla_spec.model.export import (
+    llama_text_config,
+    openvla_config,
+    save_checkpoint,
+    word_tokenizer,
+)
 from vla_spec.model.modeling import OpenVLA
+from vla_spec.model.processor import tower_inputs
 from vla_spec.model.tokenizer import prompt_ids
-from vla_spec.normalization import NormStats, dataset_statistics, normalize, shipped_entries
+from vla_spec.normalization import dataset_statistics, shipped_entries
 from vla_spec.prompt import EOS_TOKEN_ID
-from vla_spec.tokens import ActionTokenizer
 
 CROP_AREA = 0.9
 JPEG_QUALITY = 95
@@ -212,9 +218,9 @@ def build_model(args: argparse.Namespace, instructions: list[str], norm_stats: d
     return model, config
 
 
-def action_targets(actions: np.ndarray, stats: NormStats, tokenizer: ActionTokenizer) -> torch.Tensor:
+def action_targets(actions: np.ndarray, processor: ActionProcessor) -> torch.Tensor:
     """(N, 7) training-convention actions -> (N, 8) ids: the 7 action tokens, then EOS."""
-    ids = tokenizer.encode(normalize(actions, stats))
+    ids = processor.encode(actions)
     return torch.from_numpy(np.concatenate([ids, np.full((len(ids), 1), EOS_TOKEN_ID)], axis=1).astype(np.int64))
 
 
@@ -258,7 +264,7 @@ def train(args: argparse.Namespace) -> None:
     model, config = build_model(args, frames.instructions, norm_stats)
     model.to(device)
     stats = model.norm_stats[args.unnorm_key]
-    targets = action_targets(frames.actions, stats, model.action_tokenizer).to(device)
+    targets = action_targets(frames.actions, ActionProcessor(stats, model.action_tokenizer)).to(device)
     prompts = [prompt_ids(model.tokenizer, text) for text in frames.instructions]
     params = sum(p.numel() for p in model.parameters())
     print(f"data: {len(frames.actions)} frames, {len(episodes)} episodes ({len(held_out)} held out), "

@@ -18,13 +18,13 @@ def tiny() -> OpenVLA:
 
 def without_vision(model: OpenVLA, mode: str) -> OpenVLA:
     """A broken copy sharing the weights: the image never reaches the LLM (issue #346 failure modes)."""
-    broken = copy.copy(model)  # shallow: same submodules, own __dict__ for the patched method
+    broken = copy.copy(model)  # shallow: same submodules, own __dict__ for its vision runner
     if mode == "skipped":  # vision path not run at all; patch slots left as zeros
-        broken.encode_images = lambda pixel_values: torch.zeros(
+        broken.vision_runner = lambda pixel_values: torch.zeros(
             pixel_values.shape[0], model.vision_backbone.num_patches, model.config.hidden_size, dtype=model.dtype
         )
     else:  # "zeroed": towers and projector run, but their output is discarded
-        broken.encode_images = lambda pixel_values: model.encode_images_eager(pixel_values) * 0
+        broken.vision_runner = lambda pixel_values: model.encode_images_eager(pixel_values) * 0
     return broken
 
 
