@@ -10,9 +10,10 @@ not lie wholly below the rate the model card reports (:func:`compare_to_publishe
 the gpu tier uses against OpenVLA's published numbers). Episodes are deterministic (fixed init
 states, float32 on one CPU thread), so a drop below the threshold is a regression, not noise.
 
-Negative controls, paired: the episodes the positive run solved are run again with a constant
-black image (image-blind) and with the wrong ``unnorm_key`` (``bridge_orig``: well-formed tokens
-decoded at WidowX scale); each must fail every one of them. An episode solved with the camera and
+Negative controls, paired: the first :data:`CONTROL_EPISODES` episodes the positive run solved
+(one round of the workers) are run again with a constant black image (image-blind) and with the
+wrong ``unnorm_key`` (``bridge_orig``: well-formed tokens decoded at WidowX scale); each must fail
+every one of them (the model card reports both controls on every solved episode). An episode solved with the camera and
 the right statistics but not without them is a success that came from the pixels and the action
 path, not from luck of the scene.
 
@@ -36,7 +37,8 @@ CHECKPOINT = "tiny-vla-libero-object"
 SUITE = "libero_object"
 WORKERS = 2
 POSITIVE_SPECS = [EpisodeSpec(SUITE, task, init) for task in range(10) for init in (0, 1)]
-MIN_SUCCESSES = 2  # of the 20; measured 3 (model card), one episode of slack; see the module docstring
+MIN_SUCCESSES = 4  # of the 20; measured 5 (model card), one episode of slack; see the module docstring
+CONTROL_EPISODES = WORKERS  # solved episodes each control replays: each control is one round of the workers
 
 
 def _run(folder: Path, name: str, specs: list[EpisodeSpec], **policy_options: object) -> list[EpisodeResult]:
@@ -85,7 +87,7 @@ def test_trained_tiny_vla_earns_the_threshold(positive: list[EpisodeResult]) -> 
     [("image_blind", {"image": "black"}), ("wrong_unnorm_key", {"unnorm_key": "bridge_orig"})],
 )
 def test_controls_fail_the_solved_episodes(tmp_path: Path, positive: list[EpisodeResult], name: str, options: dict) -> None:
-    solved = [EpisodeSpec(r.suite, r.task_id, r.init_index, r.env_seed) for r in positive if r.success]
+    solved = [EpisodeSpec(r.suite, r.task_id, r.init_index, r.env_seed) for r in positive if r.success][:CONTROL_EPISODES]
     assert solved, "the positive run solved no episode: nothing to control"
     results = _run(tmp_path, name, solved, checkpoint=CHECKPOINT, **options)
     assert [r.success for r in results] == [False] * len(solved)
