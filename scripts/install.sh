@@ -13,5 +13,5 @@ if [ ! -x .uv/bin/uv ] || [ "$(.uv/bin/uv --version | cut -d' ' -f2)" != "$UV_VE
 fi
 # --frozen: install exactly uv.lock (never re-resolve); --seed: pip in .venv for later experiments
 [ -x .venv/bin/python ] || .uv/bin/uv venv -q --seed --python "$PYTHON" .venv
-.uv/bin/uv sync -q --frozen --all-extras --inexact --python .venv/bin/python
+.uv/bin/uv sync -q --frozen --all-extras --inexact --compile-bytecode --python .venv/bin/python
 .venv/bin/python -c "import vla_spec, torch, timm, transformers, libero, mujoco; print('vla-spec', vla_spec.__version__, '| torch', torch.__version__, '| transformers', transformers.__version__, '| timm', timm.__version__, '| mujoco', mujoco.__version__)"
