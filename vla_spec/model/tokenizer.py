@@ -22,16 +22,21 @@ class MissingTokenizerError(FileNotFoundError):
     """A checkpoint folder without tokenizer files."""
 
 
-def load_tokenizer(checkpoint_dir: str | Path) -> Any:
-    """Load the tokenizer stored beside the weights (``tokenizer.json`` or ``tokenizer.model``)."""
-    from transformers import AutoTokenizer, PretrainedConfig
-
-    folder = Path(checkpoint_dir)
+def require_tokenizer_files(folder: Path) -> None:
+    """Raise :class:`MissingTokenizerError` unless ``folder`` holds one of :data:`TOKENIZER_FILES`."""
     if not any((folder / name).is_file() for name in TOKENIZER_FILES):
         raise MissingTokenizerError(
             f"{folder} has no tokenizer: expected one of {', '.join(TOKENIZER_FILES)} (with tokenizer_config.json); "
             "copy the tokenizer files of the checkpoint into this folder"
         )
+
+
+def load_tokenizer(checkpoint_dir: str | Path) -> Any:
+    """Load the tokenizer stored beside the weights (``tokenizer.json`` or ``tokenizer.model``)."""
+    from transformers import AutoTokenizer, PretrainedConfig
+
+    folder = Path(checkpoint_dir)
+    require_tokenizer_files(folder)
     # config.json says model_type "openvla", unknown to transformers: when tokenizer_config.json
     # names the tokenizer class, a blank config keeps AutoTokenizer from reading (and warning about) it.
     tokenizer_config = folder / "tokenizer_config.json"

@@ -107,7 +107,7 @@ class OpenVLAPolicy:
         """Check the device, the checkpoint's files and the ``unnorm_key`` for each suite without
         loading the weights; return what the log header records. Raises :class:`PolicySetupError`."""
         from vla_spec.model.loading import CheckpointError, read_config, weight_files
-        from vla_spec.model.tokenizer import TOKENIZER_FILES
+        from vla_spec.model.tokenizer import MissingTokenizerError, require_tokenizer_files
 
         check_device(self.device)
         folder = Path(self.checkpoint)
@@ -116,8 +116,10 @@ class OpenVLAPolicy:
             norm_stats = read_config(folder).norm_stats  # what from_pretrained gives model.norm_stats
         except (CheckpointError, ValueError) as error:
             raise PolicySetupError("checkpoint", f"{folder}: {error}") from None
-        if not any((folder / name).is_file() for name in TOKENIZER_FILES):
-            raise PolicySetupError("checkpoint", f"{folder} has no tokenizer ({' or '.join(TOKENIZER_FILES)})")
+        try:
+            require_tokenizer_files(folder)
+        except MissingTokenizerError as error:
+            raise PolicySetupError("checkpoint", str(error)) from None
         keys = {}
         for suite in suites:
             try:  # as reset does, on the statistics read from the files
