@@ -34,31 +34,47 @@ def last_line(stderr: str) -> str:
     return stderr.strip().splitlines()[-1]
 
 
+def in_process(*argv: str, capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    """``vla-spec ARGV`` run by :func:`vla_spec.cli.main` in this process: (exit status, stderr).
+
+    The same parser and handlers as the console script without a new interpreter (about 0.5-2.5 s
+    each); the console script itself is run by ``test_help_version_and_choices`` and below."""
+    from vla_spec.cli import main
+
+    status = main(list(argv))
+    return status, capsys.readouterr().err
+
+
 @pytest.mark.cpu
-def test_setup_errors_fail_before_the_log_is_opened(tmp_path: Path) -> None:
+def test_setup_errors_fail_before_the_log_is_opened(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     """An unknown key, a directory as the log, and a directory given to report: one line, exit 2, nothing written."""
-    bad_key = vla_spec(*ROLLOUT, "--policy", "expert", "--unnorm-key", "nope", "--log", "x.jsonl", cwd=tmp_path)
-    assert (bad_key.returncode, bad_key.stderr) == (
+    monkeypatch.chdir(tmp_path)
+    assert in_process(*ROLLOUT, "--policy", "expert", "--unnorm-key", "nope", "--log", "x.jsonl", capsys=capsys) == (
         2,
         "vla-spec rollout: error: --unnorm-key: unknown unnorm_key 'nope'; valid keys: bridge_orig, "
         "fractal20220817_data, libero_10, libero_goal, libero_object, libero_spatial\n",
     )
     (tmp_path / "runs").mkdir()
-    log_dir = vla_spec(*ROLLOUT, "--policy", "wait", "--log", "runs", cwd=tmp_path)
-    assert (log_dir.returncode, log_dir.stderr) == (2, "vla-spec rollout: error: episode log runs is a directory; give a file in it, e.g. runs/run.jsonl\n")
-    report_dir = vla_spec("report", "runs", cwd=tmp_path)
-    assert (report_dir.returncode, report_dir.stderr) == (2, "vla-spec report: error: episode log runs is a directory; give a file in it, e.g. runs/run.jsonl\n")
+    assert in_process(*ROLLOUT, "--policy", "wait", "--log", "runs", capsys=capsys) == (
+        2,
+        "vla-spec rollout: error: episode log runs is a directory; give a file in it, e.g. runs/run.jsonl\n",
+    )
+    assert in_process("report", "runs", capsys=capsys) == (
+        2,
+        "vla-spec report: error: episode log runs is a directory; give a file in it, e.g. runs/run.jsonl\n",
+    )
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["runs"]
 
 
 @pytest.mark.cpu
-def test_cuda_without_cuda_fails_before_any_episode(tmp_path: Path) -> None:
+def test_cuda_without_cuda_fails_before_any_episode(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     torch = pytest.importorskip("torch")
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA: --device cuda is valid here")
-    done = vla_spec(*ROLLOUT, "--policy", "openvla", "--checkpoint", "tiny-openvla", "--device", "cuda", "--log", "x.jsonl", cwd=tmp_path)
+    monkeypatch.chdir(tmp_path)
+    done = in_process(*ROLLOUT, "--policy", "openvla", "--checkpoint", "tiny-openvla", "--device", "cuda", "--log", "x.jsonl", capsys=capsys)
     build = f"torch {torch.__version__}" + ("" if torch.version.cuda else ", a build without CUDA")
-    assert (done.returncode, done.stderr) == (2, f"vla-spec rollout: error: --device: 'cuda' needs CUDA, which is not available here ({build}); use cpu\n")
+    assert done == (2, f"vla-spec rollout: error: --device: 'cuda' needs CUDA, which is not available here ({build}); use cpu\n")
     assert not (tmp_path / "x.jsonl").exists()
 
 
