@@ -47,6 +47,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=os.environ.get("VLA_SPEC_ALL_TASKS") == "1",
         help="run per-task simulator goldens over all 40 LIBERO tasks, not one per suite (env: VLA_SPEC_ALL_TASKS=1)",
     )
+    group.addoption(
+        "--impl",
+        default=os.environ.get("VLA_SPEC_IMPL"),
+        help="the implementation the conformance claims judge (tests/test_conformance.py): module:factory, a checkpoint "
+        "folder (remote code if it has any), native:CHECKPOINT or http://HOST:PORT; default the native tiny-openvla. "
+        "Given, only the tests that judge it run (env: VLA_SPEC_IMPL)",
+    )
 
 
 def _missing_tier_requirement(tier: str) -> str | None:
@@ -76,6 +83,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         reason = _missing_tier_requirement(asked)
         if reason:
             raise pytest.UsageError(f"-m {asked} cannot run on this machine: {reason}")
+    if config.getoption("impl"):  # judge the given implementation only: the other tests judge this project
+        judged = [item for item in items if "impl" in getattr(item, "fixturenames", ())]
+        config.hook.pytest_deselected(items=[item for item in items if item not in judged])
+        items[:] = judged
     reasons: dict[str, str | None] = {}
     for item in items:
         tiers = [tier for tier in TIERS if item.get_closest_marker(tier)]
@@ -108,6 +119,17 @@ def llama_tokenizer_path(pytestconfig: pytest.Config) -> Path:
 def openvla_path(pytestconfig: pytest.Config) -> Path:
     """A real OpenVLA checkpoint directory (HF format), given by option or env var."""
     return _existing_path(pytestconfig, "openvla_path", "an OpenVLA checkpoint (VLA_SPEC_OPENVLA_PATH)")
+
+
+@pytest.fixture(scope="session")
+def impl(pytestconfig: pytest.Config):  # type: ignore[no-untyped-def]
+    """The implementation under test (``--impl``; default the native model on tiny-openvla)."""
+    from vla_spec.adapters import load_impl
+
+    try:
+        return load_impl(pytestconfig.getoption("impl"))
+    except ValueError as error:
+        raise pytest.UsageError(f"--impl: {error}") from None
 
 
 @pytest.fixture

@@ -66,25 +66,30 @@ def levels(impl: Any) -> dict[str, tuple[str, ...]]:
 
 
 class NativeImpl:
-    """This project's OpenVLA (:mod:`vla_spec.model`) on a checkpoint folder or name; the model loads
-    on the first ``act``; decoding and the processor need only the checkpoint's config."""
+    """This project's OpenVLA (:mod:`vla_spec.model`) on a checkpoint folder or name: the spec itself.
+    The model loads on the first ``act``; decoding and the processor need only the checkpoint's config."""
 
-    def __init__(self, checkpoint: str = DEFAULT_CHECKPOINT, *, dtype: str = "float32", device: str = "cpu") -> None:
+    def __init__(
+        self, checkpoint: str = DEFAULT_CHECKPOINT, *, dtype: str = "float32", device: str = "cpu", model: Any = None
+    ) -> None:
         from vla_spec.model.loading import read_config
         from vla_spec.model.tiny import resolve_checkpoint
         from vla_spec.tokens import ActionTokenizer
 
         self.folder = resolve_checkpoint(checkpoint)
         self.config = read_config(self.folder)
-        self.dtype, self.device = dtype, device
+        self.dtype, self.device, self._model = dtype, device, model
         self.name = f"native {self.folder.name} ({dtype}, {device})"
         self.norm_stats: Mapping[str, NormStats] = self.config.norm_stats
         self._tokenizer = ActionTokenizer(vocab_size=self.config.text_vocab_size, n_bins=self.config.n_action_bins)
 
     def model(self) -> Any:
-        """The loaded :class:`vla_spec.model.OpenVLA` (cached per process, shared: read-only)."""
+        """The loaded :class:`vla_spec.model.OpenVLA` (cached per process, shared: read-only), or the
+        ``model`` given (a modified copy of it: the tests' negative controls)."""
         import torch
 
+        if self._model is not None:
+            return self._model
         from vla_spec.model.loading import load_cached
 
         return load_cached(str(self.folder), getattr(torch, self.dtype), self.device)
