@@ -1,0 +1,70 @@
+"""``vla-spec conform IMPL``: judge an OpenVLA implementation by the spec's claims, as a table.
+
+::
+
+    vla-spec conform                                  # the native model on tiny-openvla (the spec itself)
+    vla-spec conform http://127.0.0.1:8000 [--double-encode]   # a server in the reference REST protocol
+    vla-spec conform /path/to/openvla-7b-finetuned-libero-object   # its remote code (tox -e reference)
+    vla-spec conform mypackage.adapters:make_impl     # any object with decode / processor / act methods
+
+Every claim of :data:`vla_spec.conformance.CLAIMS` whose adapter method IMPL has is checked; the
+table gives each claim's verdict and first counterexample. Exit status 1 when a claim fails or a
+check raised, 0 when every applicable claim holds. The same claims run under pytest:
+``pytest -m cpu --impl IMPL``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from vla_spec.commands import CliError
+
+
+def register(subparsers: Any) -> None:
+    """Add ``conform`` to the ``vla-spec`` parser."""
+    conform = subparsers.add_parser(
+        "conform",
+        help="judge an OpenVLA implementation (module:factory, checkpoint folder or server URL) by the spec's claims",
+        description="Run every spec claim that applies at the levels IMPL provides (decode, processor, policy) and "
+        "print claim, verdict and first counterexample; the same as pytest -m cpu --impl IMPL.",
+    )
+    conform.add_argument(
+        "impl",
+        nargs="?",
+        default=None,
+        metavar="IMPL",
+        help="http://HOST:PORT (a server in the reference REST protocol), a checkpoint folder (its remote code if its "
+        "config.json has auto_map, else the native model), native:CHECKPOINT, hf-remote:FOLDER, or module:factory; "
+        "default: the native model on tiny-openvla",
+    )
+    conform.add_argument("--double-encode", action="store_true", help='send {"encoded": ...} bodies (server URLs only)')
+    conform.add_argument("--device", default="cpu", help="torch device for checkpoint implementations (default cpu)")
+    conform.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"), help="checkpoint dtype")
+    conform.add_argument("--json", action="store_true", help="print one JSON object")
+    conform.set_defaults(func=run_conform)
+
+
+def run_conform(args: argparse.Namespace) -> int:
+    from vla_spec.adapters import HTTPImpl, load_impl
+    from vla_spec.conformance import format_table, run_claims
+
+    if args.double_encode and not (args.impl or "").startswith(("http://", "https://")):
+        raise CliError("--double-encode applies to a server URL (http://HOST:PORT) only")
+    try:
+        impl = HTTPImpl(args.impl, double_encode=True) if args.double_encode else load_impl(args.impl, dtype=args.dtype, device=args.device)
+    except (ValueError, FileNotFoundError) as error:
+        raise CliError(f"IMPL: {error}") from None
+    verdicts = run_claims(impl)
+    if args.json:
+        print(json.dumps({
+            "impl": impl.name,
+            "claims": [
+                {"claim": v.claim.name, "test": v.claim.test, "sentence": v.claim.sentence, "verdict": v.status, "detail": v.detail}
+                for v in verdicts
+            ],
+        }))
+    else:
+        print(format_table(verdicts, impl.name))
+    return 1 if any(v.status in ("fails", "error") for v in verdicts) else 0
