@@ -13,12 +13,12 @@ import sys
 from collections.abc import Sequence
 
 from vla_spec import __version__
-from vla_spec.commands import CliError, conform, sim, spec
+from vla_spec.commands import CliError, conform, serve, sim, spec
 
 __all__ = ["CliError", "build_parser", "main"]
 
 # Each module defines ``register(subparsers)``, which adds its parsers and sets ``func`` on them.
-COMMAND_MODULES = (spec, sim, conform)
+COMMAND_MODULES = (spec, sim, conform, serve)
 
 
 DESCRIPTION = """An executable specification of OpenVLA-style vision-language-action policies:

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from vla_spec.adapters import PolicyAnswer, Refused, levels
+from vla_spec.adapters import LEVELS, PolicyAnswer, Refused, levels
 from vla_spec.normalization import NormStats, normalize, shipped_norm_stats, unnormalize
 from vla_spec.tokens import ActionTokenizer
 
@@ -380,13 +380,20 @@ def run_claims(impl: Any, claims: tuple[Claim, ...] = CLAIMS) -> list[Verdict]:
 
 
 def format_table(verdicts: list[Verdict], name: str) -> str:
-    """The conformance table: claim, test, verdict, first counterexample (or why not applicable)."""
+    """The conformance table: claim, verdict, sentence and first counterexample (or why not
+    applicable); a level the implementation does not provide is one line."""
     width = max(len(v.claim.name) for v in verdicts)
     lines = [f"conformance of {name}", f"{'claim':<{width}}  {'verdict':<7}  sentence / first counterexample"]
-    for verdict in verdicts:
-        lines.append(f"{verdict.claim.name:<{width}}  {verdict.status:<7}  {verdict.claim.sentence}")
-        if verdict.detail:
-            lines.append(f"{'':<{width}}  {'':<7}  -> {verdict.detail}")
+    for level in LEVELS:
+        rows = [v for v in verdicts if v.claim.level == level]
+        if rows and all(v.status == "n/a" and v.detail.startswith("no ") for v in rows):
+            lines.append(f"{level + '.*':<{width}}  {'n/a':<7}  {level} level not provided ({', '.join(LEVELS[level])})")
+            continue
+        for verdict in rows:
+            lines.append(f"{verdict.claim.name:<{width}}  {verdict.status:<7}  {verdict.claim.sentence}")
+            if verdict.detail:
+                lines.append(f"{'':<{width}}  {'':<7}  -> {verdict.detail}")
     counts = {status: sum(v.status == status for v in verdicts) for status in ("holds", "fails", "error", "n/a")}
-    lines.append(", ".join(f"{n} {status}" for status, n in counts.items()) + f"; each claim is the pytest node {CLAIMS[0].test.split('[')[0]}[CLAIM]")
+    node = CLAIMS[0].test.split("[")[0]
+    lines.append(", ".join(f"{n} {status}" for status, n in counts.items()) + f"; pytest node of a claim: {node}[CLAIM]")
     return "\n".join(lines)

@@ -46,6 +46,16 @@ def register(subparsers: Any) -> None:
     conform.set_defaults(func=run_conform)
 
 
+def check_reachable(impl: Any) -> None:
+    """Any HTTP answer at the server's address will do; a refused connection is a :class:`CliError`."""
+    import httpx
+
+    try:
+        impl.client.get(impl.url)
+    except httpx.TransportError as error:
+        raise CliError(f"cannot reach {impl.url} ({error}); is the server running (vla-spec serve CHECKPOINT)?") from None
+
+
 def run_conform(args: argparse.Namespace) -> int:
     from vla_spec.adapters import HTTPImpl, load_impl
     from vla_spec.conformance import format_table, run_claims
@@ -56,6 +66,8 @@ def run_conform(args: argparse.Namespace) -> int:
         impl = HTTPImpl(args.impl, double_encode=True) if args.double_encode else load_impl(args.impl, dtype=args.dtype, device=args.device)
     except (ValueError, FileNotFoundError) as error:
         raise CliError(f"IMPL: {error}") from None
+    if isinstance(impl, HTTPImpl):
+        check_reachable(impl)
     verdicts = run_claims(impl)
     if args.json:
         print(json.dumps({
