@@ -53,6 +53,7 @@ POLICY_OPTIONS: dict[str, tuple[str, str]] = {
     "threads": ("--threads", "torch CPU threads per process (default: torch's; 1 suits one per worker)"),
     "device": ("--device", "torch device for the model, e.g. cpu or cuda (default: cpu)"),
     "dtype": ("--dtype", "float32 or bfloat16 (default: float32)"),
+    "url": ("--url", "policy server in the reference REST protocol, http://HOST:PORT (--policy http://HOST:PORT is short for it)"),
 }
 
 POLICIES: dict[str, PolicyEntry] = {
@@ -68,6 +69,13 @@ POLICIES: dict[str, PolicyEntry] = {
         "in, its action path out; --unnorm-key defaults to the suite (or {suite}_no_noops)",
         ("checkpoint", "unnorm_key", "device", "dtype", "image", "threads"),
         required=("checkpoint",),
+    ),
+    "http": PolicyEntry(
+        "vla_spec.sim.http_policy:HTTPPolicy",
+        "a policy server in the reference REST protocol (vla-spec serve, OpenVLA's deploy.py, ...) at --url, "
+        "or give --policy http://HOST:PORT; the image path runs here",
+        ("url", "unnorm_key"),
+        required=("url",),
     ),
     "wait": PolicyEntry(
         "vla_spec.commands.sim:WaitPolicy",
@@ -198,6 +206,10 @@ def register(subparsers: Any) -> None:
 
 
 def _policy_params(args: argparse.Namespace) -> dict[str, Any]:
+    if args.policy.startswith(("http://", "https://")):  # --policy http://HOST:PORT: the http policy at that URL
+        if args.url is not None:
+            raise CliError("give the server once: --policy http://HOST:PORT or --policy http --url http://HOST:PORT")
+        args.policy, args.url = "http", args.policy
     entry = POLICIES.get(args.policy)
     if entry is None:
         raise CliError(f"unknown policy {args.policy!r}; known: {', '.join(sorted(POLICIES))}")
