@@ -89,7 +89,7 @@ def test_help_version_and_choices() -> None:
         parser.parse_args(["--version"])
     assert exited.value.code == 0
     commands = parser._subparsers._group_actions[0].choices  # type: ignore[union-attr]
-    assert "--policy {expert,openvla,wait}" in commands["rollout"].format_usage()
+    assert "--policy {expert,openvla,http,wait}" in commands["rollout"].format_usage()
     assert "--unnorm-key KEY" in commands["decode"].format_usage() and "[--unnorm-key" not in commands["decode"].format_usage()
     version = subprocess.run([str(SCRIPT), "--version"], capture_output=True, text=True, timeout=60, check=False)
     assert (version.returncode, version.stdout) == (0, f"vla-spec {__version__}\n")
