@@ -178,3 +178,31 @@ def test_known_bad_implementation_fails_exactly_its_claims(control, native) -> N
     checked = {name for name, v in verdicts.items() if v.status != "n/a"}
     held = {name for name, v in verdicts.items() if v.status == "holds"}
     assert held == checked - breaks, {name: (verdicts[name].status, verdicts[name].detail) for name in checked - breaks - held}
+
+
+def test_hf_remote_adapter_answers_with_the_remote_code_own_action() -> None:
+    """The policy level of HFRemoteImpl: the action is the remote model's own ``predict_action``
+    (its decode, not ours), the tokens are its greedy ``generate``; its key assertion is a refusal."""
+    from vla_spec.adapters import HFRemoteImpl, Refused
+    from vla_spec.model.hf_remote import HFRemoteOpenVLA
+    from vla_spec.normalization import shipped_norm_stats
+    from tests.test_model_hf_parity import _FakeRemote
+
+    class Remote(_FakeRemote):
+        def predict_action(self, input_ids, pixel_values, unnorm_key, do_sample):  # type: ignore[no-untyped-def]
+            assert unnorm_key == "libero_spatial", f"The `unnorm_key` you chose ({unnorm_key}) is not in the available statistics"
+            return np.array([0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7], dtype=np.float32)
+
+    fake = Remote([31872, 31744, 31999, 31808, 31872, 31872, 31744])
+    remote = HFRemoteOpenVLA.__new__(HFRemoteOpenVLA)
+    remote.device, remote.dtype, remote.processor, remote.model = torch.device("cpu"), torch.float32, fake.processor, fake
+    remote.norm_stats = {"libero_spatial": shipped_norm_stats()["libero_spatial"]}
+    remote.action_tokenizer = ActionTokenizer()
+    impl = HFRemoteImpl.__new__(HFRemoteImpl)
+    impl.remote, impl.norm_stats, impl.name = remote, remote.norm_stats, "fake remote"
+    answer = impl.act(np.zeros((224, 224, 3), np.uint8), "Put The Bowl", "libero_spatial")
+    assert answer.action.dtype == np.float64 and answer.action.tolist() == pytest.approx([0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7])
+    assert answer.token_ids.tolist() == fake.tokens
+    assert fake.prompts[0] == "In: What action should the robot take to put the bowl?\nOut:"
+    with pytest.raises(Refused, match="not in the available statistics"):
+        impl.act(np.zeros((224, 224, 3), np.uint8), "put the bowl", "bridge_orig")
