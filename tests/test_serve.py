@@ -9,10 +9,12 @@ The cpu-tier tests use the application in process (FastAPI's test client).
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import os
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -147,19 +149,20 @@ def test_bad_input_gets_a_4xx_and_the_next_request_is_answered(server, native, c
     assert code == 200 and np.array_equal(decode_action(text), native.act(BLACK, INSTRUCTION, KEY).action)
 
 
-def distinguishable_requests(native, count: int) -> list[tuple[np.ndarray, str, np.ndarray]]:  # type: ignore[no-untyped-def]
-    """(image, instruction, in-process action) for ``count`` requests whose actions all differ (the
-    tiny model maps many inputs to one action, so candidates are filtered)."""
+def distinguishable_requests(native, count: int) -> list[tuple[np.ndarray, str, str, np.ndarray]]:  # type: ignore[no-untyped-def]
+    """(image, instruction, unnorm_key, in-process action) for ``count`` requests whose actions all
+    differ (the tiny model maps many inputs to one action, so candidates are filtered); the keys
+    alternate, so batches mix keys."""
     from vla_spec.conformance import scene
 
     objects = ("bowl", "plate", "stove", "drawer", "basket", "cabinet", "ketchup", "soup")
-    found: dict[bytes, tuple[np.ndarray, str, np.ndarray]] = {}
+    found: dict[bytes, tuple[np.ndarray, str, str, np.ndarray]] = {}
     for seed in range(16):
         image = scene(100 + seed)
-        for a, b in zip(objects, objects[1:] + objects[:1]):
-            instruction = f"put the {a} on the {b}"
-            action = native.act(image, instruction, KEY).action
-            found.setdefault(action.tobytes(), (image, instruction, action))
+        for i, (a, b) in enumerate(zip(objects, objects[1:] + objects[:1])):
+            instruction, key = f"put the {a} on the {b}", ("libero_spatial", "libero_object")[(seed + i) % 2]
+            action = native.act(image, instruction, key).action
+            found.setdefault(action.tobytes(), (image, instruction, key, action))
             if len(found) == count:
                 return list(found.values())
     raise AssertionError(f"only {len(found)} distinguishable requests among 128 candidates, {count} needed")
@@ -167,16 +170,16 @@ def distinguishable_requests(native, count: int) -> list[tuple[np.ndarray, str, 
 
 @pytest.mark.sim
 def test_load_every_request_answered_with_its_own_action(server, native) -> None:  # type: ignore[no-untyped-def]
-    """16 clients x 25 requests over 16 requests whose actions all differ: none lost, none answered
-    with another's action, batches formed; prints the batch sizes and p50/p99 latency."""
+    """16 clients x 25 requests over 16 requests whose actions all differ (two keys): none lost, none
+    answered with another's action, batches formed; prints the batch sizes and p50/p99 latency."""
     import httpx
 
     from vla_spec.rest import decode_action, encode_request
 
     clients, per_client = 16, 25
     requests = distinguishable_requests(native, 16)
-    expected = [action for _, _, action in requests]
-    bodies = [encode_request(image, instruction, KEY).encode() for image, instruction, _ in requests]
+    expected = [action for *_, action in requests]
+    bodies = [encode_request(image, instruction, key).encode() for image, instruction, key, _ in requests]
     before = httpx.get(server + "/stats").json()
     latencies: list[float] = []
     wrong: list[tuple[int, int]] = []
@@ -295,3 +298,30 @@ def test_a_model_error_is_a_500_with_its_reason_and_a_logged_traceback(caplog) -
     assert response.json()["detail"] == "the model failed: RuntimeError: CUDA out of memory (simulated)"
     logged = [r for r in caplog.records if r.name == "vla_spec.serve" and r.exc_info]
     assert len(logged) == 2 and "the model failed on a batch of 1" in logged[0].getMessage()
+
+
+@pytest.mark.cpu
+def test_the_wire_format_is_json_numpy_and_its_double_encoded_variant() -> None:
+    """deploy.py's body: json-numpy arrays {"__numpy__": base64 bytes, "dtype", "shape"}; the
+    double-encoded body is {"encoded": that JSON text}, answered with the action's text as a string."""
+    pytest.importorskip("json_numpy", reason="the protocol needs the serve extra: pip install -e '.[serve]'")
+    from vla_spec.rest import decode_action, decode_request, encode_action, encode_request
+
+    image = np.array([[[1, 2, 3]]], np.uint8)
+    body = encode_request(image, "Open The Drawer", "libero_goal")
+    assert json.loads(body) == {
+        "image": {"__numpy__": "AQID", "dtype": "|u1", "shape": [1, 1, 3]},
+        "instruction": "Open The Drawer",
+        "unnorm_key": "libero_goal",
+    }
+    double = encode_request(image, "Open The Drawer", double_encode=True)
+    assert list(json.loads(double)) == ["encoded"] and "unnorm_key" not in json.loads(json.loads(double)["encoded"])
+    for text, key, encoded in ((body, "libero_goal", False), (double, None, True)):
+        request = decode_request(text.encode())
+        assert (request.instruction, request.unnorm_key, request.double_encoded) == ("Open The Drawer", key, encoded)
+        assert np.array_equal(request.image, image) and request.image.flags.writeable
+    action = np.array([0.5, -0.25, 0, 0, 0, 0, 1.0])
+    packed = base64.b64encode(struct.pack("<7d", *action)).decode()
+    assert json.loads(encode_action(action)) == {"__numpy__": packed, "dtype": "<f8", "shape": [7]}
+    assert isinstance(json.loads(encode_action(action, double_encode=True)), str)
+    assert np.array_equal(decode_action(encode_action(action, double_encode=True), double_encoded=True), action)

@@ -20,6 +20,8 @@ operator passes ``--trust-remote-code``). FastAPI is imported inside :func:`crea
 ``serve`` extra).
 """
 
+# No ``from __future__ import annotations`` here: FastAPI reads the handlers' annotations (``Request``)
+# at run time, and they are imported inside create_app.
 
 import asyncio
 import logging
@@ -89,6 +91,10 @@ class Batcher:
             for i, r in enumerate(requests)
         ]
 
+    def close(self) -> None:
+        """Stop the worker thread; queued batches are dropped."""
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
     async def run(self) -> None:
         """Serve batches until cancelled."""
         loop = asyncio.get_running_loop()
@@ -122,7 +128,7 @@ def create_app(model: Any, options: ServeOptions = ServeOptions()) -> Any:
         task = asyncio.create_task(batcher.run())
         yield
         task.cancel()
-        batcher._executor.shutdown(wait=False, cancel_futures=True)
+        batcher.close()
 
     app = FastAPI(title="vla-spec policy server", lifespan=lifespan)
     app.state.batcher = batcher
