@@ -325,3 +325,22 @@ def test_the_wire_format_is_json_numpy_and_its_double_encoded_variant() -> None:
     assert json.loads(encode_action(action)) == {"__numpy__": packed, "dtype": "<f8", "shape": [7]}
     assert isinstance(json.loads(encode_action(action, double_encode=True)), str)
     assert np.array_equal(decode_action(encode_action(action, double_encode=True), double_encoded=True), action)
+
+
+@pytest.mark.cpu
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        (["serve", "no-such-checkpoint"], "vla-spec serve: error: CHECKPOINT: checkpoint 'no-such-checkpoint' is neither"),
+        (["serve", CHECKPOINT, "--max-batch-size", "0"], "vla-spec serve: error: batch size and body limit must be >= 1"),
+        (["conform", "not-a-module:make"], "vla-spec conform: error: IMPL: 'not-a-module:make': cannot import module"),
+        (["conform", "--double-encode"], "vla-spec conform: error: --double-encode applies to a server URL"),
+    ],
+)
+def test_serve_and_conform_mistakes_are_one_line_and_exit_2(argv, expected, capsys) -> None:  # type: ignore[no-untyped-def]
+    pytest.importorskip("fastapi", reason="the server needs the serve extra: pip install -e '.[serve]'")
+    from vla_spec.cli import main
+
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(expected) and err.count("\n") == 1, err

@@ -167,9 +167,10 @@ class HTTPImpl:
     ``httpx.Client`` to use instead of a new one (e.g. an in-process test client)."""
 
     def __init__(self, url: str, *, double_encode: bool = False, timeout_s: float = 120.0, client: Any = None) -> None:
-        import httpx
+        from vla_spec.rest import ACT_PATH, require_serve_extra
 
-        from vla_spec.rest import ACT_PATH
+        require_serve_extra()
+        import httpx
 
         base = url.rstrip("/")
         self.url = base if base.endswith(ACT_PATH) else base + ACT_PATH

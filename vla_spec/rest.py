@@ -28,6 +28,18 @@ ACT_PATH = "/act"
 DEFAULT_PORT = 8000
 
 
+SERVE_EXTRA = ("fastapi", "uvicorn", "json_numpy", "httpx")
+
+
+def require_serve_extra() -> None:
+    """Raise ``ImportError`` naming the fix when a package of the ``serve`` extra is missing."""
+    import importlib.util
+
+    missing = [name for name in SERVE_EXTRA if importlib.util.find_spec(name) is None]
+    if missing:
+        raise ImportError(f"the server and client need the serve extra ({', '.join(missing)} missing): pip install -e '.[serve]'")
+
+
 class BadRequest(ValueError):
     """A request that does not follow the protocol; the message is the one-line reason."""
 

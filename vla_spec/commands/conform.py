@@ -64,7 +64,7 @@ def run_conform(args: argparse.Namespace) -> int:
         raise CliError("--double-encode applies to a server URL (http://HOST:PORT) only")
     try:
         impl = HTTPImpl(args.impl, double_encode=True) if args.double_encode else load_impl(args.impl, dtype=args.dtype, device=args.device)
-    except (ValueError, FileNotFoundError) as error:
+    except (ValueError, FileNotFoundError, ImportError) as error:
         raise CliError(f"IMPL: {error}") from None
     if isinstance(impl, HTTPImpl):
         check_reachable(impl)

@@ -71,6 +71,12 @@ def load_model(args: argparse.Namespace) -> Any:
 
 
 def run_serve(args: argparse.Namespace) -> int:
+    from vla_spec.rest import require_serve_extra
+
+    try:
+        require_serve_extra()
+    except ImportError as error:
+        raise CliError(str(error)) from None
     import uvicorn
 
     from vla_spec.serve import ServeOptions, create_app

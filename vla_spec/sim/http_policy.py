@@ -33,7 +33,10 @@ class HTTPPolicy:
     def __init__(self, url: str, *, unnorm_key: str | None = None, double_encode: bool = False) -> None:
         from vla_spec.adapters import HTTPImpl
 
-        self.client = HTTPImpl(url, double_encode=double_encode)
+        try:
+            self.client = HTTPImpl(url, double_encode=double_encode)
+        except ImportError as error:
+            raise PolicySetupError("url", str(error)) from None
         self.unnorm_key = unnorm_key
         self._keys: dict[str, str] = {}
         self._instruction = ""
