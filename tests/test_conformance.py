@@ -4,7 +4,7 @@ implementations they must catch.
 ``test_claim[CLAIM]`` judges ``--impl`` (default: the native model on tiny-openvla; ``pytest -m cpu
 --impl IMPL`` judges another). Each negative control is a known-bad implementation written here; it
 provides only the level it breaks and must fail exactly the claims listed for it and hold all other
-claims of that level.
+claims of that level. (The server that drops ``unnorm_key`` is in tests/test_serve.py, sim tier.)
 """
 
 from __future__ import annotations
@@ -124,19 +124,6 @@ def case_kept(native: NativeImpl) -> PolicyOf:
     return PolicyOf("a prompt that keeps the instruction's case", native, kept)
 
 
-class DropsUnnormKey:
-    """A deployment that ignores the request's unnorm_key and always decodes with its first key."""
-
-    def __init__(self, model) -> None:  # type: ignore[no-untyped-def]
-        self.model, self.key = model, sorted(model.norm_stats)[0]
-
-    def predict_action(self, images, instructions, unnorm_key=None):  # type: ignore[no-untyped-def]
-        return self.model.predict_action(images, instructions, self.key)
-
-    def action_processor(self, unnorm_key):  # type: ignore[no-untyped-def]
-        return self.model.action_processor(self.key)
-
-
 DECODE = {"decode.book-example", "decode.bin-centres", "decode.direction", "decode.unnormalize"}
 CONTROLS = {
     "sglang-decode": (lambda native: SGLangDecode(), DECODE),
@@ -151,22 +138,6 @@ CONTROLS = {
 @pytest.fixture(scope="module")
 def native() -> NativeImpl:
     return NativeImpl()
-
-
-def test_a_server_that_drops_unnorm_key_fails_exactly_its_claims(native) -> None:  # type: ignore[no-untyped-def]
-    """Through the real server application and HTTP client, in process (FastAPI's test client)."""
-    pytest.importorskip("fastapi", reason="the server needs the serve extra: pip install -e '.[serve]'")
-    from fastapi.testclient import TestClient
-
-    from vla_spec.adapters import HTTPImpl
-    from vla_spec.serve import create_app
-
-    with TestClient(create_app(DropsUnnormKey(native.model()))) as client:
-        verdicts = {v.claim.name: v for v in run_claims(HTTPImpl("http://testserver", client=client))}
-    failed = {name for name, v in verdicts.items() if v.status == "fails"}
-    assert failed == {"policy.on-grid", "policy.unnorm-key", "policy.unknown-key"}, {n: verdicts[n].detail for n in failed}
-    held = {name for name, v in verdicts.items() if v.status == "holds"}
-    assert held == {"policy.finite", "policy.image-used", "policy.instruction-used", "policy.lowercase", "policy.deterministic"}
 
 
 @pytest.mark.parametrize("control", CONTROLS)

@@ -4,7 +4,9 @@ The sim-tier tests start ``vla-spec serve tiny-openvla`` as a real process on 12
 port; torn down after the module): the HTTP policy gives the in-process policy's actions, bad input
 gets a 4xx and the next request is answered, a bounded load test forms batches and answers every
 request with its own action, and a short LIBERO rollout through the server equals the in-process one.
-The cpu-tier tests use the application in process (FastAPI's test client).
+Two more use the application in process (FastAPI's test client): a server that drops
+``unnorm_key`` fails exactly its conformance claims, and a model error is a 500. The cpu tier pins
+the wire format and the command-line mistakes.
 """
 
 from __future__ import annotations
@@ -266,6 +268,37 @@ def test_rollout_names_an_unreachable_server_in_one_line(tmp_path) -> None:
     assert len(result.stderr.strip().splitlines()) == 1
 
 
+class DropsUnnormKey:
+    """A deployment that ignores the request's unnorm_key and always decodes with its first key."""
+
+    def __init__(self, model) -> None:  # type: ignore[no-untyped-def]
+        self.model, self.key = model, sorted(model.norm_stats)[0]
+
+    def predict_action(self, images, instructions, unnorm_key=None):  # type: ignore[no-untyped-def]
+        return self.model.predict_action(images, instructions, self.key)
+
+    def action_processor(self, unnorm_key):  # type: ignore[no-untyped-def]
+        return self.model.action_processor(self.key)
+
+
+@pytest.mark.sim
+def test_a_server_that_drops_unnorm_key_fails_exactly_its_claims(native) -> None:  # type: ignore[no-untyped-def]
+    """Through the real server application and HTTP client, in process (FastAPI's test client)."""
+    pytest.importorskip("fastapi", reason="the server needs the serve extra: pip install -e '.[serve]'")
+    from fastapi.testclient import TestClient
+
+    from vla_spec.adapters import HTTPImpl
+    from vla_spec.conformance import run_claims
+    from vla_spec.serve import create_app
+
+    with TestClient(create_app(DropsUnnormKey(native.model()))) as client:
+        verdicts = {v.claim.name: v for v in run_claims(HTTPImpl("http://testserver", client=client))}
+    failed = {name for name, v in verdicts.items() if v.status == "fails"}
+    assert failed == {"policy.on-grid", "policy.unnorm-key", "policy.unknown-key"}, {n: verdicts[n].detail for n in failed}
+    held = {name for name, v in verdicts.items() if v.status == "holds"}
+    assert held == {"policy.finite", "policy.image-used", "policy.instruction-used", "policy.lowercase", "policy.deterministic"}
+
+
 class FailingModel:
     """Statistics like a checkpoint's, but every forward pass raises."""
 
@@ -283,7 +316,7 @@ class FailingModel:
         raise RuntimeError("CUDA out of memory (simulated)")
 
 
-@pytest.mark.cpu
+@pytest.mark.sim
 def test_a_model_error_is_a_500_with_its_reason_and_a_logged_traceback(caplog) -> None:  # type: ignore[no-untyped-def]
     pytest.importorskip("fastapi", reason="the server needs the serve extra: pip install -e '.[serve]'")
     from fastapi.testclient import TestClient
@@ -338,8 +371,13 @@ def test_the_wire_format_is_json_numpy_and_its_double_encoded_variant() -> None:
     ],
 )
 def test_serve_and_conform_mistakes_are_one_line_and_exit_2(argv, expected, capsys) -> None:  # type: ignore[no-untyped-def]
-    pytest.importorskip("fastapi", reason="the server needs the serve extra: pip install -e '.[serve]'")
     from vla_spec.cli import main
+    from vla_spec.rest import require_serve_extra
+
+    try:
+        require_serve_extra()
+    except ImportError as error:
+        pytest.skip(str(error))
 
     assert main(argv) == 2
     err = capsys.readouterr().err
