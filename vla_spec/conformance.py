@@ -77,9 +77,24 @@ class Probe:
 
     @cached_property
     def keys(self) -> tuple[str, ...]:
-        """Up to two keys to test with: libero_spatial and libero_object when present."""
+        """Up to two keys to test with, libero_spatial and libero_object when present. For a policy
+        that does not say which statistics it holds (a server), the first two shipped keys it accepts."""
         preferred = tuple(k for k in PREFERRED_KEYS if k in self.norm_stats)
-        return (preferred + tuple(k for k in sorted(self.norm_stats) if k not in preferred))[:2]
+        candidates = preferred + tuple(k for k in sorted(self.norm_stats) if k not in preferred)
+        if getattr(self.impl, "norm_stats", None) is not None or not callable(getattr(self.impl, "act", None)):
+            return candidates[:2]
+        accepted: list[str] = []
+        for key in candidates:
+            try:
+                self.act("a", key=key)
+            except Refused:
+                continue
+            accepted.append(key)
+            if len(accepted) == 2:
+                break
+        if not accepted:
+            raise NotApplicable(f"the implementation refuses every shipped unnorm_key ({', '.join(candidates)})")
+        return tuple(accepted)
 
     def act(self, image: str, instruction: str = INSTRUCTION, key: str | None = None) -> PolicyAnswer:
         key = self.keys[0] if key is None else key
