@@ -10,6 +10,7 @@ claims of that level. (The server that drops ``unnorm_key`` is in tests/test_ser
 from __future__ import annotations
 
 import copy
+import inspect
 
 import numpy as np
 import pytest
@@ -22,10 +23,13 @@ from vla_spec.tokens import ActionTokenizer
 
 pytestmark = pytest.mark.cpu
 
-# Until issue 12 lands, vla_spec.images decodes JPEG with PIL's accurate IDCT (facts §3: 1.15 grey
-# levels from TF's default decode). strict: once the fast-IDCT decode is in, this XPASSes and fails:
-# delete the marker then.
-NATIVE_KNOWN_DEVIATIONS = {"processor.jpeg-fast-idct": "vla_spec.images decodes JPEG with the accurate IDCT (issue 12)"}
+# Until issue 12 lands, vla_spec.images decodes JPEG with PIL's accurate IDCT (facts §3: about one
+# grey level from TF's default decode); issue 12's jpeg_roundtrip takes fast_idct and decodes as TF.
+# strict: if the old decode ever passes the claim, the marker is wrong and the test fails.
+NATIVE_KNOWN_DEVIATIONS = (
+    {} if "fast_idct" in inspect.signature(images.jpeg_roundtrip).parameters
+    else {"processor.jpeg-fast-idct": "vla_spec.images decodes JPEG with the accurate IDCT until issue 12 lands"}
+)
 
 
 @pytest.fixture(scope="session")
