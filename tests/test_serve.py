@@ -368,6 +368,8 @@ def test_the_wire_format_is_json_numpy_and_its_double_encoded_variant() -> None:
         (["serve", CHECKPOINT, "--max-batch-size", "0"], "vla-spec serve: error: batch size and body limit must be >= 1"),
         (["conform", "not-a-module:make"], "vla-spec conform: error: IMPL: 'not-a-module:make': cannot import module"),
         (["conform", "--double-encode"], "vla-spec conform: error: --double-encode applies to a server URL"),
+        (["conform", CHECKPOINT, "--norm-stats", CHECKPOINT], "vla-spec conform: error: --norm-stats applies to a server URL"),
+        (["conform", "http://127.0.0.1:1", "--norm-stats", "no-such"], "vla-spec conform: error: --norm-stats: checkpoint 'no-such'"),
     ],
 )
 def test_serve_and_conform_mistakes_are_one_line_and_exit_2(argv, expected, capsys) -> None:  # type: ignore[no-untyped-def]

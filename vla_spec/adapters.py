@@ -162,11 +162,20 @@ class HTTPImpl:
     """A policy server in the reference REST protocol (:mod:`vla_spec.rest`): policy level only.
 
     ``url`` is ``http://HOST:PORT`` (``/act`` is appended unless given); ``double_encode`` sends the
-    ``{"encoded": ...}`` variant. A 4xx answer, or the reference server's ``"error"``, raises
+    ``{"encoded": ...}`` variant; ``norm_stats``: the served checkpoint's statistics, when known
+    (else the suite assumes the shipped ones). A 4xx answer, or the reference server's ``"error"``, raises
     :class:`Refused`; a 5xx answer raises ``RuntimeError`` with the server's reason. ``client`` is an
     ``httpx.Client`` to use instead of a new one (e.g. an in-process test client)."""
 
-    def __init__(self, url: str, *, double_encode: bool = False, timeout_s: float = 120.0, client: Any = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        double_encode: bool = False,
+        timeout_s: float = 120.0,
+        client: Any = None,
+        norm_stats: Mapping[str, NormStats] | None = None,
+    ) -> None:
         from vla_spec.rest import ACT_PATH, require_serve_extra
 
         require_serve_extra()
@@ -177,6 +186,8 @@ class HTTPImpl:
         self.double_encode = double_encode
         self.name = f"http {self.url}" + (" (double-encoded)" if double_encode else "")
         self.client = client if client is not None else httpx.Client(timeout=timeout_s)
+        if norm_stats is not None:
+            self.norm_stats = norm_stats
 
     def act(self, image: np.ndarray, instruction: str, unnorm_key: str | None) -> PolicyAnswer:
         from vla_spec.rest import BadRequest, decode_action, encode_request

@@ -394,11 +394,14 @@ def run_claims(impl: Any, claims: tuple[Claim, ...] = CLAIMS) -> list[Verdict]:
     return [run_claim(claim, probe) for claim in claims]
 
 
-def format_table(verdicts: list[Verdict], name: str) -> str:
+def format_table(verdicts: list[Verdict], name: str, stats_known: bool = True) -> str:
     """The conformance table: claim, verdict, sentence and first counterexample (or why not
-    applicable); a level the implementation does not provide is one line."""
+    applicable); a level the implementation does not provide is one line. ``stats_known=False``
+    says that the shipped statistics were assumed."""
     width = max(len(v.claim.name) for v in verdicts)
     lines = [f"conformance of {name}", f"{'claim':<{width}}  {'verdict':<7}  sentence / first counterexample"]
+    if not stats_known:
+        lines.insert(1, "statistics: not given by the implementation; the shipped ones are assumed (conform --norm-stats)")
     for level in LEVELS:
         rows = [v for v in verdicts if v.claim.level == level]
         if rows and all(v.status == "n/a" and v.detail.startswith("no ") for v in rows):

@@ -40,10 +40,34 @@ def register(subparsers: Any) -> None:
         "default: the native model on tiny-openvla",
     )
     conform.add_argument("--double-encode", action="store_true", help='send {"encoded": ...} bodies (server URLs only)')
+    conform.add_argument(
+        "--norm-stats",
+        metavar="PATH",
+        help="the served checkpoint's statistics (server URLs only): its folder or name, or a dataset_statistics.json; "
+        "default: the shipped statistics (those of the released OpenVLA checkpoints)",
+    )
     conform.add_argument("--device", default="cpu", help="torch device for checkpoint implementations (default cpu)")
     conform.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"), help="checkpoint dtype")
     conform.add_argument("--json", action="store_true", help="print one JSON object")
     conform.set_defaults(func=run_conform)
+
+
+def read_stats(path: str | None) -> Any:
+    """``--norm-stats``: None, a checkpoint's statistics (folder or name) or a dataset_statistics.json."""
+    if path is None:
+        return None
+    from pathlib import Path
+
+    from vla_spec.model.loading import read_config
+    from vla_spec.model.tiny import resolve_checkpoint
+    from vla_spec.normalization import read_norm_stats_file
+
+    if Path(path).is_file():
+        return read_norm_stats_file(path)
+    try:
+        return read_config(resolve_checkpoint(path)).norm_stats
+    except FileNotFoundError as error:
+        raise CliError(f"--norm-stats: {error}; or give a dataset_statistics.json") from None
 
 
 def check_reachable(impl: Any) -> None:
@@ -60,10 +84,15 @@ def run_conform(args: argparse.Namespace) -> int:
     from vla_spec.adapters import HTTPImpl, load_impl
     from vla_spec.conformance import format_table, run_claims
 
-    if args.double_encode and not (args.impl or "").startswith(("http://", "https://")):
-        raise CliError("--double-encode applies to a server URL (http://HOST:PORT) only")
+    is_url = (args.impl or "").startswith(("http://", "https://"))
+    for flag, given in (("--double-encode", args.double_encode), ("--norm-stats", args.norm_stats)):
+        if given and not is_url:
+            raise CliError(f"{flag} applies to a server URL (http://HOST:PORT) only")
     try:
-        impl = HTTPImpl(args.impl, double_encode=True) if args.double_encode else load_impl(args.impl, dtype=args.dtype, device=args.device)
+        if is_url:
+            impl = HTTPImpl(args.impl, double_encode=args.double_encode, norm_stats=read_stats(args.norm_stats))
+        else:
+            impl = load_impl(args.impl, dtype=args.dtype, device=args.device)
     except (ValueError, FileNotFoundError, ImportError) as error:
         raise CliError(f"IMPL: {error}") from None
     if isinstance(impl, HTTPImpl):
@@ -72,11 +101,12 @@ def run_conform(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({
             "impl": impl.name,
+            "statistics_assumed": getattr(impl, "norm_stats", None) is None,
             "claims": [
                 {"claim": v.claim.name, "test": v.claim.test, "sentence": v.claim.sentence, "verdict": v.status, "detail": v.detail}
                 for v in verdicts
             ],
         }))
     else:
-        print(format_table(verdicts, impl.name))
+        print(format_table(verdicts, impl.name, stats_known=getattr(impl, "norm_stats", None) is not None))
     return 1 if any(v.status in ("fails", "error") for v in verdicts) else 0
