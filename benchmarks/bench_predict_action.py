@@ -174,6 +174,17 @@ def micro(iters: int) -> None:
         del weights
 
 
+def hf_static_generate(language_model, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, n_tokens: int):
+    """The baseline a user picks first: transformers' ``generate`` with its static cache
+    (``cache_implementation="static"``, whose decode step transformers compiles itself), greedy,
+    ``n_tokens`` new tokens after the same ``inputs_embeds`` prefix. Returns the token ids [B, n]."""
+    out = language_model.generate(
+        inputs_embeds=inputs_embeds, attention_mask=attention_mask, max_new_tokens=n_tokens, min_new_tokens=n_tokens,
+        do_sample=False, cache_implementation="static", pad_token_id=0,
+    )
+    return out[:, -n_tokens:]
+
+
 def profile_decode(model, images, texts) -> None:
     """Top device kernels of one eager (no graph) static-cache decode, and of predict_action (fast)."""
     from torch.profiler import ProfilerActivity, profile
