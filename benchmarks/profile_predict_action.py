@@ -157,7 +157,6 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--iters", type=int, default=10)
-    parser.add_argument("--fuse", action="store_true")
     parser.add_argument("--micro", action="store_true")
     parser.add_argument("--hf-static", action="store_true", help="also time transformers' static-cache generate")
     parser.add_argument("--out", type=Path, required=True)
@@ -176,7 +175,7 @@ def main() -> int:
     out.write(f"timm fused_attn (SDPA) in block 0: {fused_attn}\n")
     if args.micro:
         micro_gemv(out)
-    accelerate(model, decoder=FastGreedyDecoder(fuse=args.fuse))
+    accelerate(model)
     from vla_spec.model.processor import process_images
 
     rng = np.random.default_rng(0)
@@ -190,10 +189,9 @@ def main() -> int:
         wall, times, _ = timed(call, args.iters, 2)
         pre, _, _ = timed(lambda: process_images(images), args.iters, 1)
         with torch.inference_mode():
-            pixels = process_images(images)
+            pixels = model.processor(images, texts).pixel_values_on("cuda", model.dtype)
             ids = model.processor.prompt_ids(texts)
             prefix = model.embed_prefix(pixels, ids)
-            h2d = cuda_ms(lambda: pixels.to("cuda"), args.iters)
             vis = cuda_ms(lambda: model.encode_images(pixels), args.iters)
             emb = cuda_ms(lambda: model.embed_prefix(pixels, ids), args.iters)
             dec = cuda_ms(lambda: model.decoder(model.language_model, prefix.inputs_embeds, prefix.attention_mask, 7),
@@ -207,14 +205,14 @@ def main() -> int:
         out.write(f"# batch {batch}: towers+projector graph one stream {one:.2f} ms, two streams {two:.2f} ms\n")
         print(f"# batch {batch}: towers one stream {one:.2f} ms, two streams {two:.2f} ms", flush=True)
         line = (f"# batch {batch}: predict_action wall {wall:.1f} ms (min {min(times):.1f}, max {max(times):.1f}); "
-                f"CPU preprocessing {pre:.1f} ms; float32 H2D {h2d:.2f} ms; towers+projector graph {vis:.2f} ms; "
+                f"CPU float32 preprocessing {pre:.1f} ms; towers+projector graph {vis:.2f} ms; "
                 f"embed_prefix {emb:.2f} ms device / {emb_wall:.2f} ms wall; decoder graph {dec:.2f} ms")
         print(line, flush=True)
         out.write(line + "\n\n")
         profiled(call, f"batch {batch}: predict_action (fast, graphs)", out)
         with torch.inference_mode():
             profiled(lambda: model.encode_images_eager(pixels), f"batch {batch}: towers+projector eager", out)
-            eager = FastGreedyDecoder(use_cuda_graphs=False, fuse=args.fuse)
+            eager = FastGreedyDecoder(use_cuda_graphs=False)
             profiled(lambda: eager(model.language_model, prefix.inputs_embeds, prefix.attention_mask, 7),
                      f"batch {batch}: decoder eager (static cache, compiled pieces)", out)
             eager.clear()

@@ -223,8 +223,11 @@ def test_graphed_vision_equals_eager(cuda_model, fast_model):
         graphed = fast_model.encode_images(pixels)
         eager = fast_model.encode_images_eager(pixels)
         assert graphed.shape == eager.shape
+        # compiled towers fuse LayerNorm/GELU/residual work and so sum in another order: float32
+        # agrees to ~1e-6 of the feature scale (features reach ~200), bfloat16 to its resolution
+        scale = float(eager.float().abs().max())
         tol = 1e-5 if cuda_model.dtype == torch.float32 else 2e-2
-        assert torch.allclose(graphed.float(), eager.float(), atol=tol, rtol=tol)
+        assert torch.allclose(graphed.float(), eager.float(), atol=tol * scale, rtol=tol)
     assert {1, 3, len(many)} <= set(fast_model.vision_runner.graphs)  # one graph per batch size seen
 
 

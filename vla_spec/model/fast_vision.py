@@ -39,10 +39,14 @@ towers in one graph, benchmarks/profile_predict_action.py): batch 1 3.65 -> 2.75
 
 class GraphedVision:
     """A ``vision_runner``: one CUDA graph per batch size of the towers + projector (each optionally
-    compiled); the towers on two streams below :data:`TWO_STREAMS_BELOW` images."""
+    compiled); the towers on two streams below ``two_streams_below`` images."""
 
-    def __init__(self, model: Any, compile_vision: bool, use_cuda_graphs: bool, warmup: int = 2) -> None:
+    def __init__(
+        self, model: Any, compile_vision: bool, use_cuda_graphs: bool, warmup: int = 2,
+        two_streams_below: int = TWO_STREAMS_BELOW,
+    ) -> None:
         self.model = model
+        self.two_streams_below = two_streams_below
         self.eager: Callable[[torch.Tensor], torch.Tensor] = model.encode_images_eager
         backbone = model.vision_backbone
         wrap: Callable[[Any], Any] = torch.compile if compile_vision else (lambda module: module)
@@ -78,7 +82,7 @@ class GraphedVision:
         if batch not in self.graphs:
             if self.side_stream is None:
                 self.side_stream = torch.cuda.Stream()
-            side = self.side_stream if batch < TWO_STREAMS_BELOW else None
+            side = self.side_stream if batch < self.two_streams_below else None
             static_in = pixel_values.clone()
             warm = torch.cuda.Stream()
             warm.wait_stream(torch.cuda.current_stream())
