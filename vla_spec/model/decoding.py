@@ -56,11 +56,9 @@ def positions_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
 
 def greedy_step(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Of logits [B, V]: argmax ids [B] (int64), top-1 minus top-2 logit [B] and the top-1 logit [B]
-    (float32). The id is ``argmax`` (the first of equal maxima, as transformers' greedy search), not
-    topk's index, whose choice among exactly equal logits is not deterministic on CUDA."""
-    values = logits.float()
-    top = torch.topk(values, k=2, dim=-1).values
-    return values.argmax(dim=-1).to(torch.int64), (top[:, 0] - top[:, 1]).to(torch.float32), top[:, 0]
+    (float32)."""
+    top = torch.topk(logits.float(), k=2, dim=-1)
+    return top.indices[:, 0].to(torch.int64), (top.values[:, 0] - top.values[:, 1]).to(torch.float32), top.values[:, 0]
 
 
 def check_decoder_inputs(inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, n_tokens: int) -> None:

@@ -12,8 +12,8 @@ How it is fast
   Llama forward of :mod:`vla_spec.model.static_llama` over the model's own weights. The additive
   mask (causal AND key is real; a padded query also sees itself, so pad rows stay finite) is built
   once per call.
-* **Two CUDA graphs per (batch, padded prefix length, n_tokens) bucket** holding the whole decode:
-  the prefill with the first argmax, then the ``n - 1`` single-token steps unrolled (embedding lookup
+* **One CUDA graph per (batch, padded prefix length, n_tokens) bucket** holding the whole decode:
+  the prefill, the first argmax, and the ``n - 1`` single-token steps unrolled (embedding lookup
   of the previous argmax, 32 layers, argmax + margin). A call copies the prefix into the graph's
   static input buffers and replays: no Python, no launches, no host syncs between the steps.
   Buckets are captured on first use (two eager warm-up runs on a side stream, then capture) and
@@ -61,7 +61,7 @@ def _additive(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 
 
 class _Bucket:
-    """Static buffers (and, on CUDA, the captured graphs) for one (B, L, n_tokens) shape."""
+    """Static buffers (and, on CUDA, the captured graph) for one (B, L, n_tokens) shape."""
 
     def __init__(self, llama: StaticLlama, batch: int, length: int, n_tokens: int, dtype: torch.dtype, device: torch.device):
         self.llama, self.batch, self.length, self.n_tokens = llama, batch, length, n_tokens
@@ -77,7 +77,7 @@ class _Bucket:
         self.margins = torch.zeros(batch, n_tokens, dtype=torch.float32, device=device)
         self.top_logits = torch.zeros(batch, n_tokens, dtype=torch.float32, device=device)
         self.slots = torch.arange(total, device=device)  # cache positions: prefill [:length], step j [length + j - 1]
-        self.graphs: list[torch.cuda.CUDAGraph] = []
+        self.graph: torch.cuda.CUDAGraph | None = None
 
     def load(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor) -> None:
         pad = self.length - inputs_embeds.shape[1]
@@ -87,8 +87,8 @@ class _Bucket:
         self.embeds[:, pad:].copy_(inputs_embeds)
         self.mask[:, pad:].copy_(attention_mask)
 
-    def prefill(self) -> None:
-        """The prefix through all layers (K/V into the caches) and the first greedy token."""
+    def compute(self) -> None:
+        """Prefill + n_tokens greedy steps over the static buffers (eager; captured on CUDA)."""
         llama, n_layers = self.llama, self.llama.n_layers
         valid = self.mask.bool()
         positions = positions_from_mask(self.mask)
@@ -101,61 +101,44 @@ class _Bucket:
             h = llama.layer(
                 i, h, cos, sin, self.k_cache[i], self.v_cache[i], prefill_slots, mask, last_only=i == n_layers - 1
             )
-        self._record(0, llama.logits_last(h))
-
-    def steps(self) -> None:
-        """The ``n_tokens - 1`` single-token steps after :meth:`prefill`, unrolled."""
-        if self.n_tokens == 1:
-            return
-        llama, n_layers = self.llama, self.llama.n_layers
-        valid = self.mask.bool()
+        token, margin, top = greedy_step(llama.logits_last(h))
+        self.token_ids[:, 0].copy_(token)
+        self.margins[:, 0].copy_(margin)
+        self.top_logits[:, 0].copy_(top)
         key_valid = _additive(
             torch.cat([valid, valid.new_ones(self.batch, self.n_tokens - 1)], dim=1)[:, None, None, :], self.embeds.dtype
         )
-        last = positions_from_mask(self.mask)[:, -1:]
+        last = positions[:, -1:]
         for step in range(1, self.n_tokens):
             start = self.length + step - 1
-            h = llama.embed(self.token_ids[:, step - 1 : step])
+            h = llama.embed(token[:, None])
             cos, sin = llama.rotary(h, last + step)
             step_mask = key_valid[..., : start + 1]
             step_slot = self.slots[start : start + 1]
             for i in range(n_layers):
                 h = llama.layer(i, h, cos, sin, self.k_cache[i], self.v_cache[i], step_slot, step_mask)
-            self._record(step, llama.logits_last(h))
-
-    def _record(self, step: int, logits: torch.Tensor) -> None:
-        token, margin, top = greedy_step(logits)
-        self.token_ids[:, step].copy_(token)
-        self.margins[:, step].copy_(margin)
-        self.top_logits[:, step].copy_(top)
+            token, margin, top = greedy_step(llama.logits_last(h))
+            self.token_ids[:, step].copy_(token)
+            self.margins[:, step].copy_(margin)
+            self.top_logits[:, step].copy_(top)
 
     def capture(self, warmup: int) -> None:
-        """Two graphs, the prefill and the steps: replaying the first lets the host launch the
-        second (thousands of kernel nodes) while the prefill runs, instead of before it."""
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
             for _ in range(warmup):
-                self.prefill()
-                self.steps()
+                self.compute()
         torch.cuda.current_stream().wait_stream(side)
-        prefill = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(prefill):
-            self.prefill()
-        self.graphs = [prefill]
-        if self.n_tokens > 1:
-            steps = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(steps, pool=prefill.pool()):  # always replayed after the prefill
-                self.steps()
-            self.graphs.append(steps)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            self.compute()
+        self.graph = graph
 
     def run(self) -> GreedyResult:
-        if self.graphs:
-            for graph in self.graphs:
-                graph.replay()
+        if self.graph is not None:
+            self.graph.replay()
         else:
-            self.prefill()
-            self.steps()
+            self.compute()
         return GreedyResult(
             token_ids=self.token_ids.clone(), margins=self.margins.clone(), top_logits=self.top_logits.clone()
         )

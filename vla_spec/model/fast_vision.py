@@ -3,7 +3,7 @@
 :class:`GraphedVision` is set as ``model.vision_runner`` (:class:`vla_spec.model.network.OpenVLANetwork`
 then calls it instead of :meth:`~vla_spec.model.network.OpenVLANetwork.encode_images_eager`): one
 captured graph per batch size holding both towers and the projector, each optionally through
-``torch.compile`` from :data:`COMPILED_FROM` images on (which fuses the LayerNorm, GELU, LayerScale and residual work between the
+``torch.compile`` (which fuses the LayerNorm, GELU, LayerScale and residual work between the
 matrix products; one compile for the first batch size and one with a dynamic batch for all others).
 Below :data:`TWO_STREAMS_BELOW` images the two towers run side by side on two streams inside the
 graph (each alone leaves most of the GPU idle at small batch). While any forward hook is registered
@@ -31,11 +31,6 @@ def _has_hooks(model: Any) -> bool:
     )
 
 
-COMPILED_FROM = 8
-"""Batch sizes from this on use the compiled towers; below it the eager ones (inside the graph
-either way). Measured on an H200 (benchmarks/README.md): batch 1 2.67 ms eager vs 3.89 ms
-compiled, batch 8 10.12 ms eager vs 8.56 ms compiled (two streams both)."""
-
 TWO_STREAMS_BELOW = 16
 """Batch sizes below this run SigLIP on a second stream beside DINOv2. Measured on an H200 (eager
 towers in one graph, benchmarks/profile_predict_action.py): batch 1 3.65 -> 2.75 ms, batch 8
@@ -54,27 +49,26 @@ class GraphedVision:
         self.two_streams_below = two_streams_below
         self.eager: Callable[[torch.Tensor], torch.Tensor] = model.encode_images_eager
         backbone = model.vision_backbone
-        self.modules = (backbone.featurizer, backbone.fused_featurizer, model.projector)
-        self.compiled = tuple(torch.compile(module) for module in self.modules) if compile_vision else self.modules
+        wrap: Callable[[Any], Any] = torch.compile if compile_vision else (lambda module: module)
+        self.towers = (wrap(backbone.featurizer), wrap(backbone.fused_featurizer))
+        self.projector = wrap(model.projector)
         self.use_cuda_graphs = use_cuda_graphs
         self.warmup = warmup
         self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor]] = {}
         self.side_stream: torch.cuda.Stream | None = None
 
     def encode(self, pixel_values: torch.Tensor, side_stream: torch.cuda.Stream | None = None) -> torch.Tensor:
-        """Towers (SigLIP on ``side_stream`` when given) + projector, as :meth:`encode_images_eager`;
-        compiled from :data:`COMPILED_FROM` images on (when compiling)."""
+        """Towers (SigLIP on ``side_stream`` when given) + projector, as :meth:`encode_images_eager`."""
         backbone = self.model.vision_backbone
-        dino_tower, siglip_tower, projector = self.compiled if pixel_values.shape[0] >= COMPILED_FROM else self.modules
         dino, siglip = backbone.split(pixel_values)
         if side_stream is None:
-            return projector(backbone.join(dino_tower(dino), siglip_tower(siglip)))
+            return self.projector(backbone.join(self.towers[0](dino), self.towers[1](siglip)))
         side_stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side_stream):
-            siglip_patches = siglip_tower(siglip)
-        dino_patches = dino_tower(dino)
+            siglip_patches = self.towers[1](siglip)
+        dino_patches = self.towers[0](dino)
         torch.cuda.current_stream().wait_stream(side_stream)
-        return projector(backbone.join(dino_patches, siglip_patches))
+        return self.projector(backbone.join(dino_patches, siglip_patches))
 
     @torch.inference_mode()
     def __call__(self, pixel_values: torch.Tensor) -> torch.Tensor:
