@@ -9,34 +9,34 @@ ever lives on the CPU. The tokenizer is the tiny checkpoint's (golden/tiny-openv
 instruction "put the bowl on the plate" gives 21 prompt ids, so the prefix is
 [BOS] + 256 patches + 20 ids = 277 tokens (the fast path left-pads it to 280).
 
-For each batch size the same inputs go through
+For each batch size the same inputs (224 x 224 x 3 uint8 images, what the LIBERO image path hands
+the model) go through
 
-* **naive**: ``model.decoder = greedy_decode`` (transformers' dynamic KV cache, one eager forward per
-  token, as the reference ``generate`` does) and eager towers/projector;
-* **fast**: :func:`vla_spec.model.fast_decoding.accelerate` (static KV cache; prefill + 6 decode
-  steps in one CUDA graph per shape; towers + projector in one CUDA graph per batch size);
-  the per-layer elementwise work (RMSNorm, rotary, SiLU gating, residuals) ``torch.compile``-d;
-  batch-1 decode products through a Triton GEMV;
-* variants (``--variants``): ``fast+fused`` (fused q/k/v and gate/up weight matrices),
-  ``fast-uncompiled`` (no torch.compile in the decoder), ``fast+fused+compiled-vision`` (towers
-  and projector also through ``torch.compile``, inside their CUDA graph), ``fast-cublas`` (batch-1
-  decode steps through cuBLAS instead of the Triton GEMV kernel).
+* **naive**: ``greedy_decode`` (transformers' dynamic KV cache, one eager forward per token, as the
+  reference ``generate`` does), eager towers/projector, float32 ``pixel_values`` built on the CPU;
+* **ours**: :func:`vla_spec.model.fast_decoding.accelerate` with its defaults (uint8 pixels to the
+  GPU, normalized there; towers + projector compiled, in one CUDA graph per batch size; static KV
+  cache, prefill + 6 decode steps in one CUDA graph per shape, fused q/k/v and gate/up, compiled
+  elementwise work, Triton GEMV for batch-1 steps);
+* **ours, host pixels**: the same with ``model.pixels_on_device = False`` (float32 pixel_values
+  made on the CPU and copied over: the input path before the uint8 one);
 
-What is timed: one whole ``predict_action`` call (images in, numpy actions out), host clock around
-the call after ``torch.cuda.synchronize()`` (the call ends with a device-to-host copy of the
-tokens, which synchronizes). The images are 224 x 224 x 3 uint8 (what the LIBERO image path
-hands the model), so the processor's resize is a no-op, but its to_tensor + two normalizations +
-host-to-device copy of float32 pixels ARE inside the timed call; ``preproc`` reports
-``process_images`` alone so it can be subtracted. Warm-up calls (which capture the graphs) are
-excluded; the median of ``--iters`` calls is reported.
+and, on the decoder part alone (the same prefix ``inputs_embeds`` [B, 277, 4096], 7 greedy
+tokens): **transformers' static cache** (:func:`hf_static_generate`) against our decoder.
 
-The fast path's tokens are compared with the naive path's on the same inputs: rows identical, and
-rows whose first difference is at a naive near-tie (margin < 0.1 logit); random weights give flat
-logits and so more near-ties than the real checkpoint.
+What is timed: one whole ``predict_action`` call (images in, numpy actions out; host clock around
+the call after ``torch.cuda.synchronize()``), or one decoder call ending with its tokens on the
+host. Warm-up calls (which compile and capture graphs) are excluded; medians, 10th-90th
+percentiles and minima of ``--iters`` calls are reported, every call time is in the JSON.
+
+Tokens: ours and transformers' against naive: rows identical, and rows whose first difference is
+NOT at a bfloat16 near-tie of the naive margins (:mod:`vla_spec.model.agreement`), which must be 0.
+Random weights give flat logits and so many more near-ties than a trained checkpoint.
 
 Usage (on the GPU machine)::
 
-    PYTHONUNBUFFERED=1 python benchmarks/bench_predict_action.py --batches 1 8 32 --json out.json
+    PYTHONUNBUFFERED=1 python benchmarks/bench_predict_action.py --batches 1 8 16 32 --iters 20 \
+        --hf-static-batches 1 8 32 --micro --json out.json
 """
 
 from __future__ import annotations
@@ -56,20 +56,12 @@ sys.path.insert(0, str(ROOT))
 
 from vla_spec.model.agreement import near_tie_divergences, near_ties  # noqa: E402
 from vla_spec.model.config import OpenVLAConfig  # noqa: E402
-from vla_spec.model.decoding import greedy_decode  # noqa: E402
-from vla_spec.model.fast_decoding import FastGreedyDecoder, accelerate, restore  # noqa: E402
+from vla_spec.model.fast_decoding import accelerate, restore  # noqa: E402
 from vla_spec.model.modeling import OpenVLA  # noqa: E402
 
 TINY = ROOT / "golden" / "tiny-openvla"
 INSTRUCTION = "put the bowl on the plate"
 UNNORM_KEY = "libero_spatial"
-VARIANTS = {  # fast-path options: FastGreedyDecoder(fuse=, compile=), accelerate(compile_vision=)
-    "fast": {},
-    "fast+fused": {"fuse": True},
-    "fast-uncompiled": {"compile": False},
-    "fast-cublas": {"gemv": False},
-    "fast+fused+compiled-vision": {"fuse": True, "compile_vision": True},
-}
 LLAMA2_7B = {
     "vocab_size": 32064,
     "hidden_size": 4096,
@@ -161,45 +153,40 @@ def cuda_ms(fn, iters: int, warmup: int = 2) -> float:
 
 
 def micro(iters: int) -> None:
-    """The two ceilings for this GPU: GEMV bandwidth (decode) and GEMM rate (prefill), bf16."""
+    """The ceilings for this GPU, bf16, each product replayed from a CUDA graph (no launch cost):
+    x[rows, 4096] @ W[4096, 11008] streams the weights (decode) or runs at the GEMM rate (prefill);
+    a 4 GB device-to-device copy gives the copy bandwidth."""
     dev = "cuda"
     for rows in (1, 8, 32, 280, 8960):
         x = torch.randn(rows, 4096, device=dev, dtype=torch.bfloat16)
         weights = [torch.randn(11008, 4096, device=dev, dtype=torch.bfloat16) for _ in range(8)]  # > L2
-        ms = cuda_ms(lambda x=x, weights=weights: [torch.nn.functional.linear(x, w) for w in weights], iters) / len(weights)
+        for w in weights:
+            torch.nn.functional.linear(x, w)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            for w in weights:
+                torch.nn.functional.linear(x, w)
+        ms = cuda_ms(graph.replay, iters) / len(weights)
         gbytes = (11008 * 4096 + rows * (4096 + 11008)) * 2 / 1e9
         tflop = 2 * rows * 4096 * 11008 / 1e12
         print(f"# micro: x[{rows},4096] @ W[4096,11008]: {ms * 1e3:.1f} us, {gbytes / ms:.2f} TB/s, "
               f"{tflop / ms * 1e3:.0f} TFLOP/s", flush=True)
-        del weights
+        weights.clear()
+    src = torch.empty(2 * 10**9, device=dev, dtype=torch.bfloat16)
+    dst = torch.empty_like(src)
+    ms = cuda_ms(lambda: dst.copy_(src), iters)
+    print(f"# micro: 4 GB device-to-device copy {ms:.2f} ms, {8 / ms:.2f} TB/s (read + write)", flush=True)
 
 
-def profile_decode(model, images, texts) -> None:
-    """Top device kernels of one eager (no graph) static-cache decode, and of predict_action (fast)."""
-    from torch.profiler import ProfilerActivity, profile
-
-    with torch.inference_mode():
-        prefix = model.prefix(images, texts)
-        eager = FastGreedyDecoder(use_cuda_graphs=False)
-        eager(model.language_model, prefix.inputs_embeds, prefix.attention_mask, 7)
-        torch.cuda.synchronize()
-        for title, fn in (
-            ("eager static-cache decode", lambda: eager(model.language_model, prefix.inputs_embeds,
-                                                        prefix.attention_mask, 7)),
-            ("fast predict_action (graphs)", lambda: model.predict_action(images, texts, UNNORM_KEY)),
-        ):
-            with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-                fn()
-                torch.cuda.synchronize()
-            averages = prof.key_averages()
-            for key in ("self_cuda_time_total", "self_device_time_total"):
-                try:
-                    table = averages.table(sort_by=key, row_limit=18, max_name_column_width=70)
-                    break
-                except Exception:  # noqa: BLE001 - the sort key was renamed across torch versions
-                    table = None
-            print(f"# profile: {title}\n{table}", flush=True)
-        eager.clear()
+def hf_static_generate(language_model, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, n_tokens: int):
+    """The baseline a user picks first: transformers' ``generate`` with its static cache
+    (``cache_implementation="static"``, whose decode step transformers compiles itself), greedy,
+    ``n_tokens`` new tokens after the same ``inputs_embeds`` prefix. Returns the token ids [B, n]."""
+    out = language_model.generate(
+        inputs_embeds=inputs_embeds, attention_mask=attention_mask, max_new_tokens=n_tokens, min_new_tokens=n_tokens,
+        do_sample=False, cache_implementation="static", pad_token_id=0,
+    )
+    return out[:, -n_tokens:]
 
 
 def agreement(fast_ids: np.ndarray, naive_ids: np.ndarray, naive_margins: np.ndarray, naive_top: np.ndarray) -> dict:
@@ -217,20 +204,49 @@ def agreement(fast_ids: np.ndarray, naive_ids: np.ndarray, naive_margins: np.nda
     }
 
 
+@torch.inference_mode()
+def checks(model, images, texts, ours, host, call) -> dict:
+    """Same tokens on a repeated call and from the host-pixel path; where the pixels or the towers
+    would make them differ (bitwise): the two input paths' pixels, a repeated towers replay, and the
+    towers' graph on one stream vs two (uncompiled, so no new compile)."""
+    from vla_spec.model.fast_vision import GraphedVision
+
+    inputs = model.processor(images, texts)
+    on_device = inputs.pixel_values_on(model.device, model.dtype)
+    host_pixels = inputs.pixel_values
+    first = model.encode_images(on_device)
+    one = GraphedVision(model, False, True, two_streams_below=0)(on_device)
+    two = GraphedVision(model, False, True, two_streams_below=10**6)(on_device)
+    return {
+        "repeat_call_same_tokens": bool(np.array_equal(call().token_ids, ours.token_ids)),
+        "host_pixels_same_tokens": bool(np.array_equal(host.token_ids, ours.token_ids)),
+        "pixels_equal": bool(torch.equal(on_device.cpu(), host_pixels.to(model.dtype))),
+        "towers_replay_equal": bool(torch.equal(first, model.encode_images(on_device))),
+        "towers_host_pixels_equal": bool(torch.equal(first, model.encode_images(host_pixels))),
+        "towers_one_vs_two_streams_equal": bool(torch.equal(one, two)),
+    }
+
+
+def spread(times: list[float]) -> dict:
+    """Median, 10th and 90th percentile and minimum of per-call ms."""
+    p10, p90 = np.percentile(times, [10, 90])
+    return {"median": statistics.median(times), "p10": float(p10), "p90": float(p90), "min": min(times), "n": len(times)}
+
+
+def fmt(stats: dict) -> str:
+    return f"{stats['median']:.1f} ({stats['p10']:.1f}-{stats['p90']:.1f})"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32])
-    parser.add_argument("--iters", type=int, default=10, help="timed calls per (path, batch); median reported")
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 8, 16, 32])
+    parser.add_argument("--iters", type=int, default=20, help="timed calls per (path, batch)")
     parser.add_argument("--naive-iters", type=int, default=None, help="timed naive calls (default: --iters)")
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument(
-        "--variants", nargs="*", default=["fast+fused"], choices=sorted(VARIANTS),
-        help="extra fast-path variants to time besides 'fast' (accelerate() defaults)",
-    )
-    parser.add_argument("--compile-vision-batches", type=int, nargs="*", default=[1],
-                        help="batch sizes at which the compiled-vision variant runs (its first call compiles)")
-    parser.add_argument("--breakdown", action="store_true", help="device time of vision, prefix, decoder (fast)")
-    parser.add_argument("--profile", action="store_true", help="kernel table of one eager fast decode (first batch)")
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--hf-static-batches", type=int, nargs="*", default=[1, 8, 32],
+                        help="batch sizes at which transformers' static-cache generate is timed")
+    parser.add_argument("--naive-batches", type=int, nargs="*", default=[1, 8, 32])
+    parser.add_argument("--micro", action="store_true", help="GEMV bandwidth and GEMM rate ceilings first")
     parser.add_argument("--layers", type=int, default=32, help="Llama layers (fewer for a quick smoke run)")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
@@ -238,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
         print("needs a CUDA GPU", file=sys.stderr)
         return 2
     naive_iters = args.naive_iters or args.iters
-    from vla_spec.model.processor import process_images
+    from vla_spec.model.processor import process_images, resize_images
 
     props = torch.cuda.get_device_properties(0)
     env = {
@@ -246,6 +262,7 @@ def main(argv: list[str] | None = None) -> int:
         "torch": torch.__version__,
         "transformers": __import__("transformers").__version__,
         "timm": __import__("timm").__version__,
+        "triton": __import__("triton").__version__,
     }
     print("#", env, flush=True)
     t0 = time.perf_counter()
@@ -257,96 +274,106 @@ def main(argv: list[str] | None = None) -> int:
         f"{torch.cuda.memory_allocated() / 2**30:.1f} GiB on the GPU",
         flush=True,
     )
-    if args.breakdown:
-        micro(args.iters)
+    if args.micro:
+        micro(10)
     rng = np.random.default_rng(0)
     results = []
-    variants = [("fast", VARIANTS["fast"])] + [(name, VARIANTS[name]) for name in args.variants if name != "fast"]
+
+    def save() -> None:
+        if args.json:
+            args.json.write_text(json.dumps({"env": env, "args": vars(args) | {"json": str(args.json)},
+                                             "results": results}, indent=1, default=str))
+
     for batch in args.batches:
         images = [rng.integers(0, 256, (224, 224, 3), dtype=np.uint8) for _ in range(batch)]
         texts = [INSTRUCTION] * batch
         row: dict = {"batch": batch}
-        prefix_len = int(model.processor.prompt_ids(texts[:1])[0].__len__() + model.vision_backbone.num_patches)
-        row["prefix_tokens"] = prefix_len
-        row["preproc_ms"], _, _ = timed(lambda: process_images(images), args.iters, 1)
-
-        restore(model)
-        model.decoder = greedy_decode
-        call = lambda: model.predict_action(images, texts, UNNORM_KEY)  # noqa: E731
-        row["naive_ms"], row["naive_times"], naive = timed(call, naive_iters, args.warmup)
-        print(f"# batch {batch}: naive {row['naive_ms']:.1f} ms", flush=True)
-
-        for label, options in variants:
-            if options.get("compile_vision") and batch not in args.compile_vision_batches:
-                continue
-            restore(model)
-            decoder = FastGreedyDecoder(
-                fuse=options.get("fuse", False), compile=options.get("compile", True), gemv=options.get("gemv", True)
-            )
-            accelerate(model, decoder=decoder, compile_vision=options.get("compile_vision", False))
-            start = time.perf_counter()
-            model.predict_action(images, texts, UNNORM_KEY)  # captures the graphs
-            torch.cuda.synchronize()
-            row[f"{label}_first_call_s"] = time.perf_counter() - start
-            row[f"{label}_ms"], row[f"{label}_times"], fast = timed(call, args.iters, args.warmup)
-            row[f"{label}_agreement"] = agreement(fast.token_ids, naive.token_ids, naive.margins, naive.top_logits)
-            print(
-                f"# batch {batch}: {label} {row[f'{label}_ms']:.1f} ms (first call "
-                f"{row[f'{label}_first_call_s']:.1f} s); agreement {row[f'{label}_agreement']}",
-                flush=True,
-            )
-            if args.breakdown and label == "fast":
-                with torch.inference_mode():
-                    pixels = process_images(images)
-                    ids = model.processor.prompt_ids(texts)
-                    prefix = model.embed_prefix(pixels, ids)
-                    row["breakdown_ms"] = {
-                        "vision+projector (graph)": cuda_ms(lambda: model.encode_images(pixels), args.iters),
-                        "embed_prefix (incl. vision)": cuda_ms(lambda: model.embed_prefix(pixels, ids), args.iters),
-                        "decoder (graph: prefill + 6 steps)": cuda_ms(
-                            lambda: decoder(model.language_model, prefix.inputs_embeds, prefix.attention_mask, 7),
-                            args.iters,
-                        ),
-                        "naive decoder": cuda_ms(
-                            lambda: greedy_decode(model.language_model, prefix.inputs_embeds, prefix.attention_mask, 7),
-                            max(3, args.iters // 2),
-                        ),
-                        "naive vision+projector (eager)": cuda_ms(
-                            lambda: model.encode_images_eager(pixels), max(3, args.iters // 2)
-                        ),
-                    }
-                    print(f"# batch {batch}: breakdown {row['breakdown_ms']}", flush=True)
-            if args.profile and label == "fast" and batch == args.batches[0]:
-                profile_decode(model, images, texts)
-            decoder.clear()
-        restore(model)
         results.append(row)
+        row["prefix_tokens"] = int(len(model.processor.prompt_ids(texts[:1])[0]) + model.vision_backbone.num_patches)
+        row["host_float32_preproc_ms"] = spread(timed(lambda: process_images(images), args.iters, 1)[1])
+        row["host_uint8_resize_ms"] = spread(timed(lambda: resize_images(images), args.iters, 1)[1])
+        call = lambda: model.predict_action(images, texts, UNNORM_KEY)  # noqa: E731
+
+        naive = None
+        if batch in args.naive_batches:
+            restore(model)
+            model.pixels_on_device = False
+            _, times, naive = timed(call, naive_iters, 2)
+            row["naive_ms"] = spread(times)
+            print(f"# batch {batch}: naive {fmt(row['naive_ms'])} ms", flush=True)
+
+        accelerate(model)
+        model.pixels_on_device = True
+        start = time.perf_counter()
+        call()  # compiles, captures the graphs
+        torch.cuda.synchronize()
+        row["ours_first_call_s"] = time.perf_counter() - start
+        _, times, ours = timed(call, args.iters, args.warmup)
+        row["ours_ms"] = spread(times)
+        row["ours_times"] = times
+        if naive is not None:
+            row["ours_agreement"] = agreement(ours.token_ids, naive.token_ids, naive.margins, naive.top_logits)
+        print(f"# batch {batch}: ours {fmt(row['ours_ms'])} ms (first call {row['ours_first_call_s']:.1f} s); "
+              f"agreement {row.get('ours_agreement')}", flush=True)
+
+        model.pixels_on_device = False
+        _, times, host = timed(call, args.iters, args.warmup)
+        row["ours_host_pixels_ms"] = spread(times)
+        model.pixels_on_device = True
+        print(f"# batch {batch}: ours, host float32 pixels {fmt(row['ours_host_pixels_ms'])} ms", flush=True)
+        row["checks"] = checks(model, images, texts, ours, host, call)
+        print(f"# batch {batch}: checks {row['checks']}", flush=True)
+
+        with torch.inference_mode():
+            prefix = model.prefix(images, texts)
+            pixels = model.processor(images, texts).pixel_values_on("cuda", model.dtype)
+            decoder = model.decoder
+            decode = lambda: decoder(model.language_model, prefix.inputs_embeds, prefix.attention_mask, 7)  # noqa: E731
+            row["device_ms"] = {
+                "towers+projector (graph)": cuda_ms(lambda: model.encode_images(pixels), args.iters),
+                "decoder (graph: prefill + 6 steps)": cuda_ms(decode, args.iters),
+                "towers+projector eager": cuda_ms(lambda: model.encode_images_eager(pixels), 5),
+            }
+            row["ours_decoder_wall_ms"] = spread(timed(lambda: decode().token_ids.cpu(), args.iters, 2)[1])
+            if batch in args.hf_static_batches:
+                start = time.perf_counter()
+                hf_ids = hf_static_generate(model.language_model, prefix.inputs_embeds, prefix.attention_mask, 7)
+                torch.cuda.synchronize()
+                row["hf_static_first_call_s"] = time.perf_counter() - start
+                _, times, hf_ids = timed(
+                    lambda: hf_static_generate(model.language_model, prefix.inputs_embeds, prefix.attention_mask, 7)
+                    .cpu(), args.iters, args.warmup)
+                row["hf_static_ms"] = spread(times)
+                if naive is not None:
+                    row["hf_static_agreement"] = agreement(hf_ids.numpy(), naive.token_ids, naive.margins,
+                                                           naive.top_logits)
+        print(f"# batch {batch}: device {row['device_ms']}; our decoder wall {fmt(row['ours_decoder_wall_ms'])}; "
+              f"transformers static {fmt(row['hf_static_ms']) if 'hf_static_ms' in row else '-'}", flush=True)
+        decoder.clear()
+        restore(model)
         torch.cuda.empty_cache()
-    if args.json:
-        args.json.write_text(json.dumps({"env": env, "args": vars(args) | {"json": str(args.json)}, "results": results},
-                                        indent=1, default=str))
+        save()
     print(f"# peak GPU memory {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB")
     print()
     print(f"predict_action, 7B-shaped OpenVLA, random bf16 weights, {env['gpu']}, torch {env['torch']}, "
-          f"transformers {env['transformers']}; median of {args.iters} calls; preprocessing included (see preproc)")
+          f"transformers {env['transformers']}, timm {env['timm']}, triton {env['triton']}; ms per call: median "
+          f"(p10-p90) of {args.iters} calls")
     print()
-    for label, options in variants:
-        print()
-        print(f"**{label}** {options or '(accelerate() defaults)'}")
-        print()
-        print("| batch | prefix tokens | naive ms/call | fast ms/call | actions/s naive | actions/s fast | speedup | "
-              "preproc ms | fast tokens == naive (rows) | rows not at a near-tie |")
-        print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-        for row in results:
-            if f"{label}_ms" not in row:
-                continue
-            agree, fast_ms = row[f"{label}_agreement"], row[f"{label}_ms"]
-            print(
-                f"| {row['batch']} | {row['prefix_tokens']} | {row['naive_ms']:.1f} | {fast_ms:.1f} | "
-                f"{1e3 * row['batch'] / row['naive_ms']:.1f} | {1e3 * row['batch'] / fast_ms:.1f} | "
-                f"{row['naive_ms'] / fast_ms:.2f}x | {row['preproc_ms']:.1f} | "
-                f"{agree['rows_identical']}/{agree['rows']} | {agree['rows_not_explained_by_near_tie']} |"
-            )
+    print("| batch | naive ms | ours ms | ours actions/s | ours, host pixels ms | decoder part: transformers static "
+          "ms | decoder part: ours ms | ratio | towers+projector ms | ours == naive rows | rows not at a near-tie |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for row in results:
+        agree = row.get("ours_agreement")
+        hf = row.get("hf_static_ms")
+        ratio = f"{hf['median'] / row['ours_decoder_wall_ms']['median']:.2f}x" if hf else "-"
+        print(
+            f"| {row['batch']} | {fmt(row['naive_ms']) if 'naive_ms' in row else '-'} | {fmt(row['ours_ms'])} | "
+            f"{1e3 * row['batch'] / row['ours_ms']['median']:.1f} | {fmt(row['ours_host_pixels_ms'])} | "
+            f"{fmt(hf) if hf else '-'} | {fmt(row['ours_decoder_wall_ms'])} | {ratio} | "
+            f"{row['device_ms']['towers+projector (graph)']:.1f} | "
+            f"{str(agree['rows_identical']) + '/' + str(agree['rows']) if agree else '-'} | "
+            f"{agree['rows_not_explained_by_near_tie'] if agree else '-'} |"
+        )
     return 0
 
 

@@ -58,3 +58,22 @@ def test_processor_accepts_pil_and_arrays_alike():
 
     scene = load_image("scene")
     assert np.array_equal(process_images(scene).numpy(), process_images(Image.fromarray(scene)).numpy())
+
+
+def test_uint8_expansion_equals_to_tensor_and_normalize():
+    """``pixel_values_from_uint8`` (the table lookup the GPU path uses) gives torchvision's
+    ``to_tensor`` + ``normalize`` values exactly, for every uint8 level in every channel."""
+    import torch
+    import torchvision.transforms.functional as TVF
+
+    from vla_spec.model.processor import TOWER_NORMALIZATION, pixel_values_from_uint8
+
+    levels = np.arange(256, dtype=np.uint8)
+    image = np.stack([np.tile(levels, (4, 1)), np.tile(levels[::-1], (4, 1)), np.tile(np.roll(levels, 7), (4, 1))], -1)
+    unit = TVF.to_tensor(image)
+    want = torch.cat([TVF.normalize(unit, list(mean), list(std)) for mean, std in TOWER_NORMALIZATION])
+    got = pixel_values_from_uint8(torch.from_numpy(image)[None])[0]
+    assert got.dtype == torch.float32 and torch.equal(got, want)
+    assert torch.equal(pixel_values_from_uint8(torch.from_numpy(image)[None], torch.bfloat16)[0], want.bfloat16())
+    with pytest.raises(ValueError, match=r"uint8 \[B, H, W, 3\]"):
+        pixel_values_from_uint8(torch.from_numpy(image))

@@ -22,7 +22,11 @@ How it is fast
   or what it attends to).
 * Options of the layer code (:mod:`vla_spec.model.static_llama`): ``compile`` (default on CUDA),
   ``gemv`` (batch-1 steps through :mod:`vla_spec.model.triton_gemv`, default on CUDA) and ``fuse``
-  (fused q/k/v and gate/up copies: re-accelerate after changing the weights).
+  (fused q/k/v and gate/up copies, default on CUDA, where they are faster at every batch size
+  measured: re-accelerate after changing the weights).
+* K and V are written into the cache by the compiled pre-attention function itself (``index_copy_``
+  at the bucket's position tensor), and the prefill's last layer runs attention, o_proj and the MLP
+  for the last position only (the only one that reaches lm_head).
 
 On CPU (or ``use_cuda_graphs=False``) the same static-cache code runs eagerly; the CPU tier checks it
 against the naive path.
@@ -72,6 +76,7 @@ class _Bucket:
         self.token_ids = torch.zeros(batch, n_tokens, dtype=torch.int64, device=device)
         self.margins = torch.zeros(batch, n_tokens, dtype=torch.float32, device=device)
         self.top_logits = torch.zeros(batch, n_tokens, dtype=torch.float32, device=device)
+        self.slots = torch.arange(total, device=device)  # cache positions: prefill [:length], step j [length + j - 1]
         self.graph: torch.cuda.CUDAGraph | None = None
 
     def load(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor) -> None:
@@ -91,8 +96,11 @@ class _Bucket:
         mask = _additive(allowed, self.embeds.dtype)
         h = self.embeds
         cos, sin = llama.rotary(h, positions)
+        prefill_slots = self.slots[: self.length]
         for i in range(n_layers):
-            h = llama.layer(i, h, cos, sin, self.k_cache[i], self.v_cache[i], 0, mask)
+            h = llama.layer(
+                i, h, cos, sin, self.k_cache[i], self.v_cache[i], prefill_slots, mask, last_only=i == n_layers - 1
+            )
         token, margin, top = greedy_step(llama.logits_last(h))
         self.token_ids[:, 0].copy_(token)
         self.margins[:, 0].copy_(margin)
@@ -106,8 +114,9 @@ class _Bucket:
             h = llama.embed(token[:, None])
             cos, sin = llama.rotary(h, last + step)
             step_mask = key_valid[..., : start + 1]
+            step_slot = self.slots[start : start + 1]
             for i in range(n_layers):
-                h = llama.layer(i, h, cos, sin, self.k_cache[i], self.v_cache[i], start, step_mask)
+                h = llama.layer(i, h, cos, sin, self.k_cache[i], self.v_cache[i], step_slot, step_mask)
             token, margin, top = greedy_step(llama.logits_last(h))
             self.token_ids[:, step].copy_(token)
             self.margins[:, step].copy_(margin)
@@ -144,7 +153,7 @@ class FastGreedyDecoder:
     ``use_cuda_graphs``: None = on CUDA devices. ``pad_multiple``: the prefix length is left-padded
     up to a multiple of this (1 = exact lengths). ``max_buckets``: captured shapes kept (LRU; a
     7B bucket at B=32 holds ~5 GB of KV cache). ``fuse``: fused q/k/v and gate/up weights (a
-    snapshot of the weights at first use). ``compile``: ``torch.compile`` the per-layer pieces around
+    snapshot of the weights at first use, +9 GB at 7B; None = on CUDA). ``compile``: ``torch.compile`` the per-layer pieces around
     attention (None = on CUDA; the first call of a new shape then takes seconds). ``warmup``: eager
     runs before a capture. ``gemv``: single-row decode steps (batch 1) use a Triton GEMV kernel
     instead of cuBLAS (None = on CUDA; the kernel autotunes on first use).
@@ -156,7 +165,7 @@ class FastGreedyDecoder:
         use_cuda_graphs: bool | None = None,
         pad_multiple: int = 8,
         max_buckets: int = 4,
-        fuse: bool = False,
+        fuse: bool | None = None,
         compile: bool | None = None,
         gemv: bool | None = None,
         warmup: int = 2,
@@ -188,7 +197,8 @@ class FastGreedyDecoder:
         if key not in self._llamas or self._llamas[key].lm is not language_model:
             compiled = self.compile if self.compile is not None else device.type == "cuda"
             use_gemv = (self.gemv if self.gemv is not None else True) and device.type == "cuda"
-            self._llamas[key] = StaticLlama(language_model, self.fuse, compiled, use_gemv)
+            fused = self.fuse if self.fuse is not None else device.type == "cuda"
+            self._llamas[key] = StaticLlama(language_model, fused, compiled, use_gemv)
         return self._llamas[key]
 
     @torch.inference_mode()
@@ -222,24 +232,23 @@ def accelerate(
     *,
     decoder: FastGreedyDecoder | None = None,
     vision: bool = True,
-    compile_vision: bool = False,
+    compile_vision: bool | None = None,
     use_cuda_graphs: bool | None = None,
 ) -> Any:
     """Make ``model`` (an :class:`~vla_spec.model.modeling.OpenVLA`) fast, in place; returns it.
 
     Sets ``model.decoder`` to ``decoder`` (default: a new :class:`FastGreedyDecoder`). With
     ``vision`` and on CUDA, ``model.vision_runner`` becomes a :class:`GraphedVision` (both towers +
-    the projector replay one CUDA graph per batch size); ``compile_vision`` also runs them through ``torch.compile`` (slow first call per
-    batch size). Undo with :func:`restore`. Treat the weights as frozen while accelerated.
-
-    Fastest measured on an H100 (benchmarks/README.md), at +9 GB for the fused weight copies::
-
-        accelerate(model, decoder=FastGreedyDecoder(fuse=True), compile_vision=True)
+    the projector replay one CUDA graph per batch size); ``compile_vision`` (None = on CUDA) also
+    runs them through ``torch.compile`` (the first call compiles: tens of seconds at 7B shapes, once
+    more at the second batch size). Undo with :func:`restore`. Treat the weights as frozen while
+    accelerated. The defaults are the fastest configuration measured (benchmarks/README.md).
     """
     graphs = use_cuda_graphs if use_cuda_graphs is not None else model.device.type == "cuda"
+    compiled = compile_vision if compile_vision is not None else model.device.type == "cuda"
     model.decoder = decoder if decoder is not None else FastGreedyDecoder(use_cuda_graphs=use_cuda_graphs)
-    if vision and (graphs or compile_vision):
-        model.vision_runner = GraphedVision(model, compile_vision, graphs)
+    if vision and (graphs or compiled):
+        model.vision_runner = GraphedVision(model, compiled, graphs)
     return model
 
 

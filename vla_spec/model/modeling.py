@@ -32,13 +32,18 @@ from vla_spec.tokens import ActionTokenizer
 class OpenVLA(OpenVLANetwork):
     """OpenVLA-7B (or a tiny model of the same architecture): the network, its input processor
     (``processor``: its tokenizer, 224 px), its action tokenizer (at ``config.text_vocab_size``)
-    and statistics (``norm_stats``), and a ``decoder``."""
+    and statistics (``norm_stats``), and a ``decoder``.
+
+    ``pixels_on_device`` (default True): the resized uint8 images go to the model's device and are
+    normalized there, in the model's dtype (:meth:`ModelInputs.pixel_values_on`); False builds the
+    float32 ``pixel_values`` on the CPU first, as the reference does. Both give the same values."""
 
     def __init__(self, config: OpenVLAConfig, tokenizer: Any = None) -> None:
         super().__init__(config)
         self.processor = OpenVLAProcessor(tokenizer, config.image_size)
         self.action_tokenizer = ActionTokenizer(vocab_size=config.text_vocab_size, n_bins=config.n_action_bins)
         self.decoder: Decoder = greedy_decode
+        self.pixels_on_device = True
 
     @property
     def tokenizer(self) -> Any:
@@ -58,7 +63,8 @@ class OpenVLA(OpenVLANetwork):
     def prefix(self, images: ImageLike | Sequence[ImageLike], instructions: str | Sequence[str]) -> Prefix:
         """The decoder input for a batch (one image per instruction; a single pair is a batch of 1)."""
         inputs = self.processor(images, instructions)
-        return self.embed_prefix(inputs.pixel_values, inputs.input_ids)
+        pixels = inputs.pixel_values_on(self.device, self.dtype) if self.pixels_on_device else inputs.pixel_values
+        return self.embed_prefix(pixels, inputs.input_ids)
 
     def predict_action(
         self,

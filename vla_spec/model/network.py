@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -69,23 +70,37 @@ class OpenVLANetwork(nn.Module):
         return self.encode_images_eager(pixel_values)
 
     def embed_prefix(self, pixel_values: torch.Tensor, input_ids: Sequence[Sequence[int]]) -> Prefix:
-        """Embed ``[BOS] + patches + ids[1:]`` per sample and left-pad the batch."""
+        """Embed ``[BOS] + patches + ids[1:]`` per sample and left-pad the batch.
+
+        The layout is worked out on the host as one index per position into
+        ``cat([token embeddings, patches, a zero row])`` and copied to the device together with the
+        ids *before* the towers are queued (a host-to-device copy queued behind them would make the
+        host wait for them); the prefix is then one gather, with no per-row work."""
         if len(input_ids) != pixel_values.shape[0]:
             raise ValueError(f"{pixel_values.shape[0]} images but {len(input_ids)} prompts: give one prompt per image")
+        if any(len(ids) == 0 for ids in input_ids):
+            raise ValueError("every prompt needs at least its BOS id (see vla_spec.model.tokenizer.prompt_ids)")
+        n_patches = self.vision_backbone.num_patches
+        n_ids = sum(len(ids) for ids in input_ids)
+        lengths = [len(ids) + n_patches for ids in input_ids]
+        length = max(lengths)
+        index = np.full((len(input_ids), length), n_ids + len(input_ids) * n_patches, dtype=np.int64)  # zero row
+        mask = np.zeros((len(input_ids), length), dtype=np.int64)
+        offset = 0
+        for row, ids in enumerate(input_ids):
+            start = length - lengths[row]
+            index[row, start] = offset  # BOS
+            index[row, start + 1 : start + 1 + n_patches] = n_ids + row * n_patches + np.arange(n_patches)
+            index[row, start + 1 + n_patches :] = offset + 1 + np.arange(len(ids) - 1)
+            mask[row, start:] = 1
+            offset += len(ids)
+        flat_ids = torch.as_tensor([token for ids in input_ids for token in ids], dtype=torch.long).to(self.device)
+        index_t = torch.from_numpy(index).to(self.device)
+        mask_t = torch.from_numpy(mask).to(self.device)
+        tokens = self.language_model.get_input_embeddings()(flat_ids)
         patches = self.encode_images(pixel_values)
-        embed = self.language_model.get_input_embeddings()
-        rows = []
-        for row_patches, ids in zip(patches, input_ids):
-            tokens = embed(torch.as_tensor(list(ids), dtype=torch.long, device=self.device))
-            rows.append(torch.cat([tokens[:1], row_patches, tokens[1:]], dim=0))
-        length = max(row.shape[0] for row in rows)
-        hidden = rows[0].shape[1]
-        inputs_embeds = rows[0].new_zeros(len(rows), length, hidden)
-        attention_mask = torch.zeros(len(rows), length, dtype=torch.long, device=self.device)
-        for index, row in enumerate(rows):
-            inputs_embeds[index, length - row.shape[0] :] = row
-            attention_mask[index, length - row.shape[0] :] = 1
-        return Prefix(inputs_embeds=inputs_embeds, attention_mask=attention_mask)
+        source = torch.cat([tokens, patches.reshape(-1, patches.shape[-1]), tokens.new_zeros(1, tokens.shape[-1])])
+        return Prefix(inputs_embeds=source[index_t], attention_mask=mask_t)
 
     @torch.inference_mode()
     def next_token_logits(self, prefix: Prefix) -> torch.Tensor:

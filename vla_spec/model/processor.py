@@ -9,6 +9,12 @@ comes out of the model is :mod:`vla_spec.actions`. (For LIBERO, the evaluation's
   ``to_tensor`` (uint8 -> [0, 1]), ``normalize(mean, std)``: DINOv2 ImageNet mean/std, SigLIP
   0.5/0.5. The two results are stacked: float32 ``pixel_values`` [B, 6, 224, 224], channels 0-2
   DINOv2, 3-5 SigLIP. Done with torchvision on PIL images, as the reference (no deviation intended).
+  In two steps: :func:`resize_images` (uint8 in, uint8 out: PIL on the CPU, skipped for images that
+  are already 224 x 224, where PIL's resize and crop are the identity), then
+  :func:`pixel_values_from_uint8`, which does ``to_tensor`` and both normalizations as one lookup in
+  a 256-entry table per channel, built on the CPU with the reference's float32 arithmetic: the same
+  values wherever it runs, so the model can take uint8 pixels to its GPU and expand them there
+  (:meth:`ModelInputs.pixel_values_on`), in its own dtype, with no float32 copy on the host.
 * Instructions: BOS + ``"In: What action should the robot take to {lower}?\\nOut:"`` + 29871, with
   the checkpoint's tokenizer (:func:`vla_spec.model.tokenizer.prompt_ids`).
 """
@@ -17,6 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cache
 from typing import Any, Union
 
 import numpy as np
@@ -42,22 +49,59 @@ def _as_pil(image: ImageLike, index: int) -> Any:
     return Image.fromarray(check_rgb_uint8(image, f"image {index}"), mode="RGB")
 
 
-def process_images(images: ImageLike | Sequence[ImageLike], size: int = MODEL_IMAGE_SIZE) -> torch.Tensor:
-    """One image or a sequence of images -> float32 ``pixel_values`` [B, 6, size, size].
-
-    Channels 0-2: DINOv2 input (ImageNet mean/std); channels 3-5: SigLIP input (mean = std = 0.5).
-    """
+def resize_images(images: ImageLike | Sequence[ImageLike], size: int = MODEL_IMAGE_SIZE) -> torch.Tensor:
+    """One image or a sequence of images -> uint8 [B, size, size, 3]: bicubic antialiased resize and
+    centre crop on PIL images, as the reference; an H x W x 3 uint8 array already ``size`` x ``size``
+    is taken as it is (PIL's resize and crop to its own size are the identity)."""
     import torchvision.transforms.functional as TVF
     from torchvision.transforms import InterpolationMode
 
     batch = [images] if not isinstance(images, (list, tuple)) else list(images)
     if not batch:
         raise ValueError("process_images needs at least one image")
-    tensors = []
+    arrays = []
     for index, image in enumerate(batch):
+        if isinstance(image, np.ndarray) and image.shape[:2] == (size, size):
+            arrays.append(check_rgb_uint8(image, f"image {index}"))
+            continue
         resized = TVF.resize(_as_pil(image, index), [size, size], interpolation=InterpolationMode.BICUBIC, antialias=True)
-        tensors.append(TVF.to_tensor(TVF.center_crop(resized, [size, size])))
-    return tower_inputs(torch.stack(tensors).to(torch.float32))
+        arrays.append(np.asarray(TVF.center_crop(resized, [size, size]), dtype=np.uint8))
+    return torch.from_numpy(np.stack(arrays))
+
+
+@cache
+def _lookup_table() -> torch.Tensor:
+    """[2, 3 * 256] float32: each tower's normalized value of every uint8 level, per RGB channel
+    (``to_tensor``'s ``x / 255`` then ``(x - mean) / std``, float32 on the CPU)."""
+    levels = torch.arange(256, dtype=torch.uint8).to(torch.float32).div(255)
+    table = tower_inputs(levels.view(1, 1, 1, 256).expand(1, 3, 1, 256))  # [1, 6, 1, 256]
+    return table.reshape(2, 3 * 256)
+
+
+@cache
+def _table_on(device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """The lookup table in ``dtype`` and the per-channel offsets into it, kept on ``device``."""
+    return _lookup_table().to(device=device, dtype=dtype), (torch.arange(3) * 256).view(1, 3, 1, 1).to(device)
+
+
+def pixel_values_from_uint8(pixels: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """uint8 [B, H, W, 3] RGB -> ``pixel_values`` [B, 6, H, W] in ``dtype``, on ``pixels``' device:
+    ``to_tensor`` and both towers' normalizations, by table lookup (exactly the CPU float32 values,
+    rounded once to ``dtype``)."""
+    if pixels.dtype != torch.uint8 or pixels.ndim != 4 or pixels.shape[-1] != 3:
+        raise ValueError(f"pixels must be uint8 [B, H, W, 3], got {pixels.dtype} {tuple(pixels.shape)}")
+    table, offsets = _table_on(pixels.device, dtype)
+    index = pixels.permute(0, 3, 1, 2).long() + offsets  # [B, 3, H, W]
+    values = table[:, index]  # [2, B, 3, H, W]
+    return values.transpose(0, 1).reshape(pixels.shape[0], 6, *pixels.shape[1:3])
+
+
+def process_images(images: ImageLike | Sequence[ImageLike], size: int = MODEL_IMAGE_SIZE) -> torch.Tensor:
+    """One image or a sequence of images -> float32 ``pixel_values`` [B, 6, size, size] on the CPU.
+
+    Channels 0-2: DINOv2 input (ImageNet mean/std); channels 3-5: SigLIP input (mean = std = 0.5).
+    """
+    return pixel_values_from_uint8(resize_images(images, size))
 
 
 def tower_inputs(pixels: torch.Tensor) -> torch.Tensor:
@@ -81,10 +125,21 @@ def _as_list(value: Any, kinds: tuple[type, ...]) -> list[Any]:
 
 @dataclass(frozen=True, eq=False)
 class ModelInputs:
-    """``pixel_values`` [B, 6, 224, 224] float32 and one prompt id list per sample (BOS ... 29871)."""
+    """The resized images, uint8 [B, 224, 224, 3] on the CPU, and one prompt id list per sample
+    (BOS ... 29871). ``pixel_values`` is the reference's float32 [B, 6, 224, 224] on the CPU;
+    :meth:`pixel_values_on` the same values made on another device, in another dtype."""
 
-    pixel_values: torch.Tensor
+    pixels: torch.Tensor
     input_ids: list[list[int]]
+
+    @property
+    def pixel_values(self) -> torch.Tensor:
+        return pixel_values_from_uint8(self.pixels)
+
+    def pixel_values_on(self, device: torch.device | str, dtype: torch.dtype) -> torch.Tensor:
+        """``pixel_values`` in ``dtype``, expanded on ``device`` from the uint8 pixels (1 byte per
+        pixel channel crosses to the device instead of 6 float32 values)."""
+        return pixel_values_from_uint8(self.pixels.to(device, non_blocking=True), dtype)
 
 
 @dataclass(frozen=True, eq=False)
@@ -106,4 +161,4 @@ class OpenVLAProcessor:
         instruction_list = _as_list(instructions, (str,))
         if len(image_list) != len(instruction_list):
             raise ValueError(f"{len(image_list)} images but {len(instruction_list)} instructions: give one per image")
-        return ModelInputs(process_images(image_list, self.image_size), self.prompt_ids(instruction_list))
+        return ModelInputs(resize_images(image_list, self.image_size), self.prompt_ids(instruction_list))

@@ -61,12 +61,17 @@ def _attention_inputs(
     qkv_biases: list[torch.Tensor | None],
     cos: torch.Tensor,
     sin: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    slots: torch.Tensor,
     n_heads: int,
     n_kv: int,
     head_dim: int,
     use_gemv: bool = False,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """input_layernorm -> q/k/v projections -> rotary: q [B, heads, q, d], k/v [B, kv_heads, q, d]."""
+) -> torch.Tensor:
+    """input_layernorm -> q/k/v projections -> rotary; returns q [B, heads, q, d] and writes the rotated
+    k and v [B, kv_heads, q, d] into the caches at cache positions ``slots`` [q] (in place, so that a
+    compiled version stores them straight into the cache instead of copying afterwards)."""
     batch, q_len, _ = h.shape
     x = _rms_norm(h, norm_weight, eps)
     if len(qkv_weights) == 1:  # fused [q; k; v] matrix
@@ -78,7 +83,9 @@ def _attention_inputs(
     q = q.view(batch, q_len, n_heads, head_dim).transpose(1, 2)
     k = k.view(batch, q_len, n_kv, head_dim).transpose(1, 2)
     v = v.view(batch, q_len, n_kv, head_dim).transpose(1, 2)
-    return _apply_rope(q, cos, sin), _apply_rope(k, cos, sin), v
+    k_cache.index_copy_(2, slots, _apply_rope(k, cos, sin))
+    v_cache.index_copy_(2, slots, v)
+    return _apply_rope(q, cos, sin)
 
 
 def _attention_output_and_mlp(
@@ -211,32 +218,36 @@ class StaticLlama:
         sin: torch.Tensor,
         k_cache: torch.Tensor,
         v_cache: torch.Tensor,
-        start: int,
+        slots: torch.Tensor,
         mask: torch.Tensor,
+        last_only: bool = False,
     ) -> torch.Tensor:
-        """One decoder layer on h [B, q, H]; writes K/V to cache[:, :, start:start+q]; attends to
-        cache[:, :, :start+q] under ``mask`` [B, 1, q, start+q] (additive: 0 = attend, -inf = masked)."""
+        """One decoder layer on h [B, q, H]; writes K/V to the caches at positions ``slots`` [q]
+        (consecutive, ``start .. start + q - 1``) and attends to cache[:, :, :start + q] under
+        ``mask`` [B, 1, q, start + q] (additive: 0 = attend, -inf = masked).
+
+        ``last_only``: after the K/V writes, only the last query position goes on (attention, o_proj,
+        MLP): what the last layer of a prefill needs, since only its last position reaches lm_head.
+        Returns [B, q, H], or [B, 1, H] with ``last_only``."""
         w = self.weights[index]
         batch, q_len, _ = h.shape
-        q, k, v = self.attention_inputs(
-            h, w.norm1, w.eps1, w.qkv, w.qkv_bias, cos, sin, self.n_heads, self.n_kv, self.head_dim,
-            self.use_gemv and batch * q_len == 1,
+        gemv_rows = self.use_gemv and batch * q_len == 1
+        q = self.attention_inputs(
+            h, w.norm1, w.eps1, w.qkv, w.qkv_bias, cos, sin, k_cache, v_cache, slots,
+            self.n_heads, self.n_kv, self.head_dim, gemv_rows,
         )
-        stop = start + q_len
-        k_cache[:, :, start:stop].copy_(k)
-        v_cache[:, :, start:stop].copy_(v)
-        if start == 0:  # prefill: the fresh K/V are the whole key range
-            keys, values = k, v
-        else:
-            keys, values = k_cache[:, :, :stop], v_cache[:, :, :stop]
+        stop = mask.shape[-1]
+        keys, values = k_cache[:, :, :stop], v_cache[:, :, :stop]
+        if last_only:
+            q, h, mask, q_len = q[:, :, -1:], h[:, -1:], mask[:, :, -1:], 1
+            gemv_rows = self.use_gemv and batch == 1
         if self.n_kv != self.n_heads:
             rep = self.n_heads // self.n_kv
             keys, values = keys.repeat_interleave(rep, dim=1), values.repeat_interleave(rep, dim=1)
         out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
         out = out.transpose(1, 2).reshape(batch, q_len, self.n_heads * self.head_dim)
         return self.attention_output_and_mlp(
-            h, out, w.o, w.o_bias, w.norm2, w.eps2, w.gate_up, w.gate_up_bias, w.down, w.down_bias,
-            self.use_gemv and batch * q_len == 1,
+            h, out, w.o, w.o_bias, w.norm2, w.eps2, w.gate_up, w.gate_up_bias, w.down, w.down_bias, gemv_rows,
         )
 
     def logits_last(self, h: torch.Tensor) -> torch.Tensor:

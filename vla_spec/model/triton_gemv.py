@@ -24,11 +24,11 @@ def _gemv_kernel() -> Any:
 
         @triton.autotune(
             configs=[
-                triton.Config({"BLOCK_N": 8, "BLOCK_K": 512}, num_warps=4),
-                triton.Config({"BLOCK_N": 16, "BLOCK_K": 512}, num_warps=8),
-                triton.Config({"BLOCK_N": 4, "BLOCK_K": 1024}, num_warps=4),
-                triton.Config({"BLOCK_N": 8, "BLOCK_K": 1024}, num_warps=8),
-                triton.Config({"BLOCK_N": 2, "BLOCK_K": 2048}, num_warps=4),
+                triton.Config({"BLOCK_N": n, "BLOCK_K": k}, num_warps=w, num_stages=stages)
+                for n, k, w, stages in (
+                    (8, 512, 4, 3), (16, 512, 8, 3), (4, 1024, 4, 3), (8, 1024, 8, 3), (2, 2048, 4, 3),
+                    (16, 256, 4, 4), (32, 256, 8, 4), (8, 256, 4, 5), (16, 512, 8, 4), (4, 512, 4, 5),
+                )
             ],
             key=["N", "K"],
         )

@@ -95,7 +95,8 @@ class FusedVisionBackbone(nn.Module):
         """Patch tokens per image (256 at 224 px, patch 14)."""
         return int(self.featurizer.patch_embed.num_patches)
 
-    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+    def split(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """[B, 6, 224, 224] -> (DINOv2 input, SigLIP input), each [B, 3, 224, 224]; checks the shape."""
         expected = (2 * N_TOWER_CHANNELS, self.image_size, self.image_size)
         if pixel_values.ndim != 4 or tuple(pixel_values.shape[1:]) != expected:
             raise ValueError(
@@ -103,7 +104,13 @@ class FusedVisionBackbone(nn.Module):
                 f"(DINOv2 channels 0-2, SigLIP 3-5; see vla_spec.model.processor.process_images), got {tuple(pixel_values.shape)}"
             )
         dino, siglip = torch.split(pixel_values, [N_TOWER_CHANNELS, N_TOWER_CHANNELS], dim=1)
-        return torch.cat(
-            [self.featurizer(dino), self.fused_featurizer(siglip)],
-            dim=2,
-        )
+        return dino, siglip
+
+    @staticmethod
+    def join(dino_patches: torch.Tensor, siglip_patches: torch.Tensor) -> torch.Tensor:
+        """The two towers' patches -> [B, 256, D1 + D2], DINOv2 first."""
+        return torch.cat([dino_patches, siglip_patches], dim=2)
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        dino, siglip = self.split(pixel_values)
+        return self.join(self.featurizer(dino), self.fused_featurizer(siglip))
