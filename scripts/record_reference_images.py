@@ -125,7 +125,7 @@ def measure() -> None:
         for stage, (ours, reference) in rows.items():
             s = _stats(ours, reference)
             print(
-                f"| {label} | {stage} | {s['mean_abs']:.4f} | {s['percent_differing']:.4f} % | {s['max']} | {s['signed_mean']:+.4f} |"
+                f"| {label} | {stage} | {s['mean_abs']:.5f} | {s['percent_differing']:.4f} % | {s['max']} | {s['signed_mean']:+.5f} |"
             )
 
 
