@@ -9,6 +9,7 @@ import math
 import numpy as np
 import pytest
 from hypothesis import given, settings
+from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from vla_spec import images as im
@@ -144,6 +145,18 @@ def test_lanczos3_span_at_256_to_224():
     weights = im.lanczos3_weights(256, 224)
     assert list(np.flatnonzero(weights[0])) == [0, 1, 2, 3]
     assert list(np.flatnonzero(weights[100])) == list(range(111, 118))
+
+
+@given(st.integers(1, 300), st.integers(1, 300))
+@settings(max_examples=40, deadline=None)
+def test_lanczos3_weights_sum_to_one_near_the_sample(in_size, out_size):
+    """Every output pixel is a weighted mean (weights sum to 1) of sources within 3 kernel widths."""
+    weights = im.lanczos3_weights(in_size, out_size)
+    assert weights.shape == (out_size, in_size)
+    assert np.allclose(weights.sum(axis=1), 1.0, atol=1e-5)
+    reach = 3 * max(in_size / out_size, 1.0) + 0.5
+    rows, sources = np.nonzero(weights)
+    assert np.all(np.abs(sources + 0.5 - (rows + 0.5) * in_size / out_size) <= reach + 1e-3)
 
 
 @given(hnp.arrays(np.uint8, (16, 12, 3)))
