@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import math
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
 
 from vla_spec import images as im
 from tests.goldens import GOLDEN_IMAGES, load_image
@@ -90,12 +94,14 @@ def test_libero_image_shape_and_order(fixtures):
 
 
 def test_libero_image_checksums(fixtures, golden):
-    """sha256 of the uint8 model images. The JPEG step depends on the libjpeg bundled with Pillow
-    (recorded, so a diff shows it); the other steps are checked without JPEG as well."""
+    """sha256 of the uint8 model images. The JPEG step depends on the libjpeg-turbo bundled with Pillow
+    (the encoder) and with simplejpeg (the decoder): both recorded, so a diff shows them; the other
+    steps are checked without JPEG as well."""
+    import simplejpeg
     from PIL import features
 
     turbo = features.version_feature("libjpeg_turbo") if features.check_feature("libjpeg_turbo") else None
-    record = {"libjpeg": features.version("jpg"), "libjpeg_turbo": turbo}
+    record = {"libjpeg": features.version("jpg"), "libjpeg_turbo": turbo, "simplejpeg": simplejpeg.__version__}
     for name, image in fixtures.items():
         rotated = im.rotate_180(image)
         record[name] = {
@@ -104,3 +110,72 @@ def test_libero_image_checksums(fixtures, golden):
             "without_jpeg": sha256(im.center_crop(im.resize_lanczos(rotated))),
         }
     assert record == golden
+
+
+def tf_lanczos3_row(in_size: int, out_size: int, x: int) -> dict[int, float]:
+    """Facts §3 step 3, in float64: TF's antialiased Lanczos-3 weights of output pixel ``x``."""
+    kernel_scale = max(in_size / out_size, 1.0)
+    sample = (x + 0.5) * in_size / out_size
+    first = max(math.ceil(sample - 3 * kernel_scale - 0.5), 0)
+    last = min(math.floor(sample + 3 * kernel_scale - 0.5), in_size - 1)
+
+    def lanczos3(t: float) -> float:
+        return 1.0 if t <= 1e-3 else 0.0 if t > 3 else 3 * math.sin(math.pi * t) * math.sin(math.pi * t / 3) / (math.pi * t) ** 2
+
+    weights = {j: lanczos3(abs((j + 0.5 - sample) / kernel_scale)) for j in range(first, last + 1)}
+    total = sum(weights.values())
+    return {j: w / total for j, w in weights.items()}
+
+
+@pytest.mark.parametrize("in_size, out_size, x", [(256, 224, 0), (256, 224, 100), (256, 224, 223), (128, 224, 7), (224, 224, 50)])
+def test_lanczos3_weights_are_tfs_kernel(in_size, out_size, x):
+    """Row x of the resize matrix: TF's scale_and_translate span and weights (antialias: the kernel
+    is stretched by in / out when shrinking, not when growing), zero elsewhere. TF computes in float32:
+    the sample position (up to 256) carries 1.5e-5 of rounding, which moves the weights by as much."""
+    row = im.lanczos3_weights(in_size, out_size)[x]
+    expected = tf_lanczos3_row(in_size, out_size, x)
+    assert row.shape == (in_size,) and row.dtype == np.float32
+    assert set(np.flatnonzero(row)) <= set(expected)
+    assert [row[j] for j in sorted(expected)] == pytest.approx([expected[j] for j in sorted(expected)], abs=5e-5)
+
+
+def test_lanczos3_span_at_256_to_224():
+    """Output pixel 0 samples at 0.5 * 256 / 224 = 0.5714 with reach 3 * 256 / 224 = 3.43: sources 0..3;
+    pixel 100 samples at 114.857: sources 111..117 (ceil(110.93) .. floor(117.79))."""
+    weights = im.lanczos3_weights(256, 224)
+    assert list(np.flatnonzero(weights[0])) == [0, 1, 2, 3]
+    assert list(np.flatnonzero(weights[100])) == list(range(111, 118))
+
+
+@given(st.integers(1, 300), st.integers(1, 300))
+@settings(max_examples=40, deadline=None)
+def test_lanczos3_weights_sum_to_one_near_the_sample(in_size, out_size):
+    """Every output pixel is a weighted mean (weights sum to 1) of sources within 3 kernel widths."""
+    weights = im.lanczos3_weights(in_size, out_size)
+    assert weights.shape == (out_size, in_size)
+    assert np.allclose(weights.sum(axis=1), 1.0, atol=1e-5)
+    reach = 3 * max(in_size / out_size, 1.0) + 0.5
+    rows, sources = np.nonzero(weights)
+    assert np.all(np.abs(sources + 0.5 - (rows + 0.5) * in_size / out_size) <= reach + 1e-3)
+
+
+@given(hnp.arrays(np.uint8, (16, 12, 3)))
+@settings(max_examples=25, deadline=None)
+def test_resize_to_the_same_size_keeps_the_image(image):
+    """At scale 1 the kernel samples pixel centres: lanczos3(0) = 1, lanczos3(1) = lanczos3(2) = 0."""
+    pixels = np.ascontiguousarray(np.pad(image, ((0, 0), (2, 2), (0, 0))))  # 16 x 16
+    assert np.array_equal(im.resize_lanczos(pixels, 16), pixels)
+
+
+def test_jpeg_decode_fast_and_accurate_idct(fixtures):
+    """``fast_idct=False`` decodes exactly as PIL (the accurate IDCT); the fast IDCT (TF's default) differs."""
+    from PIL import Image
+
+    data = im.jpeg_bytes(fixtures["scene"])
+    with Image.open(io.BytesIO(data)) as decoded:
+        pil = np.asarray(decoded.convert("RGB"), dtype=np.uint8)
+    assert np.array_equal(im.jpeg_decode(data, fast_idct=False), pil)
+    fast = im.jpeg_decode(data)
+    assert fast.shape == pil.shape and fast.dtype == np.uint8
+    assert not np.array_equal(fast, pil)
+    assert np.array_equal(im.jpeg_roundtrip(fixtures["scene"]), fast)
