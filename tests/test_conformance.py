@@ -10,7 +10,6 @@ claims of that level. (The server that drops ``unnorm_key`` is in tests/test_ser
 from __future__ import annotations
 
 import copy
-import inspect
 
 import numpy as np
 import pytest
@@ -18,19 +17,10 @@ import torch
 
 from vla_spec import images
 from vla_spec.adapters import NativeImpl, levels
-from vla_spec.conformance import CLAIMS, ClaimFailed, NotApplicable, Probe, run_claims
+from vla_spec.conformance import CLAIMS, NotApplicable, Probe, run_claims
 from vla_spec.tokens import ActionTokenizer
 
 pytestmark = pytest.mark.cpu
-
-# Until issue 12 lands, vla_spec.images decodes JPEG with PIL's accurate IDCT (facts §3: about one
-# grey level from TF's default decode); issue 12's jpeg_roundtrip takes fast_idct and decodes as TF.
-# strict: if the old decode ever passes the claim, the marker is wrong and the test fails.
-NATIVE_KNOWN_DEVIATIONS = (
-    {} if "fast_idct" in inspect.signature(images.jpeg_roundtrip).parameters
-    else {"processor.jpeg-fast-idct": "vla_spec.images decodes JPEG with the accurate IDCT until issue 12 lands"}
-)
-
 
 @pytest.fixture(scope="session")
 def probe(impl) -> Probe:  # type: ignore[no-untyped-def]
@@ -38,12 +28,10 @@ def probe(impl) -> Probe:  # type: ignore[no-untyped-def]
 
 
 @pytest.mark.parametrize("claim", CLAIMS, ids=[claim.name for claim in CLAIMS])
-def test_claim(claim, probe, request) -> None:  # type: ignore[no-untyped-def]
+def test_claim(claim, probe) -> None:  # type: ignore[no-untyped-def]
     provided = {m for methods in levels(probe.impl).values() for m in methods}
     if claim.method not in provided:
         pytest.skip(f"{probe.impl.name} has no {claim.method}() ({claim.level} level not provided)")
-    if isinstance(probe.impl, NativeImpl) and claim.name in NATIVE_KNOWN_DEVIATIONS:
-        request.applymarker(pytest.mark.xfail(strict=True, raises=ClaimFailed, reason=NATIVE_KNOWN_DEVIATIONS[claim.name]))
     try:
         claim.check(probe)  # ClaimFailed is an AssertionError: the counterexample is the failure message
     except NotApplicable as reason:
