@@ -4,7 +4,7 @@
 
     vla-spec rollout --suite libero_object --tasks 0-9 --inits 0-4 --policy expert --workers 2 \\
         --log runs/x.jsonl [--seeds 0] [--trace] [--video-dir DIR]
-    vla-spec report runs/x.jsonl [--compare runs/y.jsonl] [--plot out.png]
+    vla-spec report runs/old.jsonl [--compare runs/new.jsonl] [--plot out.png]   # exit 1: new regressed
 
 Rerunning ``rollout`` with the same arguments resumes the log (see :mod:`vla_spec.episodes`).
 Ranges are ``0-9``, ``3`` or ``0,2,5-7`` (inclusive). Policies come from :data:`POLICIES`; a
@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from vla_spec.commands import CliError
 from vla_spec.statistics import DEFAULT_CONFIDENCE, PUBLISHED_OPENVLA, Proportion, PublishedResult, SuccessRow, percent
+from vla_spec.verdicts import DEFAULT_MARGIN
 
 if TYPE_CHECKING:  # the simulator side is imported inside the handlers
     from vla_spec.episodes import LogContents
@@ -188,10 +189,16 @@ def register(subparsers: Any) -> None:
     report = subparsers.add_parser(
         "report",
         help="success per task and suite with Wilson intervals, vs the published numbers or another log",
-        description="Summarize an episode log; --compare tests whether success changed between two logs.",
+        description="Summarize an episode log; --compare OLD NEW gives regression verdicts (exit status 1 on a regression).",
     )
     report.add_argument("log", type=Path, help="JSONL episode log")
-    report.add_argument("--compare", type=Path, help="a second log (B) to test against the first (A)")
+    report.add_argument(
+        "--compare", type=Path, metavar="NEW",
+        help="a second log (B, NEW) judged against the first (A, OLD): regressed / improved / held / cannot tell "
+        "per task, suite and overall; exit status 1 when B regressed (a CI gate after an upgrade)",
+    )
+    report.add_argument("--margin", type=float, default=DEFAULT_MARGIN,
+                        help="held means a change this large (fraction, default 0.1 = 10 pp) is ruled out")
     report.add_argument("--plot", type=Path, help="write a bar chart with the intervals (PNG, SVG, PDF)")
     report.add_argument("--confidence", type=float, default=DEFAULT_CONFIDENCE, help="interval level (0.95)")
     report.set_defaults(func=run_report)
@@ -422,49 +429,44 @@ def _verdict_lines(log: LogContents, confidence: float) -> list[str]:
     return lines
 
 
-def _comparison_lines(a: LogContents, b: LogContents, confidence: float) -> list[str]:
-    """Per shared suite, and over all shared suites when there are several: A vs B.
-
-    Over the same episodes (same suite, task, init state, seed) the comparison is paired: McNemar's
-    exact test on the episodes only one run solved. Otherwise the unpaired pooled z-test with a
-    Newcombe interval of the difference. The first line says which.
-    """
+def _comparison_lines(old: LogContents, new: LogContents, confidence: float, margin: float) -> tuple[list[str], bool]:
+    """The verdict table of NEW (B) against OLD (A) (:mod:`vla_spec.verdicts`) and whether any row regressed."""
     from vla_spec.episodes import spec_key
-    from vla_spec.statistics import mcnemar_exact, two_proportion_test
+    from vla_spec.verdicts import compare_logs
 
-    totals_a, totals_b = _suite_totals(a.results, confidence), _suite_totals(b.results, confidence)
-    shared = sorted(totals_a.keys() & totals_b.keys())
-    if not shared:
-        return ["compare: the two logs share no suite"]
-    groups = {suite: [suite] for suite in shared}
-    if len(shared) > 1:
-        groups["all suites"] = shared
-    by_key_a = {spec_key(r): r for r in a.results}
-    by_key_b = {spec_key(r): r for r in b.results}
-    paired = by_key_a.keys() == by_key_b.keys()
-    if paired:
-        lines = ["A vs B over the same episodes: McNemar's exact test (two-sided) on the episodes only one run solved"]
-    else:
-        lines = [f"A vs B, two-sided pooled z-test; {percent(confidence, 0)} Newcombe interval of the difference A - B"]
-    for name, suites in groups.items():
-        wa, na = sum(totals_a[s].successes for s in suites), sum(totals_a[s].n for s in suites)
-        wb, nb = sum(totals_b[s].successes for s in suites), sum(totals_b[s].n for s in suites)
-        head = f"{name:<16} A {wa}/{na} ({percent(wa / na)})  B {wb}/{nb} ({percent(wb / nb)})  "
-        if paired:
-            keys = [key for key in by_key_a if key[0] in suites]
-            a_only = sum(by_key_a[k].success and not by_key_b[k].success for k in keys)
-            b_only = sum(by_key_b[k].success and not by_key_a[k].success for k in keys)
-            test = mcnemar_exact(a_only, b_only)
-            lines.append(head + f"A only {test.a_only}, B only {test.b_only}  p {test.p_value:.3g}")
-        else:
-            t = two_proportion_test(wa, na, wb, nb, confidence)
-            lines.append(
-                head + f"diff {100 * t.difference:+.1f} pp [{100 * t.low:+.1f}, {100 * t.high:+.1f}]  z {t.z:+.2f}  p {t.p_value:.3g}"
-            )
-    if not paired:
-        only_a, only_b = by_key_a.keys() - by_key_b.keys(), by_key_b.keys() - by_key_a.keys()
+    try:
+        rows = compare_logs(old.results, new.results, spec_key, confidence=confidence, margin=margin)
+    except ValueError as error:
+        return [f"compare: {error}"], False
+    level = percent(confidence, 0)
+    lines = [
+        f"B (NEW) vs A (OLD): regressed / improved when the test rejects no change at {percent(1 - confidence, 0)} "
+        f"(Holm-adjusted over tasks and over suites), held when the {level} interval of B - A lies within "
+        f"±{100 * margin:g} pp (--margin), else cannot tell",
+        "paired (same episodes in both): McNemar's exact test, Newcombe's paired interval; "
+        "unpaired: Fisher's exact test, Newcombe's hybrid score interval; needed: episodes for power 0.8 at this difference",
+        f"{'suite':<16}{'task':>5}{'A':>9}{'B':>9}  {'B - A [' + level + ' interval]':<28}{'test':<28}{'p':>8}  verdict",
+    ]
+    for row in rows:
+        suite, task = row.suite or "all suites", "all" if row.task_id is None else str(row.task_id)
+        change = f"{100 * row.difference:+.1f} pp [{100 * row.low:+.1f}, {100 * row.high:+.1f}]"
+        test = f"paired, A only {row.old_only} B only {row.new_only}" if row.paired else "unpaired"
+        verdict = row.verdict
+        if verdict == "cannot tell":
+            unit = "paired episodes" if row.paired else "episodes per run"
+            verdict += f" (underpowered: needs {row.needed} {unit})" if row.needed else " (no difference observed)"
+        lines.append(
+            f"{suite:<16}{task:>5}{f'{row.old.successes}/{row.old.n}':>9}{f'{row.new.successes}/{row.new.n}':>9}  "
+            f"{change:<28}{test:<28}{row.p_value:>8.3g}  {verdict}"
+        )
+    regressed = [row for row in rows if row.verdict == "regressed"]
+    names = ", ".join(f"{r.suite or 'all suites'}{'' if r.task_id is None else f' task {r.task_id}'}" for r in regressed)
+    lines.append(f"verdict: B regressed ({names}): exit status 1" if regressed else "verdict: no regression")
+    only_a = {spec_key(r) for r in old.results} - {spec_key(r) for r in new.results}
+    only_b = {spec_key(r) for r in new.results} - {spec_key(r) for r in old.results}
+    if only_a or only_b:
         lines.append(f"note: the logs cover different episodes ({len(only_a)} only in A, {len(only_b)} only in B)")
-    return lines
+    return lines, bool(regressed)
 
 
 def _short_policy(config: Mapping[str, Any]) -> str:
@@ -562,6 +564,9 @@ def run_report(args: argparse.Namespace) -> int:
         z_value(args.confidence)  # a bad level fails before any work
     except ValueError as error:
         raise CliError(str(error)) from None
+    if not 0.0 < args.margin <= 1.0:
+        raise CliError(f"--margin must lie in (0, 1] (a fraction: 0.1 is 10 percentage points), got {args.margin}")
+    regressed = False
     log = _read_log(args.log)
     if not log.results:
         raise CliError(f"{args.log} has no finished episodes yet")
@@ -573,10 +578,11 @@ def run_report(args: argparse.Namespace) -> int:
         if not other.results:
             raise CliError(f"{args.compare} has no finished episodes yet")
         lines += ["", *_describe_log("B: ", other), format_success_table(other.results, args.confidence)]
-        lines += [*_verdict_lines(other, args.confidence), "", *_comparison_lines(log, other, args.confidence)]
+        comparison, regressed = _comparison_lines(log, other, args.confidence, args.margin)
+        lines += [*_verdict_lines(other, args.confidence), "", *comparison]
         logs[str(args.compare)] = other
     if args.plot:
         plot_success(args.plot, logs, args.confidence)
         lines.append(f"plot: {args.plot}")
     print("\n".join(lines))
-    return 0
+    return 1 if regressed else 0
