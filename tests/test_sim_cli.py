@@ -172,6 +172,12 @@ def test_report_notes_logs_over_different_episodes(tmp_path: Path, capsys: pytes
          "vla-spec rollout: error: --unnorm-key does not apply to policy 'wait'"),
         (["rollout", "--suite", "libero_object", "--policy", "wait", "--workers", "0", "--log", "{tmp}/x.jsonl"],
          "vla-spec rollout: error: --workers must be at least 1, got 0"),
+        (["rollout", "--suite", "libero_object", "--policy", "wait", "--until-decided", "--log", "{tmp}/x.jsonl"],
+         "vla-spec rollout: error: --until-decided and --against go together: --until-decided --against 0.884 (a rate), "
+         "published or a baseline log"),
+        (["rollout", "--suite", "libero_object", "--policy", "wait", "--against", "0.5", "--log", "{tmp}/x.jsonl"],
+         "vla-spec rollout: error: --until-decided and --against go together: --until-decided --against 0.884 (a rate), "
+         "published or a baseline log"),
         (["rollout", "--suite", "libero_object", "--policy", "wait", "--log", "{tmp}"],
          "vla-spec rollout: error: episode log {tmp} is a directory; give a file in it, e.g. {tmp}/run.jsonl"),
         (["rollout", "--suite", "libero_object", "--policy", "wait", "--log", "{tmp}/empty.jsonl/x.jsonl"],

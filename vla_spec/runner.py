@@ -58,8 +58,9 @@ def describe_policy(make_policy: Callable[[], Policy]) -> tuple[str, dict[str, A
 
 
 def video_path_for(video_dir: Path, spec: EpisodeSpec) -> Path:
-    """``<video_dir>/<suite>_task<NN>_init<NN>_seed<S>.mp4``."""
-    return Path(video_dir) / f"{spec.suite}_task{spec.task_id:02d}_init{spec.init_index:02d}_seed{spec.env_seed}.mp4"
+    """``<video_dir>/<suite>_task<NN>_init<NN>_seed<S>.mp4`` (``..._seed<S>_<camera>.mp4`` for a camera variation)."""
+    camera = "" if spec.camera == "none" else f"_{spec.camera}"
+    return Path(video_dir) / f"{spec.suite}_task{spec.task_id:02d}_init{spec.init_index:02d}_seed{spec.env_seed}{camera}.mp4"
 
 
 class TaskScheduler:

@@ -3,7 +3,7 @@
 ::
 
     vla-spec rollout --suite libero_object --tasks 0-9 --inits 0-4 --policy expert --workers 2 \\
-        --log runs/x.jsonl [--seeds 0] [--trace] [--video-dir DIR]
+        --log runs/x.jsonl [--seeds 0-19] [--cameras none,shift-2cm] [--trace] [--video-dir DIR]
     vla-spec report runs/old.jsonl [--compare runs/new.jsonl] [--plot out.png]   # exit 1: new regressed
 
 Rerunning ``rollout`` with the same arguments resumes the log (see :mod:`vla_spec.episodes`).
@@ -129,8 +129,25 @@ def check_suites(suites: Sequence[str]) -> None:
             raise CliError(f"unknown suite {suite!r}; known: {', '.join(MAX_STEPS)}")
 
 
-def build_specs(suites: Sequence[str], tasks: Sequence[int], inits: Sequence[int], seeds: Sequence[int]) -> list[EpisodeSpec]:
-    """Every (suite, task, init, seed) combination, checked against the installed benchmark."""
+def parse_cameras(text: str) -> tuple[str, ...]:
+    """``"none,shift-2cm"`` -> ``("none", "shift-2cm")``: camera variation names, checked, order kept."""
+    from vla_spec.sim.cameras import UnknownCameraVariation, parse_variation
+
+    names = tuple(dict.fromkeys(name.strip() for name in text.split(",") if name.strip()))
+    if not names:
+        raise CliError(f"bad --cameras {text!r}: name at least one variation, e.g. none,shift-2cm")
+    for name in names:
+        try:
+            parse_variation(name)
+        except UnknownCameraVariation as error:
+            raise CliError(f"--cameras: {error}") from None
+    return names
+
+
+def build_specs(
+    suites: Sequence[str], tasks: Sequence[int], inits: Sequence[int], seeds: Sequence[int], cameras: Sequence[str] = ("none",)
+) -> list[EpisodeSpec]:
+    """Every (suite, task, init, seed, camera) combination, checked against the installed benchmark."""
     from vla_spec.rollout import EpisodeSpec
     from vla_spec.sim.suites import INIT_STATES_PER_TASK, num_tasks
 
@@ -141,7 +158,7 @@ def build_specs(suites: Sequence[str], tasks: Sequence[int], inits: Sequence[int
             raise CliError(f"{suite} has tasks 0-{available - 1}, not {max(tasks)}")
     if max(inits) >= INIT_STATES_PER_TASK:
         raise CliError(f"init indices run 0-{INIT_STATES_PER_TASK - 1}, not {max(inits)}")
-    return [EpisodeSpec(s, t, i, e) for s in suites for t in tasks for i in inits for e in seeds]
+    return [EpisodeSpec(s, t, i, e, c) for s in suites for t in tasks for i in inits for e in seeds for c in cameras]
 
 
 def register(subparsers: Any) -> None:
@@ -149,7 +166,7 @@ def register(subparsers: Any) -> None:
     rollout = subparsers.add_parser(
         "rollout",
         help="run LIBERO episodes with a policy into a resumable JSONL log",
-        description="Run every (suite, task, init, seed) episode not yet in --log; rerun to resume.",
+        description="Run every (suite, task, init, seed, camera) episode not yet in --log; rerun to resume.",
     )
     rollout.add_argument("--suite", required=True, help="suite(s), comma-separated, e.g. libero_object")
     rollout.add_argument("--tasks", default="0-9", help="task ids, e.g. 0-9 or 0,3 (default 0-9)")
@@ -163,6 +180,11 @@ def register(subparsers: Any) -> None:
     )
     for dest, (flag, text) in POLICY_OPTIONS.items():
         rollout.add_argument(flag, dest=dest, default=None, help=text)
+    rollout.add_argument(
+        "--cameras", default="none",
+        help="agentview camera variations, comma-separated (default none): shift±Ncm, lift±Ncm, yaw±Ndeg, pitch±Ndeg, "
+        "jitterK (vla_spec.sim.cameras); the run is the product suites x tasks x inits x seeds x cameras",
+    )
     rollout.add_argument("--workers", type=int, default=1, help="worker processes (each ~2 GB RAM; 1 = in-process)")
     rollout.add_argument("--log", required=True, type=Path, help="JSONL episode log to create or resume")
     rollout.add_argument("--overwrite", action="store_true", help="empty an existing --log first (its episodes are lost)")
@@ -170,6 +192,19 @@ def register(subparsers: Any) -> None:
     rollout.add_argument("--retry-errors", action="store_true", help="rerun episodes of the log that ended with an error")
     rollout.add_argument("--video-dir", type=Path, help="write one mp4 per episode here (forces the camera)")
     rollout.add_argument("--no-progress", action="store_true", help="no progress bar")
+    sequential = rollout.add_argument_group(
+        "sequential mode", "run the episodes in a shuffled order (seed 0) and stop as soon as a sequential test "
+        "(vla_spec.sequential: Wald's SPRT, false alarms <= --alpha however often it looks) decides; exit status 1 on regressed",
+    )
+    sequential.add_argument("--until-decided", action="store_true", help="stop once held or regressed is clear")
+    sequential.add_argument(
+        "--against", metavar="RATE|published|LOG",
+        help="the reference: a success rate (0.884), published (OpenVLA's rate for the one --suite), or a baseline "
+        "log holding every planned episode (then only the episodes the runs disagree on count)",
+    )
+    sequential.add_argument("--delta", type=float, default=0.1, help="against a rate: regressed means this much lower (0.1)")
+    sequential.add_argument("--alpha", type=float, default=0.05, help="false-alarm rate: saying regressed when it held (0.05)")
+    sequential.add_argument("--beta", type=float, default=0.2, help="miss rate: saying held at the regressed rate (0.2)")
     rollout.set_defaults(func=run_rollout)
 
     demos = subparsers.add_parser(
@@ -262,6 +297,8 @@ def run_rollout(args: argparse.Namespace) -> int:
     params = _policy_params(args)
     if args.workers < 1:
         raise CliError(f"--workers must be at least 1, got {args.workers}")
+    if args.until_decided != (args.against is not None):
+        raise CliError("--until-decided and --against go together: --until-decided --against 0.884 (a rate), published or a baseline log")
     try:
         check_log_path(args.log)
     except LogError as error:
@@ -269,21 +306,25 @@ def run_rollout(args: argparse.Namespace) -> int:
     suites = [s.strip() for s in args.suite.split(",") if s.strip()]
     tasks, inits = parse_indices(args.tasks, "--tasks"), parse_indices(args.inits, "--inits")
     seeds = parse_indices(args.seeds, "--seeds")
+    cameras = parse_cameras(args.cameras)
     check_suites(suites)
     setup = _policy_setup(args.policy, params, suites)
     try:
-        specs = build_specs(suites, tasks, inits, seeds)
+        specs = build_specs(suites, tasks, inits, seeds, cameras)
     except SimulatorUnavailable as error:
         raise CliError(str(error)) from None
     config = RunConfig(
         args.policy, params, tuple(specs), record_trace=args.trace, workers=args.workers,
         video_dir=None if args.video_dir is None else str(args.video_dir), policy_setup=setup,
     )
+    plan = _sequential_plan(args, specs) if args.until_decided else None
     with _open_log(args, config) as log:
         kept = [spec for spec in specs if spec_key(spec) in log.finished]
         try:
             if kept:
                 print(f"resuming: {len(kept)} of {len(specs)} episodes already in the log {args.log}", file=sys.stderr)
+            if plan is not None:
+                return _run_until_decided(log, args, params, specs, *plan)
             results = run_in_log(
                 log,
                 functools.partial(build_policy, args.policy, **params),
@@ -309,6 +350,69 @@ def run_rollout(args: argparse.Namespace) -> int:
             f"{errors[0].suite} task {errors[0].task_id}: {errors[0].error}; fix it and rerun with --retry-errors"
         )
     return 0
+
+
+def _sequential_plan(args: argparse.Namespace, specs: Sequence[EpisodeSpec]) -> tuple[Any, Any, str]:
+    """(the test, results -> its 0/1 stream, what it compares) from --against, --delta, --alpha, --beta."""
+    from vla_spec.episodes import spec_key
+    from vla_spec.sequential import PAIRED_ALTERNATIVE, SequentialTest, paired_stream, published_stream
+
+    suites = sorted({spec.suite for spec in specs})
+    try:
+        if args.against == "published" or args.against.replace(".", "", 1).isdigit():
+            if args.against == "published":
+                if len(suites) != 1 or suites[0] not in PUBLISHED_OPENVLA:
+                    raise CliError(f"--against published needs one suite with a published rate ({', '.join(PUBLISHED_OPENVLA)})")
+                rate = PUBLISHED_OPENVLA[suites[0]].rate_percent / 100.0
+            else:
+                rate = float(args.against)
+            test = SequentialTest(rate, rate - args.delta, args.alpha, args.beta)
+            return test, published_stream, f"success rate {percent(rate)} (held) vs {percent(rate - args.delta)} (regressed)"
+        baseline = _read_log(Path(args.against)).finished()
+        missing = [spec for spec in specs if spec_key(spec) not in baseline]
+        if missing:
+            raise CliError(f"--against {args.against} lacks {len(missing)} of the {len(specs)} planned episodes, e.g. "
+                           f"{spec_key(missing[0])}: run the baseline's episodes, or give a rate")
+        test = SequentialTest(0.5, PAIRED_ALTERNATIVE, args.alpha, args.beta)
+
+        def stream(results: Sequence[EpisodeResult]) -> list[int]:
+            return paired_stream(list(results), baseline, [spec_key(r) for r in results])
+
+        return test, stream, (f"{args.against}, paired: NEW wins half the disagreeing episodes (held) vs "
+                              f"{percent(PAIRED_ALTERNATIVE, 0)} (regressed)")
+    except ValueError as error:
+        raise CliError(f"--until-decided: {error}") from None
+
+
+def _run_until_decided(log: Any, args: argparse.Namespace, params: Mapping[str, Any], specs: Sequence[EpisodeSpec],
+                       test: Any, stream: Any, against: str) -> int:
+    """Run ``specs`` in a seeded shuffled order, ``--workers`` episodes at a time, until ``test``
+    decides on the stream of the finished ones; exit status 1 when it says regressed."""
+    import random
+    import sys
+
+    from vla_spec.runner import run_in_log
+    from vla_spec.sequential import first_decision
+
+    order = list(specs)
+    random.Random(0).shuffle(order)  # tasks and inits interleaved: any prefix is a fair sample
+    make_policy = functools.partial(build_policy, args.policy, **params)
+    results: list[EpisodeResult] = []
+    verdict, used = None, 0
+    for start in range(0, len(order), args.workers):
+        results += run_in_log(log, make_policy, order[start:start + args.workers], workers=args.workers,
+                              record_trace=args.trace, video_dir=args.video_dir, progress=False, retry_errors=args.retry_errors)
+        outcomes = stream(results)
+        verdict, used = first_decision(test, outcomes)
+        wins = sum(bool(r.success) for r in results)
+        print(f"sequential: {len(results)} episodes ({wins} solved), {len(outcomes)} outcomes, log LR "
+              f"{test.llr(sum(outcomes), len(outcomes)):+.2f} (held <= {test.lower:+.2f}, regressed >= {test.upper:+.2f})", file=sys.stderr)
+        if verdict is not None:
+            break
+    decided = f"{verdict} after {used} outcome(s)" if verdict else f"undecided after all {len(order)} episodes (cannot tell)"
+    print(f"sequential test against {against}, alpha {args.alpha:g}, beta {args.beta:g}: {decided}; "
+          f"{len(results)} of {len(order)} planned episodes run; log: {args.log}")
+    return 1 if verdict == "regressed" else 0
 
 
 def run_demos(args: argparse.Namespace) -> int:
