@@ -661,6 +661,30 @@ def _read_log(path: Path) -> LogContents:
         raise CliError(str(error)) from None
 
 
+def _trials(log: LogContents, confidence: float) -> tuple[LogContents, list[str]]:
+    """The log with identical repeats collapsed (:func:`vla_spec.factors.collapse_repeats`: what every
+    table, verdict and comparison of the report counts), and the lines that say so and break success
+    down by each varied factor (seeds over all episodes, the other factors over the trials)."""
+    import dataclasses
+
+    from vla_spec.factors import FACTORS, collapse_repeats, factor_rows, varied_factors
+
+    repeats = collapse_repeats(log.results)
+    lines = []
+    if repeats.repeated or repeats.differing:
+        lines.append(
+            f"  independent trials: {len(repeats.trials)} of {repeats.episodes} episodes; {repeats.starts} starting states "
+            f"(suite, task, init, camera): {repeats.repeated} played identically under every env seed (env.seed changes "
+            f"nothing once the init state is set) and count once, {repeats.differing} differed between seeds and count "
+            "every episode"
+        )
+    for factor in varied_factors(log.results):
+        rows = factor_rows(log.results if factor == "env_seed" else repeats.trials, factor, confidence)
+        cells = [f"{level}: {p.successes}/{p.n} [{percent(p.low, 0)}, {percent(p.high, 0)}]" for level, p in rows]
+        lines.append(f"  by {FACTORS[factor]}: " + "; ".join(cells))
+    return dataclasses.replace(log, results=repeats.trials), lines
+
+
 def run_report(args: argparse.Namespace) -> int:
     from vla_spec.statistics import z_value
 
@@ -675,13 +699,16 @@ def run_report(args: argparse.Namespace) -> int:
     if not log.results:
         raise CliError(f"{args.log} has no finished episodes yet")
     lines = _describe_log("A: " if args.compare else "", log)
-    lines += [format_success_table(log.results, args.confidence), *_verdict_lines(log, args.confidence)]
+    log, breakdown = _trials(log, args.confidence)
+    lines += [*breakdown, format_success_table(log.results, args.confidence), *_verdict_lines(log, args.confidence)]
     logs = {str(args.log): log}
     if args.compare:
         other = _read_log(args.compare)
         if not other.results:
             raise CliError(f"{args.compare} has no finished episodes yet")
-        lines += ["", *_describe_log("B: ", other), format_success_table(other.results, args.confidence)]
+        lines += ["", *_describe_log("B: ", other)]
+        other, breakdown = _trials(other, args.confidence)
+        lines += [*breakdown, format_success_table(other.results, args.confidence)]
         comparison, regressed = _comparison_lines(log, other, args.confidence, args.margin)
         lines += [*_verdict_lines(other, args.confidence), "", *comparison]
         logs[str(args.compare)] = other
