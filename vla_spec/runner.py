@@ -33,7 +33,7 @@ from typing import Any
 
 from vla_spec.episodes import EpisodeLog, RunConfig, SpecKey, spec_key
 from vla_spec.rollout import EpisodeResult, EpisodeSpec, Policy, run_episode
-from vla_spec.sim.suites import MAX_STEPS
+from vla_spec.sim.suites import STEP_BUDGETS
 
 __all__ = ["TaskScheduler", "describe_policy", "run_episodes", "run_in_log", "video_path_for"]
 
@@ -231,7 +231,7 @@ class _Progress:
         """Episode ``spec`` begins in ``slot`` (a worker, or 0 in this process)."""
         if self.steps:
             bar = self.steps[slot]
-            bar.reset(total=MAX_STEPS[spec.suite])
+            bar.reset(total=STEP_BUDGETS[spec.suite])
             bar.set_description(f"{spec.suite} task {spec.task_id} init {spec.init_index}", refresh=True)
 
     def step(self, slot: int, steps: int) -> None:

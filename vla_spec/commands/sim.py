@@ -120,13 +120,13 @@ def parse_indices(text: str, what: str) -> tuple[int, ...]:
 
 def check_suites(suites: Sequence[str]) -> None:
     """Every name in ``suites`` is a LIBERO suite (no simulator needed)."""
-    from vla_spec.sim.suites import MAX_STEPS
+    from vla_spec.sim.suites import MAX_STEPS, PERTURBED_SUITES
 
     if not suites:
         raise CliError("--suite names no suite; give one such as libero_object")
     for suite in suites:
-        if suite not in MAX_STEPS:
-            raise CliError(f"unknown suite {suite!r}; known: {', '.join(MAX_STEPS)}")
+        if suite not in MAX_STEPS and suite not in PERTURBED_SUITES:
+            raise CliError(f"unknown suite {suite!r}; known: {', '.join(MAX_STEPS)} and LIBERO-PRO's {{suite}}_swap, _lan, _object")
 
 
 def parse_cameras(text: str) -> tuple[str, ...]:
