@@ -13,6 +13,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tests.test_sim_cli import write_log
 from vla_spec.cli import main
@@ -33,6 +35,16 @@ def _verdicts(tmp_path: Path, old: dict, new: dict, **options: float) -> dict[tu
 
 def test_newcombe_paired_interval_matches_the_reference() -> None:
     assert newcombe_paired_interval(59, 6, 16, 80) == pytest.approx((-0.1186, -0.0046), abs=5e-5)
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.tuples(*[st.integers(0, 40)] * 4).filter(lambda t: sum(t) > 0))
+def test_the_paired_interval_holds_the_difference_and_mirrors(table: tuple[int, int, int, int]) -> None:
+    both, a_only, b_only, neither = table
+    low, high = newcombe_paired_interval(both, a_only, b_only, neither)
+    difference = (a_only - b_only) / sum(table)
+    assert -1.0 <= low <= difference + 1e-12 and difference - 1e-12 <= high <= 1.0
+    assert newcombe_paired_interval(both, b_only, a_only, neither) == pytest.approx((-high, -low))
 
 
 def test_episodes_needed_matches_the_textbook_and_pairs_needed_connor() -> None:

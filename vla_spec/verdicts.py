@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Literal, NamedTuple, Protocol
 
 from vla_spec.statistics import (
     DEFAULT_CONFIDENCE,
@@ -88,10 +88,20 @@ def holm(p_values: Sequence[float]) -> list[float]:
     return adjusted
 
 
+class _GroupTest(NamedTuple):
+    paired: bool
+    old_only: int | None
+    new_only: int | None
+    low: float
+    high: float
+    p_value: float  # before the Holm adjustment
+    needed: int | None
+
+
 def _compare_group(
     old: Sequence[_Episode], new: Sequence[_Episode], key: Callable[[_Episode], Hashable], confidence: float
-) -> tuple[bool, int | None, int | None, float, float, float, int | None]:
-    """(paired, old_only, new_only, low, high, raw p, needed) for one group."""
+) -> _GroupTest:
+    """The test of one group: paired when both hold the same episodes, else unpaired."""
     from scipy.stats import fisher_exact
 
     alpha = 1.0 - confidence
@@ -104,11 +114,11 @@ def _compare_group(
         low, high = newcombe_paired_interval(both, new_only, old_only, len(pairs) - both - old_only - new_only, confidence)
         p = mcnemar_exact(old_only, new_only).p_value
         needed = pairs_needed(new_only / len(pairs), old_only / len(pairs), alpha, DEFAULT_POWER)
-        return True, old_only, new_only, low, high, p, needed
+        return _GroupTest(True, old_only, new_only, low, high, p, needed)
     wo, wn = sum(bool(e.success) for e in old), sum(bool(e.success) for e in new)
     test = two_proportion_test(wn, len(new), wo, len(old), confidence)
     p = float(fisher_exact([[wn, len(new) - wn], [wo, len(old) - wo]]).pvalue)
-    return False, None, None, test.low, test.high, p, episodes_needed(wo / len(old), wn / len(new), alpha, DEFAULT_POWER)
+    return _GroupTest(False, None, None, test.low, test.high, p, episodes_needed(wo / len(old), wn / len(new), alpha, DEFAULT_POWER))
 
 
 def compare_logs(
@@ -133,24 +143,24 @@ def compare_logs(
     groups += [(s, None, lambda e, s=s: e.suite == s and (e.suite, e.task_id) in tasks) for s in suites]
     if len(suites) > 1:
         groups.append((None, None, lambda e: (e.suite, e.task_id) in tasks))
-    raw = []
-    for suite, task, member in groups:
-        o, n = [e for e in old if member(e)], [e for e in new if member(e)]
-        raw.append((suite, task, o, n, _compare_group(o, n, key, confidence)))
-    families = [[i for i, r in enumerate(raw) if r[1] is not None], [i for i, r in enumerate(raw) if r[1] is None and r[0] is not None]]
-    adjusted = [r[4][5] for r in raw]
-    for family in families:
-        for i, p in zip(family, holm([raw[i][4][5] for i in family])):
+    members = [([e for e in old if member(e)], [e for e in new if member(e)]) for _, _, member in groups]
+    tests = [_compare_group(o, n, key, confidence) for o, n in members]
+    adjusted = [test.p_value for test in tests]
+    task_rows = [i for i, (_, task, _) in enumerate(groups) if task is not None]
+    suite_rows = [i for i, (suite, task, _) in enumerate(groups) if task is None and suite is not None]
+    for family in (task_rows, suite_rows):
+        for i, p in zip(family, holm([tests[i].p_value for i in family])):
             adjusted[i] = p
     rows = []
-    for (suite, task, o, n, (paired, old_only, new_only, low, high, _, needed)), p in zip(raw, adjusted):
+    for (suite, task, _), (o, n), test, p in zip(groups, members, tests, adjusted):
         old_p = wilson_interval(sum(bool(e.success) for e in o), len(o), confidence)
         new_p = wilson_interval(sum(bool(e.success) for e in n), len(n), confidence)
         if p < 1.0 - confidence:
             verdict: RegressionVerdict = "regressed" if new_p.rate < old_p.rate else "improved"
-        elif -margin < low and high < margin:
+        elif -margin < test.low and test.high < margin:
             verdict = "held"
         else:
             verdict = "cannot tell"
-        rows.append(GroupComparison(suite, task, old_p, new_p, paired, old_only, new_only, low, high, p, verdict, needed))
+        rows.append(GroupComparison(suite, task, old_p, new_p, test.paired, test.old_only, test.new_only, test.low, test.high,
+                                    p, verdict, test.needed))
     return rows
