@@ -133,3 +133,27 @@ def test_libero_pro_lan_suites_reword_the_instruction_in_the_bddl() -> None:
     assert task_info("libero_object_lan", 0).instruction == "grab alphabet soup and put it into basket"
     assert task_info("libero_object", 0).instruction == "pick up the alphabet soup and place it in the basket"
     assert task_info("libero_object_swap", 0).max_steps == 280
+
+
+def test_until_decided_against_a_baseline_log_counts_trials_not_repeats(
+    matrix: dict[str, object], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """NEW: the matrix log with every episode failed (its lines rewritten, so nothing runs); against
+    the matrix log as baseline every pair disagrees. Eight episodes are four trials (seeds repeat):
+    four lost pairs move the log LR by 4 log(0.75/0.5) = 1.62 < log(20): undecided, exit 0.
+    Negative control: counting the eight episodes would reach 3.24 >= 3.00 and call a regression."""
+    import json
+
+    from vla_spec.sequential import PAIRED_ALTERNATIVE, SequentialTest, first_decision
+
+    log: Path = matrix["log"]  # type: ignore[assignment]
+    new = tmp_path / "new.jsonl"
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    new.write_text("".join(json.dumps({**r, "success": False} if r["kind"] == "episode" else r) + "\n" for r in records))
+    argv = [arg if arg != str(log) else str(new) for arg in matrix["argv"]]  # type: ignore[union-attr]
+    capsys.readouterr()
+    assert main([*argv, "--until-decided", "--against", str(log)]) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1].endswith(
+        "alpha 0.05, beta 0.2: undecided after all 8 episodes (cannot tell); 8 of 8 planned episodes run; log: " + str(new)
+    )
+    assert first_decision(SequentialTest(0.5, PAIRED_ALTERNATIVE), [0] * 8) == ("regressed", 8)

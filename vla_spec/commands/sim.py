@@ -387,10 +387,12 @@ def _sequential_plan(args: argparse.Namespace, specs: Sequence[EpisodeSpec]) -> 
 def _run_until_decided(log: Any, args: argparse.Namespace, params: Mapping[str, Any], specs: Sequence[EpisodeSpec],
                        test: Any, stream: Any, against: str) -> int:
     """Run ``specs`` in a seeded shuffled order, ``--workers`` episodes at a time, until ``test``
-    decides on the stream of the finished ones; exit status 1 when it says regressed."""
+    decides on the stream of the finished ones (identical repeats counted once,
+    :func:`vla_spec.factors.collapse_repeats`); exit status 1 when it says regressed."""
     import random
     import sys
 
+    from vla_spec.factors import collapse_repeats
     from vla_spec.runner import run_in_log
     from vla_spec.sequential import first_decision
 
@@ -402,7 +404,7 @@ def _run_until_decided(log: Any, args: argparse.Namespace, params: Mapping[str, 
     for start in range(0, len(order), args.workers):
         results += run_in_log(log, make_policy, order[start:start + args.workers], workers=args.workers,
                               record_trace=args.trace, video_dir=args.video_dir, progress=False, retry_errors=args.retry_errors)
-        outcomes = stream(results)
+        outcomes = stream(collapse_repeats(results).trials)  # an identical repeat is no new trial
         verdict, used = first_decision(test, outcomes)
         wins = sum(bool(r.success) for r in results)
         print(f"sequential: {len(results)} episodes ({wins} solved), {len(outcomes)} outcomes, log LR "
