@@ -68,12 +68,13 @@ def test_header_records_versions_and_configuration(tmp_path: Path) -> None:
         "policy": "expert",
         "policy_params": {"unnorm_key": None},
         "policy_setup": setup,
-        "specs": [["libero_object", t, i, 0] for t in (0, 1) for i in (0, 1)],
+        "specs": [["libero_object", t, i, 0, "none"] for t in (0, 1) for i in (0, 1)],
         "record_trace": True,
         "suites": ["libero_object"],
         "tasks": {"libero_object": [0, 1]},
         "init_indices": [0, 1],
         "env_seeds": [0],
+        "cameras": ["none"],
         "workers": 2,
         "video_dir": "videos",
     }
@@ -285,3 +286,21 @@ def test_two_writers_cannot_share_a_log(tmp_path: Path) -> None:
 def test_a_run_may_not_list_an_episode_twice() -> None:
     with pytest.raises(ValueError, match="repeats an episode"):
         config(specs=(SPECS[0], SPECS[0]))
+
+
+def test_a_log_written_before_camera_variations_reads_and_resumes_as_camera_none(tmp_path: Path) -> None:
+    """Older logs keyed episodes by (suite, task, init, seed) and had no ``camera`` field: they are
+    the default camera, and resuming them with the same run is not a mismatch."""
+    path = tmp_path / "old.jsonl"
+    with EpisodeLog.open(path, config(), VERSIONS) as log:
+        log.append(result(SPECS[0]))
+    records = lines(path)
+    records[0]["config"]["specs"] = [key[:4] for key in records[0]["config"]["specs"]]
+    records[1].pop("camera")
+    path.write_text("".join(json.dumps(record) + "\n" for record in records))
+    assert spec_key(read_log(path).results[0]) == ("libero_object", 0, 0, 0, "none")
+    with EpisodeLog.open(path, config(), VERSIONS) as log:
+        assert list(log.finished) == [("libero_object", 0, 0, 0, "none")]
+        assert log.pending(SPECS) == list(SPECS[1:])
+    turned = EpisodeSpec("libero_object", 0, 0, camera="yaw+5deg")
+    assert spec_key(turned) != spec_key(SPECS[0])

@@ -7,6 +7,8 @@ Recorded under mujoco 3.3.2 (the pinned stack). A newer MuJoCo (>= 3.3.3) render
 darker (agentview mean about 103 instead of 139): these goldens then fail, which is the point
 (``tox -e sim-mujoco-latest``).
 
+One camera variation's view is recorded as well (:mod:`vla_spec.sim.cameras`).
+
 Task 0 of each suite by default; all 40 with ``--all-tasks`` (or ``VLA_SPEC_ALL_TASKS=1``). All 40
 cases are always collected and the others skipped, so that syrupy keeps their goldens (it reports
 the goldens of tests that were not generated as unused, fails, and deletes them on update).
@@ -14,9 +16,12 @@ the goldens of tests that were not generated as unused, fails, and deletes them 
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
+from tests.goldens import GOLDEN_DIR
 from vla_spec.rollout import start_episode
 from vla_spec.sim import suites
 from vla_spec.sim.env import LIBERO_CAMERAS, get_env
@@ -32,10 +37,11 @@ DEFAULT_TASK = 0
 CASES = [(suite, task_id) for suite in suites.EVAL_SUITES for task_id in range(suites.TASKS_PER_EVAL_SUITE)]
 
 
-def first_view(suite: str, task_id: int) -> dict[str, object]:
-    """The fingerprint of the first policy observation of ``init_states[INIT_INDEX]``."""
+def first_view(suite: str, task_id: int, camera: str = "none") -> dict[str, object]:
+    """The fingerprint of the first policy observation of ``init_states[INIT_INDEX]`` (agentview
+    moved by the camera variation ``camera``)."""
     env = get_env(suite, task_id, cameras=LIBERO_CAMERAS)
-    obs = start_episode(env, suites.init_states(suite, task_id)[INIT_INDEX])
+    obs = start_episode(env, suites.init_states(suite, task_id)[INIT_INDEX], camera=camera)
     image = policy_image(obs)
     return {
         "object_poses": object_poses(obs),
@@ -51,3 +57,14 @@ def test_first_view_matches_golden(suite_task: tuple[str, int], golden, pytestco
     if suite_task[1] != DEFAULT_TASK and not pytestconfig.getoption("all_tasks"):
         pytest.skip("per-task drift golden: run with --all-tasks (VLA_SPEC_ALL_TASKS=1)")
     assert first_view(*suite_task) == golden
+
+
+def test_a_perturbed_first_view_matches_golden(golden) -> None:  # type: ignore[no-untyped-def]
+    """One camera variation (``yaw+5deg``, libero_object task 0) is recorded too: a change in how
+    variations are applied (axis, sign, order, units) changes its agentview fingerprint, while the
+    poses and the eye-in-hand view stay those of the default camera's golden."""
+    view = first_view("libero_object", 0, camera="yaw+5deg")
+    default = json.loads((GOLDEN_DIR / "test_sim_drift" / "test_first_view_matches_golden[libero_object-task0].json").read_text())
+    assert view["agentview_ahash8"] != default["agentview_ahash8"]
+    assert (view["object_poses"], view["eye_in_hand_mean_rgb"]) == (default["object_poses"], default["eye_in_hand_mean_rgb"])
+    assert view == golden

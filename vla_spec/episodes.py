@@ -17,7 +17,8 @@ Resume policy (:meth:`EpisodeLog.open` on an existing log):
 
 * the *identity* of the run must match the header: policy name, policy parameters, what the policy
   was found to be at setup (``policy_setup``: e.g. a checkpoint's content hash, dtype, device and the
-  resolved ``unnorm_key``), the set of episodes (suite, task, init index, env seed) and
+  resolved ``unnorm_key``), the set of episodes (suite, task, init index, env seed, camera
+  variation; a log written before cameras varied holds camera ``none``) and
   ``record_trace``; otherwise :class:`LogMismatch`, naming each field that differs.
   ``overwrite=True`` starts the log afresh instead;
   ``workers`` and ``video_dir`` may change (they do not change results), and so may the code
@@ -49,6 +50,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from vla_spec.rollout import EpisodeResult, EpisodeSpec
+from vla_spec.sim.cameras import DEFAULT_VARIATION
 
 LOG_FORMAT = "vla-spec-episodes/1"
 
@@ -66,7 +68,7 @@ PINNED_VERSIONS: tuple[str, ...] = (
 #: The lock file that pins the whole stack (``scripts/install.sh`` installs exactly it).
 LOCK_FILE = Path(__file__).resolve().parent.parent / "uv.lock"
 
-SpecKey = tuple[str, int, int, int]
+SpecKey = tuple[str, int, int, int, str]
 
 
 class LogError(ValueError):
@@ -78,8 +80,8 @@ class LogMismatch(LogError):
 
 
 def spec_key(item: EpisodeSpec | EpisodeResult) -> SpecKey:
-    """``(suite, task_id, init_index, env_seed)``: what identifies an episode in a log."""
-    return (item.suite, int(item.task_id), int(item.init_index), int(item.env_seed))
+    """``(suite, task_id, init_index, env_seed, camera)``: what identifies an episode in a log."""
+    return (item.suite, int(item.task_id), int(item.init_index), int(item.env_seed), str(item.camera))
 
 
 def _distribution_version(name: str) -> str | None:
@@ -170,7 +172,7 @@ class RunConfig:
         object.__setattr__(self, "specs", tuple(self.specs))
         keys = [spec_key(spec) for spec in self.specs]
         if len(set(keys)) != len(keys):
-            raise ValueError("the episode list repeats an episode (same suite, task, init index and env seed)")
+            raise ValueError("the episode list repeats an episode (same suite, task, init index, env seed and camera)")
 
     def identity(self) -> dict[str, Any]:
         """The part that must match to resume a log (see the module docstring)."""
@@ -191,6 +193,7 @@ class RunConfig:
             "tasks": {s: sorted({spec.task_id for spec in self.specs if spec.suite == s}) for s in suites},
             "init_indices": sorted({spec.init_index for spec in self.specs}),
             "env_seeds": sorted({spec.env_seed for spec in self.specs}),
+            "cameras": sorted({spec.camera for spec in self.specs}),
             "workers": self.workers,
             "video_dir": self.video_dir,
         }
@@ -200,7 +203,11 @@ _IDENTITY_KEYS = ("policy", "policy_params", "policy_setup", "specs", "record_tr
 
 
 def _identity_of(config_json: Mapping[str, Any]) -> dict[str, Any]:
-    return {key: config_json.get(key) for key in _IDENTITY_KEYS}
+    """The identity in a header; episode keys written before camera variations get camera ``none``."""
+    identity = {key: config_json.get(key) for key in _IDENTITY_KEYS}
+    if identity["specs"] is not None:
+        identity["specs"] = sorted(list(key) + [DEFAULT_VARIATION] * (5 - len(key)) for key in identity["specs"])
+    return identity
 
 
 @dataclass(frozen=True)
@@ -258,7 +265,7 @@ def result_to_line(result: EpisodeResult) -> str:
 
 
 def _result_from_record(record: Mapping[str, Any], where: str) -> EpisodeResult:
-    fields = {key: value for key, value in record.items() if key != "kind"}
+    fields = {"camera": DEFAULT_VARIATION, **{key: value for key, value in record.items() if key != "kind"}}
     missing = [name for name in _RESULT_FIELDS if name not in fields]
     unknown = sorted(set(fields) - set(_RESULT_FIELDS))
     if missing or unknown:

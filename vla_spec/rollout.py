@@ -2,8 +2,9 @@
 
 :func:`run_episode` does, for an :class:`EpisodeSpec`:
 
-1. ``env.seed(env_seed)``; ``env.reset()``; ``obs = env.set_init_state(init_states[init_index])``
-   (:func:`start_episode`);
+1. ``env.seed(env_seed)``; ``env.reset()``; the camera variation
+   (:func:`vla_spec.sim.cameras.apply_variation`, ``none`` by default);
+   ``obs = env.set_init_state(init_states[init_index])`` (:func:`start_episode`);
 2. ``NUM_STEPS_WAIT`` (10) steps of ``WAIT_ACTION`` ``[0, 0, 0, 0, 0, 0, -1]``, ``done`` not checked;
 3. ``policy.reset(task)``, then up to ``MAX_STEPS[suite]`` policy steps
    ``env.step(policy.act(obs).action)``; the episode succeeds as soon as ``done`` is True.
@@ -24,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from vla_spec.sim.cameras import DEFAULT_VARIATION, apply_variation
 from vla_spec.sim.env import POLICY_CAMERAS, drop_env, get_env
 from vla_spec.sim.interface import (
     Observation,
@@ -58,6 +60,7 @@ class EpisodeSpec:
     task_id: int
     init_index: int  # index into the task's 50 initial states
     env_seed: int = ENV_SEED  # env.seed(...) before reset, as the OpenVLA evaluation does
+    camera: str = DEFAULT_VARIATION  # agentview camera variation (vla_spec.sim.cameras)
 
 
 @dataclass(frozen=True)
@@ -74,12 +77,15 @@ class EpisodeResult:
     wall_time_s: float
     error: str | None  # "ExceptionType: message" when the episode raised (counts as a failure)
     trace: list[dict] | None  # per policy step {"tokens": [7 ints] or None, "action": [7 floats]}
+    camera: str = DEFAULT_VARIATION  # agentview camera variation (logs written before it: "none")
 
 
-def start_episode(env: Any, init_state: np.ndarray, *, env_seed: int = ENV_SEED) -> dict[str, Any]:
-    """Seed, reset, set the initial state and run the wait steps; return the last observation."""
+def start_episode(env: Any, init_state: np.ndarray, *, env_seed: int = ENV_SEED, camera: str = DEFAULT_VARIATION) -> dict[str, Any]:
+    """Seed, reset, move the camera (variation ``camera``), set the initial state and run the wait
+    steps; return the last observation."""
     env.seed(env_seed)
     env.reset()
+    apply_variation(env, camera)
     obs = env.set_init_state(init_state)
     for _ in range(NUM_STEPS_WAIT):
         obs, _reward, _done, _info = env.step(list(WAIT_ACTION))
@@ -118,7 +124,7 @@ def run_episode(
         if not 0 <= spec.init_index < len(states):
             raise IndexError(f"{spec.suite} task {spec.task_id} has init states 0..{len(states) - 1}, not {spec.init_index}")
         env = get_env(spec.suite, spec.task_id, cameras=cameras)
-        obs = start_episode(env, states[spec.init_index], env_seed=spec.env_seed)
+        obs = start_episode(env, states[spec.init_index], env_seed=spec.env_seed, camera=spec.camera)
         policy.reset(
             TaskContext(
                 suite=spec.suite,
@@ -170,4 +176,5 @@ def run_episode(
         wall_time_s=time.perf_counter() - started,
         error=error,
         trace=trace,
+        camera=spec.camera,
     )

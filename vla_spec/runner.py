@@ -33,7 +33,7 @@ from typing import Any
 
 from vla_spec.episodes import EpisodeLog, RunConfig, SpecKey, spec_key
 from vla_spec.rollout import EpisodeResult, EpisodeSpec, Policy, run_episode
-from vla_spec.sim.suites import MAX_STEPS
+from vla_spec.sim.suites import STEP_BUDGETS
 
 __all__ = ["TaskScheduler", "describe_policy", "run_episodes", "run_in_log", "video_path_for"]
 
@@ -58,8 +58,9 @@ def describe_policy(make_policy: Callable[[], Policy]) -> tuple[str, dict[str, A
 
 
 def video_path_for(video_dir: Path, spec: EpisodeSpec) -> Path:
-    """``<video_dir>/<suite>_task<NN>_init<NN>_seed<S>.mp4``."""
-    return Path(video_dir) / f"{spec.suite}_task{spec.task_id:02d}_init{spec.init_index:02d}_seed{spec.env_seed}.mp4"
+    """``<video_dir>/<suite>_task<NN>_init<NN>_seed<S>.mp4`` (``..._seed<S>_<camera>.mp4`` for a camera variation)."""
+    camera = "" if spec.camera == "none" else f"_{spec.camera}"
+    return Path(video_dir) / f"{spec.suite}_task{spec.task_id:02d}_init{spec.init_index:02d}_seed{spec.env_seed}{camera}.mp4"
 
 
 class TaskScheduler:
@@ -230,7 +231,7 @@ class _Progress:
         """Episode ``spec`` begins in ``slot`` (a worker, or 0 in this process)."""
         if self.steps:
             bar = self.steps[slot]
-            bar.reset(total=MAX_STEPS[spec.suite])
+            bar.reset(total=STEP_BUDGETS[spec.suite])
             bar.set_description(f"{spec.suite} task {spec.task_id} init {spec.init_index}", refresh=True)
 
     def step(self, slot: int, steps: int) -> None:

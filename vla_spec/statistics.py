@@ -247,3 +247,54 @@ def success_rows(outcomes: Iterable[_Outcome], confidence: float = DEFAULT_CONFI
     if len(suites) > 1:
         rows.append(row(None, None, keys))
     return rows
+
+
+def newcombe_paired_interval(
+    both: int, a_only: int, b_only: int, neither: int, confidence: float = DEFAULT_CONFIDENCE
+) -> tuple[float, float]:
+    """Interval for ``p_a - p_b`` when A and B ran the same episodes: Newcombe's (1998c, Statistics
+    in Medicine 17:2635, method 10) square-and-add of the two Wilson intervals, with the correlation
+    ``phi`` of the paired table (continuity-corrected towards 0: ``ad - bc - n/2`` when positive).
+
+    ``both``: episodes both solved; ``a_only``/``b_only``: solved by one run only; ``neither``.
+    """
+    n = both + a_only + b_only + neither
+    a = wilson_interval(both + a_only, n, confidence)
+    b = wilson_interval(both + b_only, n, confidence)
+    margins = (both + a_only) * (b_only + neither) * (both + b_only) * (a_only + neither)
+    cross = both * neither - a_only * b_only
+    corrected = cross - n / 2.0 if cross > n / 2.0 else (float(cross) if cross < 0 else 0.0)
+    phi = corrected / math.sqrt(margins) if margins else 0.0
+    da, ua = a.rate - a.low, a.high - a.rate
+    db, ub = b.rate - b.low, b.high - b.rate
+    difference = a.rate - b.rate
+    low = difference - math.sqrt(max(0.0, da * da - 2.0 * phi * da * ub + ub * ub))
+    high = difference + math.sqrt(max(0.0, ua * ua - 2.0 * phi * ua * db + db * db))
+    return max(-1.0, low), min(1.0, high)
+
+
+def episodes_needed(rate_a: float, rate_b: float, alpha: float = 0.05, power: float = 0.8) -> int | None:
+    """Episodes *per run* for a two-sided unpaired test at level ``alpha`` to detect ``rate_a`` vs
+    ``rate_b`` with probability ``power`` (Fleiss 1981, normal approximation, no continuity
+    correction): ``(z_a sqrt(2 p q) + z_b sqrt(p_a q_a + p_b q_b))^2 / (p_a - p_b)^2``, ``p`` the mean
+    rate. None when the rates are equal (no size to detect)."""
+    if rate_a == rate_b:
+        return None
+    za, zb = z_value(1.0 - alpha), NormalDist().inv_cdf(power)
+    mean = (rate_a + rate_b) / 2.0
+    root = za * math.sqrt(2.0 * mean * (1.0 - mean)) + zb * math.sqrt(rate_a * (1 - rate_a) + rate_b * (1 - rate_b))
+    return math.ceil(root * root / (rate_a - rate_b) ** 2)
+
+
+def pairs_needed(a_only_rate: float, b_only_rate: float, alpha: float = 0.05, power: float = 0.8) -> int | None:
+    """Paired episodes for McNemar's test at level ``alpha`` (two-sided) to detect discordance rates
+    ``a_only_rate`` vs ``b_only_rate`` (fractions of all pairs) with probability ``power`` (Connor
+    1987, Biometrics 43:207): ``(z_a sqrt(psi) + z_b sqrt(psi - d^2))^2 / d^2``, ``psi`` the sum,
+    ``d`` the difference. None when the two are equal."""
+    d = a_only_rate - b_only_rate
+    if d == 0:
+        return None
+    psi = a_only_rate + b_only_rate
+    za, zb = z_value(1.0 - alpha), NormalDist().inv_cdf(power)
+    root = za * math.sqrt(psi) + zb * math.sqrt(max(0.0, psi - d * d))
+    return math.ceil(root * root / (d * d))

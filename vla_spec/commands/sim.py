@@ -3,8 +3,8 @@
 ::
 
     vla-spec rollout --suite libero_object --tasks 0-9 --inits 0-4 --policy expert --workers 2 \\
-        --log runs/x.jsonl [--seeds 0] [--trace] [--video-dir DIR]
-    vla-spec report runs/x.jsonl [--compare runs/y.jsonl] [--plot out.png]
+        --log runs/x.jsonl [--seeds 0-19] [--cameras none,shift-2cm] [--trace] [--video-dir DIR]
+    vla-spec report runs/old.jsonl [--compare runs/new.jsonl] [--plot out.png]   # exit 1: new regressed
 
 Rerunning ``rollout`` with the same arguments resumes the log (see :mod:`vla_spec.episodes`).
 Ranges are ``0-9``, ``3`` or ``0,2,5-7`` (inclusive). Policies come from :data:`POLICIES`; a
@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from vla_spec.commands import CliError
 from vla_spec.statistics import DEFAULT_CONFIDENCE, PUBLISHED_OPENVLA, Proportion, PublishedResult, SuccessRow, percent
+from vla_spec.verdicts import DEFAULT_MARGIN
 
 if TYPE_CHECKING:  # the simulator side is imported inside the handlers
     from vla_spec.episodes import LogContents
@@ -127,17 +128,34 @@ def parse_indices(text: str, what: str) -> tuple[int, ...]:
 
 def check_suites(suites: Sequence[str]) -> None:
     """Every name in ``suites`` is a LIBERO suite (no simulator needed)."""
-    from vla_spec.sim.suites import MAX_STEPS
+    from vla_spec.sim.suites import MAX_STEPS, PERTURBED_SUITES
 
     if not suites:
         raise CliError("--suite names no suite; give one such as libero_object")
     for suite in suites:
-        if suite not in MAX_STEPS:
-            raise CliError(f"unknown suite {suite!r}; known: {', '.join(MAX_STEPS)}")
+        if suite not in MAX_STEPS and suite not in PERTURBED_SUITES:
+            raise CliError(f"unknown suite {suite!r}; known: {', '.join(MAX_STEPS)} and LIBERO-PRO's {{suite}}_swap, _lan, _object")
 
 
-def build_specs(suites: Sequence[str], tasks: Sequence[int], inits: Sequence[int], seeds: Sequence[int]) -> list[EpisodeSpec]:
-    """Every (suite, task, init, seed) combination, checked against the installed benchmark."""
+def parse_cameras(text: str) -> tuple[str, ...]:
+    """``"none,shift-2cm"`` -> ``("none", "shift-2cm")``: camera variation names, checked, order kept."""
+    from vla_spec.sim.cameras import UnknownCameraVariation, parse_variation
+
+    names = tuple(dict.fromkeys(name.strip() for name in text.split(",") if name.strip()))
+    if not names:
+        raise CliError(f"bad --cameras {text!r}: name at least one variation, e.g. none,shift-2cm")
+    for name in names:
+        try:
+            parse_variation(name)
+        except UnknownCameraVariation as error:
+            raise CliError(f"--cameras: {error}") from None
+    return names
+
+
+def build_specs(
+    suites: Sequence[str], tasks: Sequence[int], inits: Sequence[int], seeds: Sequence[int], cameras: Sequence[str] = ("none",)
+) -> list[EpisodeSpec]:
+    """Every (suite, task, init, seed, camera) combination, checked against the installed benchmark."""
     from vla_spec.rollout import EpisodeSpec
     from vla_spec.sim.suites import INIT_STATES_PER_TASK, num_tasks
 
@@ -148,7 +166,7 @@ def build_specs(suites: Sequence[str], tasks: Sequence[int], inits: Sequence[int
             raise CliError(f"{suite} has tasks 0-{available - 1}, not {max(tasks)}")
     if max(inits) >= INIT_STATES_PER_TASK:
         raise CliError(f"init indices run 0-{INIT_STATES_PER_TASK - 1}, not {max(inits)}")
-    return [EpisodeSpec(s, t, i, e) for s in suites for t in tasks for i in inits for e in seeds]
+    return [EpisodeSpec(s, t, i, e, c) for s in suites for t in tasks for i in inits for e in seeds for c in cameras]
 
 
 def register(subparsers: Any) -> None:
@@ -156,7 +174,7 @@ def register(subparsers: Any) -> None:
     rollout = subparsers.add_parser(
         "rollout",
         help="run LIBERO episodes with a policy into a resumable JSONL log",
-        description="Run every (suite, task, init, seed) episode not yet in --log; rerun to resume.",
+        description="Run every (suite, task, init, seed, camera) episode not yet in --log; rerun to resume.",
     )
     rollout.add_argument("--suite", required=True, help="suite(s), comma-separated, e.g. libero_object")
     rollout.add_argument("--tasks", default="0-9", help="task ids, e.g. 0-9 or 0,3 (default 0-9)")
@@ -170,6 +188,11 @@ def register(subparsers: Any) -> None:
     )
     for dest, (flag, text) in POLICY_OPTIONS.items():
         rollout.add_argument(flag, dest=dest, default=None, help=text)
+    rollout.add_argument(
+        "--cameras", default="none",
+        help="agentview camera variations, comma-separated (default none): shift±Ncm, lift±Ncm, yaw±Ndeg, pitch±Ndeg, "
+        "jitterK (vla_spec.sim.cameras); the run is the product suites x tasks x inits x seeds x cameras",
+    )
     rollout.add_argument("--workers", type=int, default=1, help="worker processes (each ~2 GB RAM; 1 = in-process)")
     rollout.add_argument("--log", required=True, type=Path, help="JSONL episode log to create or resume")
     rollout.add_argument("--overwrite", action="store_true", help="empty an existing --log first (its episodes are lost)")
@@ -177,6 +200,19 @@ def register(subparsers: Any) -> None:
     rollout.add_argument("--retry-errors", action="store_true", help="rerun episodes of the log that ended with an error")
     rollout.add_argument("--video-dir", type=Path, help="write one mp4 per episode here (forces the camera)")
     rollout.add_argument("--no-progress", action="store_true", help="no progress bar")
+    sequential = rollout.add_argument_group(
+        "sequential mode", "run the episodes in a shuffled order (seed 0) and stop as soon as a sequential test "
+        "(vla_spec.sequential: Wald's SPRT, false alarms <= --alpha however often it looks) decides; exit status 1 on regressed",
+    )
+    sequential.add_argument("--until-decided", action="store_true", help="stop once held or regressed is clear")
+    sequential.add_argument(
+        "--against", metavar="RATE|published|LOG",
+        help="the reference: a success rate (0.884), published (OpenVLA's rate for the one --suite), or a baseline "
+        "log holding every planned episode (then only the episodes the runs disagree on count)",
+    )
+    sequential.add_argument("--delta", type=float, default=0.1, help="against a rate: regressed means this much lower (0.1)")
+    sequential.add_argument("--alpha", type=float, default=0.05, help="false-alarm rate: saying regressed when it held (0.05)")
+    sequential.add_argument("--beta", type=float, default=0.2, help="miss rate: saying held at the regressed rate (0.2)")
     rollout.set_defaults(func=run_rollout)
 
     demos = subparsers.add_parser(
@@ -196,10 +232,16 @@ def register(subparsers: Any) -> None:
     report = subparsers.add_parser(
         "report",
         help="success per task and suite with Wilson intervals, vs the published numbers or another log",
-        description="Summarize an episode log; --compare tests whether success changed between two logs.",
+        description="Summarize an episode log; --compare OLD NEW gives regression verdicts (exit status 1 on a regression).",
     )
     report.add_argument("log", type=Path, help="JSONL episode log")
-    report.add_argument("--compare", type=Path, help="a second log (B) to test against the first (A)")
+    report.add_argument(
+        "--compare", type=Path, metavar="NEW",
+        help="a second log (B, NEW) judged against the first (A, OLD): regressed / improved / held / cannot tell "
+        "per task, suite and overall; exit status 1 when B regressed (a CI gate after an upgrade)",
+    )
+    report.add_argument("--margin", type=float, default=DEFAULT_MARGIN,
+                        help="held means a change this large (fraction, default 0.1 = 10 pp) is ruled out")
     report.add_argument("--plot", type=Path, help="write a bar chart with the intervals (PNG, SVG, PDF)")
     report.add_argument("--confidence", type=float, default=DEFAULT_CONFIDENCE, help="interval level (0.95)")
     report.set_defaults(func=run_report)
@@ -267,6 +309,8 @@ def run_rollout(args: argparse.Namespace) -> int:
     params = _policy_params(args)
     if args.workers < 1:
         raise CliError(f"--workers must be at least 1, got {args.workers}")
+    if args.until_decided != (args.against is not None):
+        raise CliError("--until-decided and --against go together: --until-decided --against 0.884 (a rate), published or a baseline log")
     try:
         check_log_path(args.log)
     except LogError as error:
@@ -274,21 +318,25 @@ def run_rollout(args: argparse.Namespace) -> int:
     suites = [s.strip() for s in args.suite.split(",") if s.strip()]
     tasks, inits = parse_indices(args.tasks, "--tasks"), parse_indices(args.inits, "--inits")
     seeds = parse_indices(args.seeds, "--seeds")
+    cameras = parse_cameras(args.cameras)
     check_suites(suites)
     setup = _policy_setup(args.policy, params, suites)
     try:
-        specs = build_specs(suites, tasks, inits, seeds)
+        specs = build_specs(suites, tasks, inits, seeds, cameras)
     except SimulatorUnavailable as error:
         raise CliError(str(error)) from None
     config = RunConfig(
         args.policy, params, tuple(specs), record_trace=args.trace, workers=args.workers,
         video_dir=None if args.video_dir is None else str(args.video_dir), policy_setup=setup,
     )
+    plan = _sequential_plan(args, specs) if args.until_decided else None
     with _open_log(args, config) as log:
         kept = [spec for spec in specs if spec_key(spec) in log.finished]
         try:
             if kept:
                 print(f"resuming: {len(kept)} of {len(specs)} episodes already in the log {args.log}", file=sys.stderr)
+            if plan is not None:
+                return _run_until_decided(log, args, params, specs, *plan)
             results = run_in_log(
                 log,
                 functools.partial(build_policy, args.policy, **params),
@@ -314,6 +362,71 @@ def run_rollout(args: argparse.Namespace) -> int:
             f"{errors[0].suite} task {errors[0].task_id}: {errors[0].error}; fix it and rerun with --retry-errors"
         )
     return 0
+
+
+def _sequential_plan(args: argparse.Namespace, specs: Sequence[EpisodeSpec]) -> tuple[Any, Any, str]:
+    """(the test, results -> its 0/1 stream, what it compares) from --against, --delta, --alpha, --beta."""
+    from vla_spec.episodes import spec_key
+    from vla_spec.sequential import PAIRED_ALTERNATIVE, SequentialTest, paired_stream, published_stream
+
+    suites = sorted({spec.suite for spec in specs})
+    try:
+        if args.against == "published" or args.against.replace(".", "", 1).isdigit():
+            if args.against == "published":
+                if len(suites) != 1 or suites[0] not in PUBLISHED_OPENVLA:
+                    raise CliError(f"--against published needs one suite with a published rate ({', '.join(PUBLISHED_OPENVLA)})")
+                rate = PUBLISHED_OPENVLA[suites[0]].rate_percent / 100.0
+            else:
+                rate = float(args.against)
+            test = SequentialTest(rate, rate - args.delta, args.alpha, args.beta)
+            return test, published_stream, f"success rate {percent(rate)} (held) vs {percent(rate - args.delta)} (regressed)"
+        baseline = _read_log(Path(args.against)).finished()
+        missing = [spec for spec in specs if spec_key(spec) not in baseline]
+        if missing:
+            raise CliError(f"--against {args.against} lacks {len(missing)} of the {len(specs)} planned episodes, e.g. "
+                           f"{spec_key(missing[0])}: run the baseline's episodes, or give a rate")
+        test = SequentialTest(0.5, PAIRED_ALTERNATIVE, args.alpha, args.beta)
+
+        def stream(results: Sequence[EpisodeResult]) -> list[int]:
+            return paired_stream(list(results), baseline, [spec_key(r) for r in results])
+
+        return test, stream, (f"{args.against}, paired: NEW wins half the disagreeing episodes (held) vs "
+                              f"{percent(PAIRED_ALTERNATIVE, 0)} (regressed)")
+    except ValueError as error:
+        raise CliError(f"--until-decided: {error}") from None
+
+
+def _run_until_decided(log: Any, args: argparse.Namespace, params: Mapping[str, Any], specs: Sequence[EpisodeSpec],
+                       test: Any, stream: Any, against: str) -> int:
+    """Run ``specs`` in a seeded shuffled order, ``--workers`` episodes at a time, until ``test``
+    decides on the stream of the finished ones (identical repeats counted once,
+    :func:`vla_spec.factors.collapse_repeats`); exit status 1 when it says regressed."""
+    import random
+    import sys
+
+    from vla_spec.factors import collapse_repeats
+    from vla_spec.runner import run_in_log
+    from vla_spec.sequential import first_decision
+
+    order = list(specs)
+    random.Random(0).shuffle(order)  # tasks and inits interleaved: any prefix is a fair sample
+    make_policy = functools.partial(build_policy, args.policy, **params)
+    results: list[EpisodeResult] = []
+    verdict, used = None, 0
+    for start in range(0, len(order), args.workers):
+        results += run_in_log(log, make_policy, order[start:start + args.workers], workers=args.workers,
+                              record_trace=args.trace, video_dir=args.video_dir, progress=False, retry_errors=args.retry_errors)
+        outcomes = stream(collapse_repeats(results).trials)  # an identical repeat is no new trial
+        verdict, used = first_decision(test, outcomes)
+        wins = sum(bool(r.success) for r in results)
+        print(f"sequential: {len(results)} episodes ({wins} solved), {len(outcomes)} outcomes, log LR "
+              f"{test.llr(sum(outcomes), len(outcomes)):+.2f} (held <= {test.lower:+.2f}, regressed >= {test.upper:+.2f})", file=sys.stderr)
+        if verdict is not None:
+            break
+    decided = f"{verdict} after {used} outcome(s)" if verdict else f"undecided after all {len(order)} episodes (cannot tell)"
+    print(f"sequential test against {against}, alpha {args.alpha:g}, beta {args.beta:g}: {decided}; "
+          f"{len(results)} of {len(order)} planned episodes run; log: {args.log}")
+    return 1 if verdict == "regressed" else 0
 
 
 def run_demos(args: argparse.Namespace) -> int:
@@ -434,49 +547,44 @@ def _verdict_lines(log: LogContents, confidence: float) -> list[str]:
     return lines
 
 
-def _comparison_lines(a: LogContents, b: LogContents, confidence: float) -> list[str]:
-    """Per shared suite, and over all shared suites when there are several: A vs B.
-
-    Over the same episodes (same suite, task, init state, seed) the comparison is paired: McNemar's
-    exact test on the episodes only one run solved. Otherwise the unpaired pooled z-test with a
-    Newcombe interval of the difference. The first line says which.
-    """
+def _comparison_lines(old: LogContents, new: LogContents, confidence: float, margin: float) -> tuple[list[str], bool]:
+    """The verdict table of NEW (B) against OLD (A) (:mod:`vla_spec.verdicts`) and whether any row regressed."""
     from vla_spec.episodes import spec_key
-    from vla_spec.statistics import mcnemar_exact, two_proportion_test
+    from vla_spec.verdicts import compare_logs
 
-    totals_a, totals_b = _suite_totals(a.results, confidence), _suite_totals(b.results, confidence)
-    shared = sorted(totals_a.keys() & totals_b.keys())
-    if not shared:
-        return ["compare: the two logs share no suite"]
-    groups = {suite: [suite] for suite in shared}
-    if len(shared) > 1:
-        groups["all suites"] = shared
-    by_key_a = {spec_key(r): r for r in a.results}
-    by_key_b = {spec_key(r): r for r in b.results}
-    paired = by_key_a.keys() == by_key_b.keys()
-    if paired:
-        lines = ["A vs B over the same episodes: McNemar's exact test (two-sided) on the episodes only one run solved"]
-    else:
-        lines = [f"A vs B, two-sided pooled z-test; {percent(confidence, 0)} Newcombe interval of the difference A - B"]
-    for name, suites in groups.items():
-        wa, na = sum(totals_a[s].successes for s in suites), sum(totals_a[s].n for s in suites)
-        wb, nb = sum(totals_b[s].successes for s in suites), sum(totals_b[s].n for s in suites)
-        head = f"{name:<16} A {wa}/{na} ({percent(wa / na)})  B {wb}/{nb} ({percent(wb / nb)})  "
-        if paired:
-            keys = [key for key in by_key_a if key[0] in suites]
-            a_only = sum(by_key_a[k].success and not by_key_b[k].success for k in keys)
-            b_only = sum(by_key_b[k].success and not by_key_a[k].success for k in keys)
-            test = mcnemar_exact(a_only, b_only)
-            lines.append(head + f"A only {test.a_only}, B only {test.b_only}  p {test.p_value:.3g}")
-        else:
-            t = two_proportion_test(wa, na, wb, nb, confidence)
-            lines.append(
-                head + f"diff {100 * t.difference:+.1f} pp [{100 * t.low:+.1f}, {100 * t.high:+.1f}]  z {t.z:+.2f}  p {t.p_value:.3g}"
-            )
-    if not paired:
-        only_a, only_b = by_key_a.keys() - by_key_b.keys(), by_key_b.keys() - by_key_a.keys()
+    try:
+        rows = compare_logs(old.results, new.results, spec_key, confidence=confidence, margin=margin)
+    except ValueError as error:
+        return [f"compare: {error}"], False
+    level = percent(confidence, 0)
+    lines = [
+        f"B (NEW) vs A (OLD): regressed / improved when the test rejects no change at {percent(1 - confidence, 0)} "
+        f"(Holm-adjusted over tasks and over suites), held when the {level} interval of B - A lies within "
+        f"±{100 * margin:g} pp (--margin), else cannot tell",
+        "paired (same episodes in both): McNemar's exact test, Newcombe's paired interval; "
+        "unpaired: Fisher's exact test, Newcombe's hybrid score interval; needed: episodes for power 0.8 at this difference",
+        f"{'suite':<16}{'task':>5}{'A':>9}{'B':>9}  {'B - A [' + level + ' interval]':<28}{'test':<28}{'p':>8}  verdict",
+    ]
+    for row in rows:
+        suite, task = row.suite or "all suites", "all" if row.task_id is None else str(row.task_id)
+        change = f"{100 * row.difference:+.1f} pp [{100 * row.low:+.1f}, {100 * row.high:+.1f}]"
+        test = f"paired, A only {row.old_only} B only {row.new_only}" if row.paired else "unpaired"
+        verdict = row.verdict
+        if verdict == "cannot tell":
+            unit = "paired episodes" if row.paired else "episodes per run"
+            verdict += f" (underpowered: needs {row.needed} {unit})" if row.needed else " (no difference observed)"
+        lines.append(
+            f"{suite:<16}{task:>5}{f'{row.old.successes}/{row.old.n}':>9}{f'{row.new.successes}/{row.new.n}':>9}  "
+            f"{change:<28}{test:<28}{row.p_value:>8.3g}  {verdict}"
+        )
+    regressed = [row for row in rows if row.verdict == "regressed"]
+    names = ", ".join(f"{r.suite or 'all suites'}{'' if r.task_id is None else f' task {r.task_id}'}" for r in regressed)
+    lines.append(f"verdict: B regressed ({names}): exit status 1" if regressed else "verdict: no regression")
+    only_a = {spec_key(r) for r in old.results} - {spec_key(r) for r in new.results}
+    only_b = {spec_key(r) for r in new.results} - {spec_key(r) for r in old.results}
+    if only_a or only_b:
         lines.append(f"note: the logs cover different episodes ({len(only_a)} only in A, {len(only_b)} only in B)")
-    return lines
+    return lines, bool(regressed)
 
 
 def _short_policy(config: Mapping[str, Any]) -> str:
@@ -567,6 +675,30 @@ def _read_log(path: Path) -> LogContents:
         raise CliError(str(error)) from None
 
 
+def _trials(log: LogContents, confidence: float) -> tuple[LogContents, list[str]]:
+    """The log with identical repeats collapsed (:func:`vla_spec.factors.collapse_repeats`: what every
+    table, verdict and comparison of the report counts), and the lines that say so and break success
+    down by each varied factor (seeds over all episodes, the other factors over the trials)."""
+    import dataclasses
+
+    from vla_spec.factors import FACTORS, collapse_repeats, factor_rows, varied_factors
+
+    repeats = collapse_repeats(log.results)
+    lines = []
+    if repeats.repeated or repeats.differing:
+        lines.append(
+            f"  independent trials: {len(repeats.trials)} of {repeats.episodes} episodes; {repeats.starts} starting states "
+            f"(suite, task, init, camera): {repeats.repeated} played identically under every env seed (env.seed changes "
+            f"nothing once the init state is set) and count once, {repeats.differing} differed between seeds and count "
+            "every episode"
+        )
+    for factor in varied_factors(log.results):
+        rows = factor_rows(log.results if factor == "env_seed" else repeats.trials, factor, confidence)
+        cells = [f"{level}: {p.successes}/{p.n} [{percent(p.low, 0)}, {percent(p.high, 0)}]" for level, p in rows]
+        lines.append(f"  by {FACTORS[factor]}: " + "; ".join(cells))
+    return dataclasses.replace(log, results=repeats.trials), lines
+
+
 def run_report(args: argparse.Namespace) -> int:
     from vla_spec.statistics import z_value
 
@@ -574,21 +706,28 @@ def run_report(args: argparse.Namespace) -> int:
         z_value(args.confidence)  # a bad level fails before any work
     except ValueError as error:
         raise CliError(str(error)) from None
+    if not 0.0 < args.margin <= 1.0:
+        raise CliError(f"--margin must lie in (0, 1] (a fraction: 0.1 is 10 percentage points), got {args.margin}")
+    regressed = False
     log = _read_log(args.log)
     if not log.results:
         raise CliError(f"{args.log} has no finished episodes yet")
     lines = _describe_log("A: " if args.compare else "", log)
-    lines += [format_success_table(log.results, args.confidence), *_verdict_lines(log, args.confidence)]
+    log, breakdown = _trials(log, args.confidence)
+    lines += [*breakdown, format_success_table(log.results, args.confidence), *_verdict_lines(log, args.confidence)]
     logs = {str(args.log): log}
     if args.compare:
         other = _read_log(args.compare)
         if not other.results:
             raise CliError(f"{args.compare} has no finished episodes yet")
-        lines += ["", *_describe_log("B: ", other), format_success_table(other.results, args.confidence)]
-        lines += [*_verdict_lines(other, args.confidence), "", *_comparison_lines(log, other, args.confidence)]
+        lines += ["", *_describe_log("B: ", other)]
+        other, breakdown = _trials(other, args.confidence)
+        lines += [*breakdown, format_success_table(other.results, args.confidence)]
+        comparison, regressed = _comparison_lines(log, other, args.confidence, args.margin)
+        lines += [*_verdict_lines(other, args.confidence), "", *comparison]
         logs[str(args.compare)] = other
     if args.plot:
         plot_success(args.plot, logs, args.confidence)
         lines.append(f"plot: {args.plot}")
     print("\n".join(lines))
-    return 0
+    return 1 if regressed else 0

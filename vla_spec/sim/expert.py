@@ -36,6 +36,7 @@ from vla_spec.gripper import ENV_CLOSE, ENV_OPEN
 from vla_spec.normalization import UnnormKeyError, shipped_norm_stats
 from vla_spec.sim import PolicySetupError
 from vla_spec.sim.interface import Observation, PolicyStep, TaskContext
+from vla_spec.sim.suites import base_suite
 
 #: Controller gain: command units per metre of position error (1.0 commands 0.05 m).
 POSITION_GAIN = 15.0
@@ -74,6 +75,7 @@ class TokenizedActionPath:
         Raises :class:`PolicySetupError` naming ``suite`` or ``unnorm_key`` when one has no shipped
         statistics."""
         stats = shipped_norm_stats()
+        suite = base_suite(suite)  # a LIBERO-PRO perturbed suite uses its base suite's statistics
         try:
             encoder = LiberoOutputs(ActionProcessor.select(stats, suite))
         except UnnormKeyError:

