@@ -68,7 +68,7 @@ def model_card_result() -> PublishedResult:
 
 
 @pytest.fixture(scope="module")
-def positive(tmp_path_factory: pytest.TempPathFactory) -> list[EpisodeResult]:
+def positive(ray_cluster, tmp_path_factory: pytest.TempPathFactory) -> list[EpisodeResult]:  # type: ignore[no-untyped-def]
     return _run(tmp_path_factory.mktemp("closed_loop"), "held_out", POSITIVE_SPECS, checkpoint=CHECKPOINT)
 
 
@@ -86,7 +86,9 @@ def test_trained_tiny_vla_earns_the_threshold(positive: list[EpisodeResult]) -> 
     ("name", "options"),
     [("image_blind", {"image": "black"}), ("wrong_unnorm_key", {"unnorm_key": "bridge_orig"})],
 )
-def test_controls_fail_the_solved_episodes(tmp_path: Path, positive: list[EpisodeResult], name: str, options: dict) -> None:
+def test_controls_fail_the_solved_episodes(
+    ray_cluster, tmp_path: Path, positive: list[EpisodeResult], name: str, options: dict  # type: ignore[no-untyped-def]
+) -> None:
     solved = [EpisodeSpec(r.suite, r.task_id, r.init_index, r.env_seed) for r in positive if r.success][:CONTROL_EPISODES]
     assert solved, "the positive run solved no episode: nothing to control"
     results = _run(tmp_path, name, solved, checkpoint=CHECKPOINT, **options)
