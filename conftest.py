@@ -42,6 +42,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "(env: VLA_SPEC_EPISODES_PER_TASK)",
     )
     group.addoption(
+        "--rollout-workers",
+        type=int,
+        default=int(os.environ.get("VLA_SPEC_ROLLOUT_WORKERS", "1")),
+        help="closed-loop gpu tier: environment workers (more than 1 runs on Ray with one batched policy "
+        "actor on the GPU; default 1, in the test process) (env: VLA_SPEC_ROLLOUT_WORKERS)",
+    )
+    group.addoption(
         "--all-tasks",
         action="store_true",
         default=os.environ.get("VLA_SPEC_ALL_TASKS") == "1",

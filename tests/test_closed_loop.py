@@ -18,7 +18,8 @@ the right statistics but not without them is a success that came from the pixels
 path, not from luck of the scene.
 
 Gpu tier: with ``--openvla-path`` a real checkpoint runs ``--episodes-per-task`` init states of
-every task of each suite it has statistics for, on CUDA in bfloat16; the test fails when OpenVLA's
+every task of each suite it has statistics for, on CUDA in bfloat16 (``--rollout-workers N``: N
+simulators on Ray feeding one batched policy actor on the GPU); the test fails when OpenVLA's
 published rate for that suite lies above the whole Wilson interval.
 """
 
@@ -112,7 +113,8 @@ def test_real_checkpoint_against_published(openvla_path: Path, pytestconfig: pyt
     from vla_spec.sim.openvla_policy import OpenVLAPolicy
 
     results = run_episodes(
-        functools.partial(OpenVLAPolicy, str(openvla_path), device="cuda", dtype="bfloat16"), specs, tmp_path / f"{suite}.jsonl", progress=False
+        functools.partial(OpenVLAPolicy, str(openvla_path), device="cuda", dtype="bfloat16"), specs, tmp_path / f"{suite}.jsonl",
+        workers=pytestconfig.getoption("rollout_workers"), progress=False,
     )
     errors = [f"{r.task_id}/{r.init_index}: {r.error}" for r in results if r.error]
     assert not errors, f"episodes raised: {errors}"

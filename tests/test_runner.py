@@ -276,17 +276,53 @@ class StopsAtStep(OpenVLAPolicy):
         return super().act_batch(items)
 
 
+@pytest.fixture(scope="module")
+def batched_here(tmp_path_factory: pytest.TempPathFactory) -> list[EpisodeResult]:
+    """The reference for the batched policy: BATCH_SPECS in this process, with traces."""
+    log = tmp_path_factory.mktemp("here") / "log.jsonl"
+    return run_episodes(functools.partial(StopsAtStep, "tiny-vla-libero-object", threads=1), BATCH_SPECS, log,
+                        record_trace=True, progress=False)
+
+
+def _batched_on_ray(log: Path, stats: RunStats) -> list[EpisodeResult]:
+    return run_episodes(functools.partial(StopsAtStep, "tiny-vla-libero-object", threads=1), BATCH_SPECS, log, workers=2,
+                        record_trace=True, progress=False, stats=stats)
+
+
 @pytest.mark.sim
-def test_a_batched_policy_on_ray_answers_as_in_this_process(ray_cluster, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_a_batched_policy_on_ray_answers_as_in_this_process(
+    ray_cluster, batched_here: list[EpisodeResult], tmp_path: Path  # type: ignore[no-untyped-def]
+) -> None:
     """Two episodes of the trained tiny VLA, in this process and on Ray with two environment actors
     and a policy actor: the same tokens and actions at every step, every round a batch of 2, and
     the policy's error logged for each episode (counted as a failure)."""
-    policy = functools.partial(StopsAtStep, "tiny-vla-libero-object", threads=1)
-    here = run_episodes(policy, BATCH_SPECS, tmp_path / "here.jsonl", record_trace=True, progress=False)
     stats = RunStats()
-    on_ray = run_episodes(policy, BATCH_SPECS, tmp_path / "ray.jsonl", workers=2, record_trace=True, progress=False, stats=stats)
-    assert [(r.steps, r.success, r.error) for r in here] == [(STOP_AT, False, f"RuntimeError: stop at step {STOP_AT}")] * 2
-    assert [r.trace for r in on_ray] == [r.trace for r in here]
-    assert [outcome(r) for r in on_ray] == [outcome(r) for r in here]
+    on_ray = _batched_on_ray(tmp_path / "ray.jsonl", stats)
+    assert [(r.steps, r.success, r.error) for r in batched_here] == [(STOP_AT, False, f"RuntimeError: stop at step {STOP_AT}")] * 2
+    assert [r.trace for r in on_ray] == [r.trace for r in batched_here]
+    assert [outcome(r) for r in on_ray] == [outcome(r) for r in batched_here]
     assert stats.batch_sizes == Counter({2: STOP_AT + 1})  # steps 0..STOP_AT, the last one raising
-    assert len({tuple(step["tokens"]) for r in here for step in r.trace}) > 1, "tokens must vary, or the comparison shows little"
+    assert len({tuple(step["tokens"]) for r in batched_here for step in r.trace}) > 1, "tokens must vary, or the comparison shows little"
+
+
+@pytest.mark.sim
+def test_an_environment_actor_killed_between_policy_rounds_costs_only_its_episode(
+    ray_cluster, batched_here: list[EpisodeResult], tmp_path: Path  # type: ignore[no-untyped-def]
+) -> None:
+    """SIGKILL of an environment actor of a batched run once it has stepped: the runner begins its
+    episode again on the restarted actor; traces and outcomes are the reference's, and the extra
+    rounds show that the episode ran again."""
+    earlier = set(_descendants_titled(b"ray::EnvWorker"))
+    stats, out = RunStats(), []
+    run = threading.Thread(target=lambda: out.append(_batched_on_ray(tmp_path / "ray.jsonl", stats)))
+    run.start()
+    deadline = time.monotonic() + 300
+    while not (stepping := sorted(set(_descendants_titled(b"ray::EnvWorker.step")) - earlier)):
+        assert run.is_alive() and time.monotonic() < deadline, "no environment actor was seen in a step"
+        time.sleep(0.02)
+    os.kill(stepping[0], signal.SIGKILL)
+    run.join(timeout=600)
+    assert out, "the run did not finish (its exception is printed above)"
+    assert [r.trace for r in out[0]] == [r.trace for r in batched_here]
+    assert [outcome(r) for r in out[0]] == [outcome(r) for r in batched_here]
+    assert sum(size * rounds for size, rounds in stats.batch_sizes.items()) > 2 * (STOP_AT + 1), "no step was asked twice"

@@ -364,10 +364,13 @@ def run_in_log(
     rerun = {spec_key(spec) for spec in pending}
     done = [log.finished[spec_key(spec)] for spec in specs if spec_key(spec) in log.finished and spec_key(spec) not in rerun]
     slots = min(workers, len(pending))
-    bar = _Progress(len(specs), done, enabled=progress and bool(pending), slots=slots)
+    here = workers == 1 and ray_address is None
+    # per-episode step bars where steps are seen: here, or rounds of a batched policy
+    step_bars = slots if here or isinstance(policy, BatchedPolicy) else 0
+    bar = _Progress(len(specs), done, enabled=progress and bool(pending), slots=step_bars)
     try:
         with _Interruption() as interruption:
-            if pending and workers == 1 and ray_address is None:
+            if pending and here:
                 _run_here(policy, pending, log, bar, record_trace, video, interruption, stats or RunStats())
             elif pending:
                 _run_on_ray(policy, make_policy, pending, log, bar, record_trace, video, slots, interruption, ray_address,
