@@ -71,9 +71,6 @@ class EnvWorker:
         self.episode: Episode | None = None
         self.task: Any = None
 
-    def pid(self) -> int:
-        return os.getpid()
-
     def _video(self, spec: EpisodeSpec) -> Path | None:
         from vla_spec.runner import video_path_for
 

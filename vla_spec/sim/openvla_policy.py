@@ -5,7 +5,11 @@ Per step: the upright agentview (``Observation.image``, already rotated 180 degr
 0.9-area centre crop) -> ``predict_action`` (the checkpoint's processor, network, decoder and
 action processor: its un-normalized action) -> :class:`vla_spec.actions.LiberoOutputs` (gripper
 binarize + invert) -> ``env.step``. The ``unnorm_key`` defaults to the LIBERO evaluation's choice:
-the suite name, else ``{suite}_no_noops``; it is chosen once per episode, in ``reset``.
+the suite name, else ``{suite}_no_noops``; it is chosen per suite and checked in ``reset``.
+
+It is a :class:`~vla_spec.sim.interface.BatchedPolicy`: ``model_input`` (the image path, uint8 out)
+runs beside the simulator, ``act_batch`` answers many episodes with one ``predict_action`` (the
+runner's policy actor); ``act`` is ``act_batch`` of one.
 
 The checkpoint is explicit: a folder in the Hugging Face format or a name of
 :data:`vla_spec.model.tiny.NAMED_CHECKPOINTS`. :meth:`OpenVLAPolicy.check_setup` checks, before any
@@ -19,8 +23,8 @@ learnt from pixels).
 from __future__ import annotations
 
 import hashlib
-from dataclasses import replace
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -180,8 +184,9 @@ class OpenVLAPolicy:
         return model_image(upright, center_crop_enabled=self.center_crop)
 
     def act_batch(self, items: Sequence[BatchItem]) -> list[PolicyStep]:
-        """One ``predict_action`` per ``unnorm_key`` over the items' uint8 images (the model
-        normalizes them on its device); answers in ``items`` order."""
+        """One ``predict_action`` per suite (its ``unnorm_key``) over the items' images, handed over
+        as one [B, 224, 224, 3] uint8 array (normalizing them is the model's processor's job);
+        answers in ``items`` order. A batch gives each item the tokens of a call for it alone."""
         answers: dict[int, PolicyStep] = {}
         groups: dict[str, list[int]] = {}
         for index, item in enumerate(items):
