@@ -42,6 +42,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "(env: VLA_SPEC_EPISODES_PER_TASK)",
     )
     group.addoption(
+        "--rollout-workers",
+        type=int,
+        default=int(os.environ.get("VLA_SPEC_ROLLOUT_WORKERS", "1")),
+        help="closed-loop gpu tier: environment workers (more than 1 runs on Ray with one batched policy "
+        "actor on the GPU; default 1, in the test process) (env: VLA_SPEC_ROLLOUT_WORKERS)",
+    )
+    group.addoption(
         "--all-tasks",
         action="store_true",
         default=os.environ.get("VLA_SPEC_ALL_TASKS") == "1",
@@ -138,3 +145,15 @@ def golden(snapshot):  # type: ignore[no-untyped-def]
     from tests.snapshots import GoldenExtension
 
     return snapshot.use_extension(GoldenExtension)
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():  # type: ignore[no-untyped-def]
+    """One embedded Ray (127.0.0.1, 3 CPUs: two environment actors and a policy actor) for every
+    run of the session that goes through Ray: its start-up (several seconds) is paid once."""
+    if importlib.util.find_spec("ray") is None:  # not importorskip: ray_session sets up Ray's import itself
+        pytest.skip("the runner's Ray path needs ray (the sim extra): pip install -e '.[sim]'")
+    from vla_spec.actors import ray_session
+
+    with ray_session(None, num_cpus=3) as ray:
+        yield ray

@@ -18,7 +18,8 @@ the right statistics but not without them is a success that came from the pixels
 path, not from luck of the scene.
 
 Gpu tier: with ``--openvla-path`` a real checkpoint runs ``--episodes-per-task`` init states of
-every task of each suite it has statistics for, on CUDA in bfloat16; the test fails when OpenVLA's
+every task of each suite it has statistics for, on CUDA in bfloat16 (``--rollout-workers N``: N
+simulators on Ray feeding one batched policy actor on the GPU); the test fails when OpenVLA's
 published rate for that suite lies above the whole Wilson interval.
 """
 
@@ -68,7 +69,7 @@ def model_card_result() -> PublishedResult:
 
 
 @pytest.fixture(scope="module")
-def positive(tmp_path_factory: pytest.TempPathFactory) -> list[EpisodeResult]:
+def positive(ray_cluster, tmp_path_factory: pytest.TempPathFactory) -> list[EpisodeResult]:  # type: ignore[no-untyped-def]
     return _run(tmp_path_factory.mktemp("closed_loop"), "held_out", POSITIVE_SPECS, checkpoint=CHECKPOINT)
 
 
@@ -86,7 +87,9 @@ def test_trained_tiny_vla_earns_the_threshold(positive: list[EpisodeResult]) -> 
     ("name", "options"),
     [("image_blind", {"image": "black"}), ("wrong_unnorm_key", {"unnorm_key": "bridge_orig"})],
 )
-def test_controls_fail_the_solved_episodes(tmp_path: Path, positive: list[EpisodeResult], name: str, options: dict) -> None:
+def test_controls_fail_the_solved_episodes(
+    ray_cluster, tmp_path: Path, positive: list[EpisodeResult], name: str, options: dict  # type: ignore[no-untyped-def]
+) -> None:
     solved = [EpisodeSpec(r.suite, r.task_id, r.init_index, r.env_seed) for r in positive if r.success][:CONTROL_EPISODES]
     assert solved, "the positive run solved no episode: nothing to control"
     results = _run(tmp_path, name, solved, checkpoint=CHECKPOINT, **options)
@@ -110,7 +113,8 @@ def test_real_checkpoint_against_published(openvla_path: Path, pytestconfig: pyt
     from vla_spec.sim.openvla_policy import OpenVLAPolicy
 
     results = run_episodes(
-        functools.partial(OpenVLAPolicy, str(openvla_path), device="cuda", dtype="bfloat16"), specs, tmp_path / f"{suite}.jsonl", progress=False
+        functools.partial(OpenVLAPolicy, str(openvla_path), device="cuda", dtype="bfloat16"), specs, tmp_path / f"{suite}.jsonl",
+        workers=pytestconfig.getoption("rollout_workers"), progress=False,
     )
     errors = [f"{r.task_id}/{r.init_index}: {r.error}" for r in results if r.error]
     assert not errors, f"episodes raised: {errors}"

@@ -1,6 +1,8 @@
 """Spec: the runner hands every episode out once, keeps workers on one task, and (sim tier) survives
 a real SIGKILL mid-episode: rerunning keeps the finished episodes, repeats none and finishes the
-rest; 1 worker and 2 workers give identical results."""
+rest; a killed environment actor costs only its episode in flight; 1 worker and 2 workers give
+identical results, also with a batched policy on its own actor (the same tokens, step by step), and
+an episode whose policy raises is logged with its error."""
 
 from __future__ import annotations
 
@@ -10,8 +12,10 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -21,7 +25,9 @@ from hypothesis import strategies as st
 from vla_spec.cli import CliError
 from vla_spec.commands.sim import WaitPolicy, build_policy
 from vla_spec.rollout import EpisodeResult, EpisodeSpec
-from vla_spec.runner import TaskScheduler, describe_policy, run_episodes, video_path_for
+from vla_spec.runner import RunStats, TaskScheduler, describe_policy, run_episodes, video_path_for
+from vla_spec.sim.interface import BatchItem, PolicyStep, TaskContext
+from vla_spec.sim.openvla_policy import OpenVLAPolicy
 
 REPO = Path(__file__).resolve().parent.parent
 # Four cheap episodes (the scripted expert needs no camera): two tasks x two initial states.
@@ -102,15 +108,56 @@ def test_run_episodes_rejects_nonsense_before_any_work(tmp_path: Path) -> None:
 
 
 @pytest.mark.cpu
-def test_a_policy_that_fails_to_build_in_a_worker_raises_here(tmp_path: Path) -> None:
-    """The worker's exception comes back with its own type (so the CLI prints one line)."""
-    with pytest.raises(CliError, match="unknown policy 'nope'") as error:
+def test_a_policy_that_fails_to_build_raises_here_before_any_worker(tmp_path: Path) -> None:
+    """The policy is built in the driver first: its own exception type (so the CLI prints one line), no Ray."""
+    with pytest.raises(CliError, match="unknown policy 'nope'"):
         run_episodes(functools.partial(build_policy, "nope"), SIM_SPECS[:1], tmp_path / "log.jsonl", workers=2, progress=False)
-    assert any("raised in worker" in note for note in error.value.__notes__)
     assert _episode_lines(tmp_path / "log.jsonl") == []
+    assert "ray" not in sys.modules or not sys.modules["ray"].is_initialized()
+
+
+@pytest.mark.cpu
+def test_a_batch_of_episodes_gets_the_answers_of_single_calls() -> None:
+    """OpenVLAPolicy.act_batch over episodes of two suites (two unnorm_keys, instructions of
+    different lengths) gives each item the tokens and env command that a call for it alone gives."""
+    from tests.goldens import load_image
+
+    policy = OpenVLAPolicy("tiny-openvla")
+    tasks = [TaskContext("libero_spatial", 0, "put the bowl on the stove", 0, 220),
+             TaskContext("libero_goal", 3, "open the middle drawer of the cabinet", 1, 300)]
+    items = [BatchItem(tasks[i % 2], i, load_image(name)) for i, name in enumerate(["scene", "gradient", "marker", "scene"])]
+    batch = policy.act_batch(items)
+    singles = [policy.act_batch([item])[0] for item in items]
+    assert [(s.tokens, s.action.tolist()) for s in batch] == [(s.tokens, s.action.tolist()) for s in singles]
+    assert len({s.tokens for s in batch}) > 1, "the items must get different answers, or the comparison shows nothing"
 
 
 # --- sim tier: the real simulator ---------------------------------------------------------------
+
+
+#: Ray's process title for an environment actor running a whole episode.
+ENV_ACTOR_RUNNING = b"ray::EnvWorker.run"
+
+
+def _descendants_titled(prefix: bytes) -> list[int]:
+    """Pids of this process's descendants (Ray's raylet and its workers) whose command line starts with ``prefix``."""
+    parents: dict[int, int] = {}
+    titles: dict[int, bytes] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                titles[int(entry.name)] = (entry / "cmdline").read_bytes()
+            except (OSError, IndexError, ValueError):
+                continue
+    found = []
+    for pid, title in titles.items():
+        ancestor = parents.get(pid)
+        while ancestor not in (None, 0, 1, os.getpid()):
+            ancestor = parents.get(ancestor)
+        if ancestor == os.getpid() and title.startswith(prefix):
+            found.append(pid)
+    return found
 
 
 @pytest.fixture(scope="module")
@@ -123,7 +170,7 @@ def one_worker_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[Episo
 
 @pytest.mark.sim
 def test_two_workers_give_the_same_results_as_one(
-    one_worker_run: tuple[list[EpisodeResult], float], tmp_path: Path, record_property: pytest.RecordProperty
+    ray_cluster, one_worker_run: tuple[list[EpisodeResult], float], tmp_path: Path, record_property: pytest.RecordProperty  # type: ignore[no-untyped-def]
 ) -> None:
     reference, wall_1 = one_worker_run
     started = time.perf_counter()
@@ -186,3 +233,96 @@ def test_a_policy_that_does_nothing_fails_after_the_full_budget(tmp_path: Path) 
 
     (result,) = run_episodes(WaitPolicy, SIM_SPECS[:1], tmp_path / "log.jsonl", progress=False)
     assert (result.success, result.steps, result.error) == (False, MAX_STEPS["libero_object"], None)
+
+
+@pytest.mark.sim
+def test_a_killed_environment_actor_costs_only_its_episode_in_flight(
+    ray_cluster, one_worker_run: tuple[list[EpisodeResult], float], tmp_path: Path  # type: ignore[no-untyped-def]
+) -> None:
+    """SIGKILL of an environment actor in the middle of an episode: Ray restarts it and runs that
+    episode again from the start; nothing else is lost or repeated, and the results are the
+    reference's (without the restart the run would end in an error)."""
+    reference, _ = one_worker_run
+    log, out = tmp_path / "log.jsonl", []
+    earlier = set(_descendants_titled(b"ray::EnvWorker"))  # actors of earlier runs may still be on their way out
+    run = threading.Thread(target=lambda: out.append(run_episodes(
+        functools.partial(build_policy, "expert"), SIM_SPECS, log, workers=2, progress=False)))
+    run.start()
+    deadline = time.monotonic() + 300
+    while not (busy := sorted(set(_descendants_titled(ENV_ACTOR_RUNNING)) - earlier)):
+        assert run.is_alive() and time.monotonic() < deadline, "no environment actor started an episode"
+        time.sleep(0.05)
+    os.kill(busy[0], signal.SIGKILL)
+    run.join(timeout=600)
+    assert out, "the run did not finish (its exception is printed above)"
+    assert busy[0] not in _descendants_titled(b"ray::"), "the actor was not killed"
+    assert [outcome(r) for r in out[0]] == [outcome(r) for r in reference]
+    runs = Counter((r["task_id"], r["init_index"]) for r in map(json.loads, _episode_lines(log)))
+    assert runs == Counter({(s.task_id, s.init_index): 1 for s in SIM_SPECS})
+
+
+#: The batched policy's episodes stop (raise) at this policy step: short, and they show that an
+#: episode whose policy raises is logged with its error.
+STOP_AT = 12
+BATCH_SPECS = [EpisodeSpec("libero_object", task, 0) for task in (0, 1)]
+
+
+class StopsAtStep(OpenVLAPolicy):
+    """The trained tiny VLA, raising for every item at policy step :data:`STOP_AT`."""
+
+    def act_batch(self, items: Sequence[BatchItem]) -> list[PolicyStep]:
+        if any(item.step >= STOP_AT for item in items):
+            raise RuntimeError(f"stop at step {max(item.step for item in items)}")
+        return super().act_batch(items)
+
+
+@pytest.fixture(scope="module")
+def batched_here(tmp_path_factory: pytest.TempPathFactory) -> list[EpisodeResult]:
+    """The reference for the batched policy: BATCH_SPECS in this process, with traces."""
+    log = tmp_path_factory.mktemp("here") / "log.jsonl"
+    return run_episodes(functools.partial(StopsAtStep, "tiny-vla-libero-object", threads=1), BATCH_SPECS, log,
+                        record_trace=True, progress=False)
+
+
+def _batched_on_ray(log: Path, stats: RunStats) -> list[EpisodeResult]:
+    return run_episodes(functools.partial(StopsAtStep, "tiny-vla-libero-object", threads=1), BATCH_SPECS, log, workers=2,
+                        record_trace=True, progress=False, stats=stats)
+
+
+@pytest.mark.sim
+def test_a_batched_policy_on_ray_answers_as_in_this_process(
+    ray_cluster, batched_here: list[EpisodeResult], tmp_path: Path  # type: ignore[no-untyped-def]
+) -> None:
+    """Two episodes of the trained tiny VLA, in this process and on Ray with two environment actors
+    and a policy actor: the same tokens and actions at every step, every round a batch of 2, and
+    the policy's error logged for each episode (counted as a failure)."""
+    stats = RunStats()
+    on_ray = _batched_on_ray(tmp_path / "ray.jsonl", stats)
+    assert [(r.steps, r.success, r.error) for r in batched_here] == [(STOP_AT, False, f"RuntimeError: stop at step {STOP_AT}")] * 2
+    assert [r.trace for r in on_ray] == [r.trace for r in batched_here]
+    assert [outcome(r) for r in on_ray] == [outcome(r) for r in batched_here]
+    assert stats.batch_sizes == Counter({2: STOP_AT + 1})  # steps 0..STOP_AT, the last one raising
+    assert len({tuple(step["tokens"]) for r in batched_here for step in r.trace}) > 1, "tokens must vary, or the comparison shows little"
+
+
+@pytest.mark.sim
+def test_an_environment_actor_killed_between_policy_rounds_costs_only_its_episode(
+    ray_cluster, batched_here: list[EpisodeResult], tmp_path: Path  # type: ignore[no-untyped-def]
+) -> None:
+    """SIGKILL of an environment actor of a batched run once it has stepped: the runner begins its
+    episode again on the restarted actor; traces and outcomes are the reference's, and the extra
+    rounds show that the episode ran again."""
+    earlier = set(_descendants_titled(b"ray::EnvWorker"))
+    stats, out = RunStats(), []
+    run = threading.Thread(target=lambda: out.append(_batched_on_ray(tmp_path / "ray.jsonl", stats)))
+    run.start()
+    deadline = time.monotonic() + 300
+    while not (stepping := sorted(set(_descendants_titled(b"ray::EnvWorker.step")) - earlier)):
+        assert run.is_alive() and time.monotonic() < deadline, "no environment actor was seen in a step"
+        time.sleep(0.02)
+    os.kill(stepping[0], signal.SIGKILL)
+    run.join(timeout=600)
+    assert out, "the run did not finish (its exception is printed above)"
+    assert [r.trace for r in out[0]] == [r.trace for r in batched_here]
+    assert [outcome(r) for r in out[0]] == [outcome(r) for r in batched_here]
+    assert sum(size * rounds for size, rounds in stats.batch_sizes.items()) > 2 * (STOP_AT + 1), "no step was asked twice"

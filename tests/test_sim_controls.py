@@ -36,7 +36,7 @@ from vla_spec.runner import run_episodes
 from vla_spec.sim.expert import PickPlaceExpert
 from vla_spec.statistics import wilson_interval
 
-pytestmark = pytest.mark.sim
+pytestmark = [pytest.mark.sim, pytest.mark.usefixtures("ray_cluster")]  # one Ray start for the module's 2-worker runs
 
 WORKERS = 2
 POSITIVE_INITS = {"libero_object": (0, 1), "libero_spatial": (0, 1, 2)}  # x 10 tasks each

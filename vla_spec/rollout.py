@@ -41,10 +41,12 @@ from vla_spec.tokens import ACTION_DIM
 __all__ = [
     "EpisodeResult",
     "EpisodeSpec",
+    "Episode",
     "Observation",
     "Policy",
     "PolicyStep",
     "TaskContext",
+    "error_text",
     "run_episode",
     "start_episode",
 ]
@@ -99,6 +101,102 @@ def _checked_action(step: PolicyStep) -> np.ndarray:
     return action
 
 
+class Episode:
+    """One episode, step by step: the simulator side of :func:`run_episode`. A runner that gets
+    actions from elsewhere (a batched policy on another process) drives it the same way:
+    ``task = start()``; while not ``over``: ``advance(step)`` with the policy's answer to
+    ``observation``; ``fail(error)`` when anything raised; ``close()``; ``result()``.
+    Builds (or reuses) the process's cached environment with the policy camera when
+    ``needs_camera`` or a video is asked."""
+
+    def __init__(self, spec: EpisodeSpec, *, needs_camera: bool, record_trace: bool = False, video_path: Path | None = None) -> None:
+        self.spec = spec
+        self.cameras = POLICY_CAMERAS if needs_camera or video_path is not None else ()
+        self.video_path = video_path
+        self.instruction = ""
+        self.steps = 0  # policy steps taken (wait steps not counted)
+        self.success = False
+        self.error: str | None = None
+        self.trace: list[dict] | None = [] if record_trace else None
+        self._started = time.perf_counter()
+        self._max_steps = 0
+        self._env: Any = None
+        self._obs: dict[str, Any] = {}
+        self._writer: Any = None
+
+    def start(self) -> TaskContext:
+        """Seed, reset, set the initial state, run the wait steps; the policy's ``reset`` argument."""
+        spec = self.spec
+        info = task_info(spec.suite, spec.task_id)
+        self.instruction = info.instruction
+        self._max_steps = info.max_steps
+        states = init_states(spec.suite, spec.task_id)
+        if not 0 <= spec.init_index < len(states):
+            raise IndexError(f"{spec.suite} task {spec.task_id} has init states 0..{len(states) - 1}, not {spec.init_index}")
+        self._env = get_env(spec.suite, spec.task_id, cameras=self.cameras)
+        self._obs = start_episode(self._env, states[spec.init_index], env_seed=spec.env_seed, camera=spec.camera)
+        if self.video_path is not None:
+            import imageio
+
+            Path(self.video_path).parent.mkdir(parents=True, exist_ok=True)
+            self._writer = imageio.get_writer(str(self.video_path), fps=VIDEO_FPS)
+            self._writer.append_data(policy_image(self._obs))
+        return TaskContext(
+            suite=spec.suite, task_id=spec.task_id, instruction=self.instruction, init_index=spec.init_index,
+            max_steps=info.max_steps, env=self._env,
+        )
+
+    @property
+    def observation(self) -> Observation:
+        """What the policy sees now (step ``steps``)."""
+        return make_observation(self._obs, self.steps)
+
+    @property
+    def over(self) -> bool:
+        """Solved, or the step budget is spent (or it failed)."""
+        return self.success or self.error is not None or self.steps >= self._max_steps
+
+    def advance(self, out: PolicyStep) -> None:
+        """Apply the policy's answer to :attr:`observation` with ``env.step``."""
+        action = _checked_action(out)
+        self._obs, _reward, done, _info = self._env.step(action.tolist())
+        self.steps += 1
+        if self.trace is not None:
+            self.trace.append({"tokens": None if out.tokens is None else [int(t) for t in out.tokens], "action": action.tolist()})
+        if self._writer is not None:
+            self._writer.append_data(policy_image(self._obs))
+        self.success = bool(done)
+
+    def fail(self, error: str) -> None:
+        """End as a failure with ``error`` (``"ExceptionType: message"``); the environment, its state
+        now unknown, is dropped from the cache."""
+        self.error = error
+        self.success = False
+        drop_env(self.spec.suite, self.spec.task_id, cameras=self.cameras)
+
+    def close(self) -> None:
+        """Close the video writer, if any."""
+        if self._writer is not None:
+            try:
+                self._writer.close()
+            except Exception:  # noqa: BLE001
+                pass
+            self._writer = None
+
+    def result(self) -> EpisodeResult:
+        spec = self.spec
+        return EpisodeResult(
+            suite=spec.suite, task_id=spec.task_id, instruction=self.instruction, init_index=spec.init_index,
+            env_seed=spec.env_seed, steps=self.steps, success=self.success,
+            wall_time_s=time.perf_counter() - self._started, error=self.error, trace=self.trace, camera=spec.camera,
+        )
+
+
+def error_text(error: BaseException) -> str:
+    """How an episode's error is logged: ``"ExceptionType: message"``."""
+    return f"{type(error).__name__}: {error}"
+
+
 def run_episode(
     policy: Policy,
     spec: EpisodeSpec,
@@ -109,72 +207,15 @@ def run_episode(
 ) -> EpisodeResult:
     """Run one episode of ``spec`` with ``policy`` (see the module docstring); never raises
     ``Exception``s. ``on_step(n)`` is called after each policy step with the steps taken so far."""
-    started = time.perf_counter()
-    cameras = POLICY_CAMERAS if bool(policy.needs_camera) or video_path is not None else ()
-    instruction = ""
-    steps = 0
-    success = False
-    error: str | None = None
-    trace: list[dict] | None = [] if record_trace else None
-    writer = None
+    episode = Episode(spec, needs_camera=bool(policy.needs_camera), record_trace=record_trace, video_path=video_path)
     try:
-        info = task_info(spec.suite, spec.task_id)
-        instruction = info.instruction
-        states = init_states(spec.suite, spec.task_id)
-        if not 0 <= spec.init_index < len(states):
-            raise IndexError(f"{spec.suite} task {spec.task_id} has init states 0..{len(states) - 1}, not {spec.init_index}")
-        env = get_env(spec.suite, spec.task_id, cameras=cameras)
-        obs = start_episode(env, states[spec.init_index], env_seed=spec.env_seed, camera=spec.camera)
-        policy.reset(
-            TaskContext(
-                suite=spec.suite,
-                task_id=spec.task_id,
-                instruction=instruction,
-                init_index=spec.init_index,
-                max_steps=info.max_steps,
-                env=env,
-            )
-        )
-        if video_path is not None:
-            import imageio
-
-            Path(video_path).parent.mkdir(parents=True, exist_ok=True)
-            writer = imageio.get_writer(str(video_path), fps=VIDEO_FPS)
-            writer.append_data(policy_image(obs))
-        for step_index in range(info.max_steps):
-            out = policy.act(make_observation(obs, step_index))
-            action = _checked_action(out)
-            obs, _reward, done, _info = env.step(action.tolist())
-            steps += 1
+        policy.reset(episode.start())
+        while not episode.over:
+            episode.advance(policy.act(episode.observation))
             if on_step is not None:
-                on_step(steps)
-            if trace is not None:
-                trace.append({"tokens": None if out.tokens is None else [int(t) for t in out.tokens], "action": action.tolist()})
-            if writer is not None:
-                writer.append_data(policy_image(obs))
-            if done:
-                success = True
-                break
+                on_step(episode.steps)
     except Exception as exc:  # noqa: BLE001 - the protocol counts any exception as a failure
-        error = f"{type(exc).__name__}: {exc}"
-        success = False
-        drop_env(spec.suite, spec.task_id, cameras=cameras)  # its state is unknown now
+        episode.fail(error_text(exc))
     finally:
-        if writer is not None:
-            try:
-                writer.close()
-            except Exception:  # noqa: BLE001
-                pass
-    return EpisodeResult(
-        suite=spec.suite,
-        task_id=spec.task_id,
-        instruction=instruction,
-        init_index=spec.init_index,
-        env_seed=spec.env_seed,
-        steps=steps,
-        success=success,
-        wall_time_s=time.perf_counter() - started,
-        error=error,
-        trace=trace,
-        camera=spec.camera,
-    )
+        episode.close()
+    return episode.result()

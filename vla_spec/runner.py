@@ -1,46 +1,61 @@
-"""Run many episodes: resume from the log, shard over worker processes, log each result on arrival.
+"""Run many episodes: resume from the log, run them here or on Ray, log each result on arrival.
 
 :func:`run_episodes` opens (or resumes) the :mod:`episode log <vla_spec.episodes>`, drops the
-episodes already in it and runs the rest, either in this process (``workers=1``) or in ``workers``
-processes started with the ``spawn`` context, so that every worker builds its own simulator (EGL
-contexts do not survive ``fork``). Only the parent writes the log, one fsynced line per episode,
-as results arrive: a kill loses at most the episodes in flight, and rerunning the same call
-finishes the rest.
+episodes already in it and runs the rest, either in this process (``workers=1``, no Ray address)
+or on Ray (:mod:`vla_spec.actors`): ``workers`` environment actors, one simulator each, and, for a
+:class:`~vla_spec.sim.interface.BatchedPolicy` (a model), one policy actor (``num_gpus=1`` on a
+CUDA device) that answers every running episode with one batched call per round. A round: each
+environment actor answers (its next observation as the policy's uint8 model input, or its finished
+episode), then the policy actor answers them all at once. A policy that must sit beside the
+simulator (the scripted expert reads the environment) runs whole episodes inside each environment
+actor. Ray starts embedded (127.0.0.1, no dashboard) unless ``ray_address`` joins a cluster.
+
+Only this process (the driver) writes the log, one fsynced line per episode, as results arrive: a
+kill loses at most the episodes in flight, and rerunning the same call finishes the rest. An
+environment actor that dies (SIGKILL, a crash) is restarted by Ray and only its episode in flight
+is lost: it runs again from the start. An actor that dies more often than
+:data:`~vla_spec.actors.ENV_RESTARTS` times ends the run with an error (rerun to resume).
 
 Scheduling keeps a worker on one (suite, task) while that task has episodes left (its cached
 environment is reused: building one costs 3-7 s); a free worker takes the task with the most
 episodes left that no other worker is on, or else joins the busiest one (:class:`TaskScheduler`).
-Episode outcomes do not depend on the worker (each episode seeds and resets its environment), so
-any ``workers`` gives the same results. Environments are closed when a run ends (in this process
-too), which frees their memory.
+Episode outcomes do not depend on the worker or the batch (each episode seeds and resets its
+environment; a batch of N gives the tokens of N single calls), so any ``workers`` gives the same
+results. Environments are closed when a run ends (in this process too), which frees their memory.
 """
 
 from __future__ import annotations
 
 import functools
 import os
-import pickle
-import queue
 import signal
 import sys
 import threading
 import time
-import traceback
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Hashable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from vla_spec.episodes import EpisodeLog, RunConfig, SpecKey, spec_key
 from vla_spec.rollout import EpisodeResult, EpisodeSpec, Policy, run_episode
+from vla_spec.sim.interface import BatchedPolicy, BatchItem
 from vla_spec.sim.suites import STEP_BUDGETS
 
-__all__ = ["TaskScheduler", "describe_policy", "run_episodes", "run_in_log", "video_path_for"]
+__all__ = ["RunStats", "TaskScheduler", "describe_policy", "run_episodes", "run_in_log", "video_path_for"]
 
-#: How often (seconds) the parent checks that busy workers are still alive, and a worker its parent.
-POLL_S = 1.0
-#: How often (seconds) at most a worker reports the step count of its running episode.
-STEP_REPORT_S = 0.5
+#: How often (seconds) the driver looks up from waiting on Ray (to see Ctrl-C).
+POLL_S = 0.5
+
+
+@dataclass
+class RunStats:
+    """What a run measured, filled in by :func:`run_in_log`: policy steps of the episodes run, and
+    how many rounds the policy actor answered at each batch size."""
+
+    policy_steps: int = 0
+    batch_sizes: Counter[int] = field(default_factory=Counter)
 
 
 def describe_policy(make_policy: Callable[[], Policy]) -> tuple[str, dict[str, Any]]:
@@ -112,70 +127,6 @@ def _episode_kwargs(spec: EpisodeSpec, record_trace: bool, video_dir: Path | Non
     return {"record_trace": record_trace, "video_path": None if video_dir is None else video_path_for(video_dir, spec)}
 
 
-def _throttled(report: Callable[[int], None], every_s: float) -> Callable[[int], None]:
-    """``report`` called at most once per ``every_s`` seconds (the step count of the last call)."""
-    last = -every_s
-
-    def on_step(steps: int) -> None:
-        nonlocal last
-        now = time.monotonic()
-        if now - last >= every_s:
-            last = now
-            report(steps)
-
-    return on_step
-
-
-def _worker_main(
-    make_policy: Callable[[], Policy],
-    record_trace: bool,
-    video_dir: Path | None,
-    inbox: Any,
-    outbox: Any,
-    worker: int,
-    report_steps: bool,
-) -> None:
-    """A worker process: build the policy, then run specs from ``inbox`` until it gets None.
-
-    Ctrl-C reaches the whole process group: workers ignore it and the parent, which owns the log,
-    stops them. With ``report_steps`` the worker sends ``("steps", worker, n)`` while an episode runs.
-    """
-    import multiprocessing
-
-    from vla_spec.sim.env import clear_env_cache
-
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    parent = multiprocessing.parent_process()
-    on_step = _throttled(lambda steps: outbox.put(("steps", worker, steps)), STEP_REPORT_S) if report_steps else None
-    try:
-        policy = make_policy()
-        while True:
-            try:
-                spec = inbox.get(timeout=POLL_S)
-            except queue.Empty:
-                if parent is not None and not parent.is_alive():
-                    return  # orphaned (the parent was killed): stop instead of running on
-                continue
-            if spec is None:
-                return
-            result = run_episode(policy, spec, on_step=on_step, **_episode_kwargs(spec, record_trace, video_dir))
-            outbox.put(("result", worker, result))
-    except BaseException as error:  # noqa: BLE001 - report anything (a policy that fails to build) to the parent
-        outbox.put(("error", worker, (_picklable(error), traceback.format_exc())))
-    finally:
-        clear_env_cache()
-
-
-def _picklable(error: BaseException) -> BaseException:
-    """``error`` itself when it survives pickling (so the parent re-raises the same type), else a
-    RuntimeError with its text."""
-    try:
-        pickle.loads(pickle.dumps(error))
-    except Exception:  # noqa: BLE001 - any pickling failure
-        return RuntimeError(f"{type(error).__name__}: {error}")
-    return error
-
-
 class _Interruption:
     """Ctrl-C during a run, raised where this module can see it: the first SIGINT is only noted,
     and :meth:`check` (at every policy step and result) raises ``KeyboardInterrupt``; LIBERO and
@@ -206,12 +157,16 @@ class _Interruption:
 
 
 class _Progress:
-    """tqdm bars (or nothing): episodes, with successes so far as the postfix, and below it one bar
-    per running episode counting its policy steps (tqdm shows the steps/s)."""
+    """tqdm bars (or nothing): episodes, with successes so far, policy steps per second over the
+    episodes finished in this run and the policy actor's last batch size as the postfix, and below
+    it one bar per running episode counting its policy steps (tqdm shows the steps/s)."""
 
     def __init__(self, total: int, done: Sequence[EpisodeResult], enabled: bool, slots: int) -> None:
         self.wins = sum(bool(r.success) for r in done)
         self.count = len(done)
+        self.policy_steps = 0
+        self.batch_size: int | None = None
+        self.began = time.monotonic()
         self.bar: Any = None
         self.steps: list[Any] = []
         if enabled:
@@ -225,7 +180,9 @@ class _Progress:
 
     def _postfix(self) -> None:
         if self.bar is not None:
-            self.bar.set_postfix_str(f"success {self.wins}/{self.count}", refresh=False)
+            rate = self.policy_steps / max(time.monotonic() - self.began, 1e-9)
+            batch = "" if self.batch_size is None else f", batch {self.batch_size}"
+            self.bar.set_postfix_str(f"success {self.wins}/{self.count}, {rate:.1f} step/s{batch}", refresh=False)
 
     def start(self, slot: int, spec: EpisodeSpec) -> None:
         """Episode ``spec`` begins in ``slot`` (a worker, or 0 in this process)."""
@@ -239,9 +196,16 @@ class _Progress:
         if self.steps:
             self.steps[slot].update(steps - self.steps[slot].n)
 
+    def batch(self, size: int) -> None:
+        """The policy actor answers a round of ``size`` episodes."""
+        if size != self.batch_size:
+            self.batch_size = size
+            self._postfix()
+
     def add(self, result: EpisodeResult) -> None:
         self.wins += bool(result.success)
         self.count += 1
+        self.policy_steps += result.steps
         if self.bar is not None:
             self._postfix()
             self.bar.update(1)
@@ -253,12 +217,10 @@ class _Progress:
 
 
 def _run_here(
-    make_policy: Callable[[], Policy], specs: Sequence[EpisodeSpec], log: EpisodeLog, progress: _Progress,
-    record_trace: bool, video_dir: Path | None, interruption: _Interruption,
+    policy: Policy, specs: Sequence[EpisodeSpec], log: EpisodeLog, progress: _Progress,
+    record_trace: bool, video_dir: Path | None, interruption: _Interruption, stats: RunStats,
 ) -> None:
     from vla_spec.sim.env import clear_env_cache
-
-    policy = make_policy()
 
     def on_step(steps: int) -> None:
         interruption.check()
@@ -271,75 +233,106 @@ def _run_here(
             result = run_episode(policy, spec, on_step=on_step, **_episode_kwargs(spec, record_trace, video_dir))
             log.append(result)
             progress.add(result)
+            stats.policy_steps += result.steps
     finally:
         clear_env_cache()  # free the ~2 GB now; closing at interpreter exit prints EGL errors
 
 
-def _run_in_workers(
-    make_policy: Callable[[], Policy], specs: Sequence[EpisodeSpec], log: EpisodeLog, progress: _Progress,
-    record_trace: bool, video_dir: Path | None, workers: int, interruption: _Interruption,
+def _run_on_ray(
+    policy: Policy, make_policy: Callable[[], Policy], specs: Sequence[EpisodeSpec], log: EpisodeLog, progress: _Progress,
+    record_trace: bool, video_dir: Path | None, workers: int, interruption: _Interruption, address: str | None,
+    stats: RunStats,
 ) -> None:
-    import multiprocessing
+    """``workers`` environment actors and, for a :class:`BatchedPolicy`, one policy actor that
+    answers all running episodes once per round (module docstring)."""
+    from vla_spec.actors import ENV_RESTARTS, ENV_WORKER_OPTIONS, POLICY_WORKER_OPTIONS, EnvWorker, PolicyWorker, ray_session
 
-    context = multiprocessing.get_context("spawn")
-    outbox = context.Queue()
-    inboxes = [context.Queue() for _ in range(workers)]
-    processes = [
-        context.Process(
-            target=_worker_main,
-            args=(make_policy, record_trace, video_dir, inboxes[w], outbox, w, bool(progress.steps)),
-            name=f"vla-spec-worker-{w}",
-            daemon=True,
-        )
-        for w in range(workers)
-    ]
-    scheduler = TaskScheduler(specs)
-    in_flight: dict[int, EpisodeSpec] = {}
+    batched = isinstance(policy, BatchedPolicy)
+    with ray_session(address, num_cpus=workers + batched) as ray:
+        from ray.exceptions import ActorUnavailableError, RayActorError
 
-    def hand_out(worker: int) -> None:
-        spec = scheduler.next_for(worker)
-        inboxes[worker].put(spec)  # None tells the worker to stop
-        if spec is not None:
-            in_flight[worker] = spec
+        needed = ENV_WORKER_OPTIONS["num_cpus"] * workers + batched * POLICY_WORKER_OPTIONS["num_cpus"]
+        if ray.cluster_resources().get("CPU", 0) < needed:
+            raise RuntimeError(f"{workers} environment workers need {needed} CPUs in the Ray cluster, which has "
+                               f"{ray.cluster_resources().get('CPU', 0):g}; use fewer --workers")
+        env_actor = ray.remote(EnvWorker).options(**ENV_WORKER_OPTIONS)
+        envs = [env_actor.remote(make_policy, record_trace, video_dir) for _ in range(workers)]
+        policy_actor = None
+        if batched:
+            gpus = 1 if str(getattr(policy, "device", "cpu")).startswith("cuda") else 0
+            policy_actor = ray.remote(PolicyWorker).options(**POLICY_WORKER_OPTIONS, num_gpus=gpus).remote(make_policy)
+        scheduler = TaskScheduler(specs)
+        running: dict[int, EpisodeSpec] = {}
+        calls: dict[Any, int] = {}  # in-flight environment call -> worker
+
+        def begin(worker: int, spec: EpisodeSpec | None = None) -> None:
+            spec = spec or scheduler.next_for(worker)
+            if spec is None:
+                return
+            running[worker] = spec
             progress.start(worker, spec)
+            start = envs[worker].begin if batched else envs[worker].run
+            calls[start.options(max_task_retries=-1).remote(spec)] = worker  # after a restart Ray runs it again
 
-    try:
-        for process in processes:
-            process.start()
-        for worker in range(workers):
-            hand_out(worker)
-        while in_flight:
-            interruption.check()
-            try:
-                kind, worker, payload = outbox.get(timeout=POLL_S)
-            except queue.Empty:
-                for worker, spec in in_flight.items():
-                    if not processes[worker].is_alive():
-                        raise RuntimeError(
-                            f"worker {worker} died (exit code {processes[worker].exitcode}) while running "
-                            f"{spec_key(spec)}; finished episodes are in {log.path}: rerun to resume"
-                        ) from None
-                continue
-            if kind == "steps":
-                progress.step(worker, payload)
-                continue
-            if kind == "error":
-                error, worker_traceback = payload
-                error.add_note(f"raised in worker {worker}:\n{worker_traceback}")
-                raise error
-            if spec_key(payload) != spec_key(in_flight[worker]):
-                raise RuntimeError(f"worker {worker} returned {spec_key(payload)} for {spec_key(in_flight[worker])}")
-            del in_flight[worker]
-            log.append(payload)
-            progress.add(payload)
-            hand_out(worker)
-        for process in processes:
-            process.join(timeout=30)
-    finally:
-        for process in processes:
-            if process.is_alive():
-                process.terminate()
-                process.join(timeout=10)
+        def finish(worker: int, result: EpisodeResult) -> None:
+            spec = running.pop(worker)
+            if spec_key(result) != spec_key(spec):
+                raise RuntimeError(f"worker {worker} returned {spec_key(result)} for {spec_key(spec)}")
+            log.append(result)
+            progress.add(result)
+            stats.policy_steps += result.steps
+            begin(worker)
+
+        def answer(ref: Any) -> Any:
+            """The call's value, waiting in slices so that Ctrl-C is seen."""
+            while not ray.wait([ref], timeout=POLL_S)[0]:
+                interruption.check()
+            return ray.get(ref)
+
+        try:
+            for worker in range(workers):
+                begin(worker)
+            while calls:
+                questions: dict[int, BatchItem] = {}
+                while calls:  # a round: every running episode answers
+                    interruption.check()
+                    ready, _ = ray.wait(list(calls), num_returns=1, timeout=POLL_S)
+                    for ref in ready:
+                        worker = calls.pop(ref)
+                        try:
+                            reply = ray.get(ref)
+                        except ActorUnavailableError:
+                            reply = None  # it died in a step; Ray restarts it
+                        except RayActorError as error:
+                            raise RuntimeError(
+                                f"environment worker {worker} " + ("could not start" if error.actor_init_failed else
+                                f"died more than {ENV_RESTARTS} times") + f": {error}; finished episodes are in {log.path}: "
+                                "rerun to resume") from None
+                        if reply is None:  # its actor was restarted during the episode: run the episode again
+                            begin(worker, running[worker])
+                        elif isinstance(reply, EpisodeResult):
+                            finish(worker, reply)
+                        else:
+                            questions[worker] = reply
+                            progress.step(worker, reply.step)
+                if questions:
+                    assert policy_actor is not None
+                    order = list(questions)
+                    stats.batch_sizes[len(order)] += 1
+                    progress.batch(len(order))
+                    try:
+                        replies = answer(policy_actor.act_batch.remote([questions[worker] for worker in order]))
+                    except RayActorError as error:
+                        raise RuntimeError(f"the policy actor died ({error}); finished episodes are in {log.path}: "
+                                           "rerun to resume") from None
+                    for worker, reply in zip(order, replies, strict=True):
+                        step = envs[worker].fail if isinstance(reply, str) else envs[worker].step
+                        calls[step.remote(reply)] = worker
+            ray.get([env.close.remote() for env in envs])
+        finally:
+            for actor in [*envs, policy_actor]:
+                if actor is not None:
+                    ray.kill(actor)
 
 
 def _check_request(workers: int, specs: Sequence[EpisodeSpec]) -> None:
@@ -359,23 +352,30 @@ def run_in_log(
     video_dir: str | os.PathLike[str] | None = None,
     progress: bool = True,
     retry_errors: bool = False,
+    ray_address: str | None = None,
+    stats: RunStats | None = None,
 ) -> list[EpisodeResult]:
     """Run the specs not yet in the open ``log`` (see :func:`run_episodes`); return all results, in
-    ``specs`` order. A ``KeyboardInterrupt`` stops the workers and propagates; finished episodes
-    stay in the log."""
+    ``specs`` order; ``stats``, when given, is filled in. A ``KeyboardInterrupt`` stops the actors
+    and propagates; finished episodes stay in the log."""
     _check_request(workers, specs)
+    policy = make_policy()  # here first: a policy that cannot be built fails before any worker starts
     video = None if video_dir is None else Path(video_dir)
     pending = log.pending(specs, retry_errors=retry_errors)
     rerun = {spec_key(spec) for spec in pending}
     done = [log.finished[spec_key(spec)] for spec in specs if spec_key(spec) in log.finished and spec_key(spec) not in rerun]
     slots = min(workers, len(pending))
-    bar = _Progress(len(specs), done, enabled=progress and bool(pending), slots=slots)
+    here = workers == 1 and ray_address is None
+    # per-episode step bars where steps are seen: here, or rounds of a batched policy
+    step_bars = slots if here or isinstance(policy, BatchedPolicy) else 0
+    bar = _Progress(len(specs), done, enabled=progress and bool(pending), slots=step_bars)
     try:
         with _Interruption() as interruption:
-            if pending and workers == 1:
-                _run_here(make_policy, pending, log, bar, record_trace, video, interruption)
+            if pending and here:
+                _run_here(policy, pending, log, bar, record_trace, video, interruption, stats or RunStats())
             elif pending:
-                _run_in_workers(make_policy, pending, log, bar, record_trace, video, slots, interruption)
+                _run_on_ray(policy, make_policy, pending, log, bar, record_trace, video, slots, interruption, ray_address,
+                            stats or RunStats())
     finally:
         bar.close()
     finished: dict[SpecKey, EpisodeResult] = log.finished
@@ -394,18 +394,21 @@ def run_episodes(
     policy_name: str | None = None,
     policy_params: Mapping[str, Any] | None = None,
     retry_errors: bool = False,
+    ray_address: str | None = None,
+    stats: RunStats | None = None,
 ) -> list[EpisodeResult]:
     """Run every spec not yet in the log at ``log_path``; return all results, in ``specs`` order.
 
-    ``make_policy`` builds the policy (once per process) and must be picklable for ``workers > 1``
-    (a module-level class or function, or a ``functools.partial`` of one). ``policy_name`` and
-    ``policy_params`` go to the log header (default: :func:`describe_policy`). ``workers=1`` runs
-    in this process; more start that many ``spawn`` processes (capped at the number of episodes to
-    run). Raises :class:`~vla_spec.episodes.LogMismatch` when the log belongs to another run; an
-    exception raised while building the policy in a worker is re-raised here (the worker's
-    traceback attached as a note); ``RuntimeError`` when a worker dies. Episode errors do not raise:
-    they are recorded as failures (``EpisodeResult.error``); ``retry_errors`` runs those again.
-    Finished episodes stay in the log.
+    ``make_policy`` builds the policy (here first, then once per actor) and must be picklable for
+    Ray (a module-level class or function, or a ``functools.partial`` of one). ``policy_name`` and
+    ``policy_params`` go to the log header (default: :func:`describe_policy`). ``workers=1`` without
+    ``ray_address`` runs in this process; otherwise on Ray with that many environment actors (capped
+    at the number of episodes to run), embedded or joining the cluster at ``ray_address``
+    (``"auto"``, ``"ray://host:port"``). Raises :class:`~vla_spec.episodes.LogMismatch` when the log
+    belongs to another run, the policy's own exception when it cannot be built, ``RuntimeError`` when
+    an actor cannot start or the policy actor keeps dying. Episode errors do not raise: they are
+    recorded as failures (``EpisodeResult.error``); ``retry_errors`` runs those again. Finished
+    episodes stay in the log; ``stats``, when given, is filled in (:class:`RunStats`).
     """
     _check_request(workers, specs)
     described_name, described_params = describe_policy(make_policy)
@@ -420,5 +423,5 @@ def run_episodes(
     with EpisodeLog.open(log_path, config) as log:
         return run_in_log(
             log, make_policy, specs, workers=workers, record_trace=record_trace, video_dir=video_dir,
-            progress=progress, retry_errors=retry_errors,
+            progress=progress, retry_errors=retry_errors, ray_address=ray_address, stats=stats,
         )

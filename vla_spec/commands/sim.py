@@ -193,7 +193,15 @@ def register(subparsers: Any) -> None:
         help="agentview camera variations, comma-separated (default none): shift±Ncm, lift±Ncm, yaw±Ndeg, pitch±Ndeg, "
         "jitterK (vla_spec.sim.cameras); the run is the product suites x tasks x inits x seeds x cameras",
     )
-    rollout.add_argument("--workers", type=int, default=1, help="worker processes (each ~2 GB RAM; 1 = in-process)")
+    rollout.add_argument(
+        "--workers", type=int, default=1,
+        help="environment workers, Ray actors with one simulator each (~2 GB RAM each; a model policy gets one "
+        "more actor that answers them all in batches); 1 = in this process, no Ray",
+    )
+    rollout.add_argument(
+        "--ray-address", metavar="ADDRESS",
+        help="join this Ray cluster (auto, or ray://host:port) instead of starting one on 127.0.0.1",
+    )
     rollout.add_argument("--log", required=True, type=Path, help="JSONL episode log to create or resume")
     rollout.add_argument("--overwrite", action="store_true", help="empty an existing --log first (its episodes are lost)")
     rollout.add_argument("--trace", action="store_true", help="record per-step tokens and actions in the log")
@@ -346,12 +354,13 @@ def run_rollout(args: argparse.Namespace) -> int:
                 video_dir=args.video_dir,
                 progress=not args.no_progress,
                 retry_errors=args.retry_errors,
+                ray_address=args.ray_address,
             )
         except KeyboardInterrupt:
             ran = sum(spec_key(spec) in log.finished for spec in specs) - len(kept)
             print(f"interrupted after {ran} episode(s); rerun the same command to resume", file=sys.stderr)
             return 130
-        except SimulatorUnavailable as error:
+        except (SimulatorUnavailable, ConnectionError) as error:
             raise CliError(str(error)) from None
     wins = sum(bool(r.success) for r in results)
     print(f"{wins}/{len(results)} episodes succeeded; log: {args.log} (per task: vla-spec report {args.log})")

@@ -17,7 +17,7 @@ Conventions
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -97,3 +97,30 @@ class Policy(Protocol):
     def reset(self, task: TaskContext) -> None: ...
 
     def act(self, obs: Observation) -> PolicyStep: ...
+
+
+@dataclass(frozen=True)
+class BatchItem:
+    """One episode's question to a batched policy: its task (``env`` left out: it stays with the
+    simulator), the policy step it is at, and the policy's model input for the observation
+    (:meth:`BatchedPolicy.model_input`: a uint8 image, computed where the simulator runs)."""
+
+    task: TaskContext
+    step: int
+    image: np.ndarray
+
+
+@runtime_checkable
+class BatchedPolicy(Policy, Protocol):
+    """A policy that can answer many episodes in one call: the runner gives it a policy actor of its
+    own (on ``device``) and asks it once per round for every running episode.
+
+    ``model_input(obs)`` runs beside the simulator (per frame, CPU); ``act_batch(items)`` answers
+    each item as ``act`` would have answered it alone (a batch of N gives the tokens of N single
+    calls). ``act`` must be ``act_batch`` of one item."""
+
+    device: str  # torch device of the model: "cpu", "cuda", ...
+
+    def model_input(self, obs: Observation) -> np.ndarray: ...
+
+    def act_batch(self, items: Sequence[BatchItem]) -> list[PolicyStep]: ...

@@ -5,7 +5,11 @@ Per step: the upright agentview (``Observation.image``, already rotated 180 degr
 0.9-area centre crop) -> ``predict_action`` (the checkpoint's processor, network, decoder and
 action processor: its un-normalized action) -> :class:`vla_spec.actions.LiberoOutputs` (gripper
 binarize + invert) -> ``env.step``. The ``unnorm_key`` defaults to the LIBERO evaluation's choice:
-the suite name, else ``{suite}_no_noops``; it is chosen once per episode, in ``reset``.
+the suite name, else ``{suite}_no_noops``; it is chosen per suite and checked in ``reset``.
+
+It is a :class:`~vla_spec.sim.interface.BatchedPolicy`: ``model_input`` (the image path, uint8 out)
+runs beside the simulator, ``act_batch`` answers many episodes with one ``predict_action`` (the
+runner's policy actor); ``act`` is ``act_batch`` of one.
 
 The checkpoint is explicit: a folder in the Hugging Face format or a name of
 :data:`vla_spec.model.tiny.NAMED_CHECKPOINTS`. :meth:`OpenVLAPolicy.check_setup` checks, before any
@@ -20,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +33,7 @@ import numpy as np
 from vla_spec.actions import ActionProcessor, LiberoOutputs
 from vla_spec.normalization import UnnormKeyError, libero_unnorm_key
 from vla_spec.sim import PolicySetupError
-from vla_spec.sim.interface import Observation, PolicyStep, TaskContext
+from vla_spec.sim.interface import BatchItem, Observation, PolicyStep, TaskContext
 from vla_spec.sim.suites import base_suite
 
 DTYPES = ("float32", "bfloat16")
@@ -101,8 +106,8 @@ class OpenVLAPolicy:
         self.image = image
         self.threads = None if threads is None else int(threads)
         self._model: Any = None
-        self._outputs: LiberoOutputs | None = None
-        self._instruction = ""
+        self._outputs: dict[str, LiberoOutputs] = {}  # by suite
+        self._task: TaskContext | None = None
 
     def check_setup(self, suites: Sequence[str]) -> dict[str, Any]:
         """Check the device, the checkpoint's files and the ``unnorm_key`` for each suite without
@@ -158,20 +163,47 @@ class OpenVLAPolicy:
             self._model = load_cached(self.checkpoint, getattr(torch, self.dtype), self.device)
         return self._model
 
-    def reset(self, task: TaskContext) -> None:
-        model = self._load()
-        self._outputs = LiberoOutputs(model.action_processor(self._unnorm_key(task.suite, model.norm_stats)))
-        self._instruction = task.instruction
+    def _outputs_for(self, suite: str) -> LiberoOutputs:
+        """The action path for ``suite``'s episodes (its ``unnorm_key``), made once per suite."""
+        if suite not in self._outputs:
+            model = self._load()
+            self._outputs[suite] = LiberoOutputs(model.action_processor(self._unnorm_key(suite, model.norm_stats)))
+        return self._outputs[suite]
 
-    def act(self, obs: Observation) -> PolicyStep:
+    def reset(self, task: TaskContext) -> None:
+        self._outputs_for(task.suite)  # loads the model, checks the unnorm_key
+        self._task = replace(task, env=None)
+
+    def model_input(self, obs: Observation) -> np.ndarray:
+        """The 224 x 224 uint8 image the model gets for ``obs``: the camera frame (or black) through
+        :func:`vla_spec.images.model_image` (JPEG 95, Lanczos, centre crop)."""
         from vla_spec.images import model_image
 
-        if obs.image is None or self._outputs is None:
-            raise RuntimeError("OpenVLAPolicy needs a camera observation and reset() before act()")
+        if obs.image is None:
+            raise RuntimeError("OpenVLAPolicy needs a camera observation (needs_camera is True)")
         upright = obs.image if self.image == "camera" else np.zeros_like(obs.image)
-        image = model_image(upright, center_crop_enabled=self.center_crop)
-        prediction = self._load().predict_action(image, self._instruction, self._outputs.processor.unnorm_key)
-        return PolicyStep(
-            action=self._outputs.env_command(prediction.actions[0]),
-            tokens=tuple(int(t) for t in prediction.token_ids[0]),
-        )
+        return model_image(upright, center_crop_enabled=self.center_crop)
+
+    def act_batch(self, items: Sequence[BatchItem]) -> list[PolicyStep]:
+        """One ``predict_action`` per suite (its ``unnorm_key``) over the items' images, handed over
+        as one [B, 224, 224, 3] uint8 array (normalizing them is the model's processor's job);
+        answers in ``items`` order. A batch gives each item the tokens of a call for it alone."""
+        answers: dict[int, PolicyStep] = {}
+        groups: dict[str, list[int]] = {}
+        for index, item in enumerate(items):
+            groups.setdefault(item.task.suite, []).append(index)
+        for suite, indices in groups.items():
+            outputs = self._outputs_for(suite)
+            images = np.stack([items[i].image for i in indices])  # [B, 224, 224, 3] uint8
+            prediction = self._load().predict_action(images, [items[i].task.instruction for i in indices], outputs.processor.unnorm_key)
+            for row, index in enumerate(indices):
+                answers[index] = PolicyStep(
+                    action=outputs.env_command(prediction.actions[row]),
+                    tokens=tuple(int(t) for t in prediction.token_ids[row]),
+                )
+        return [answers[index] for index in range(len(items))]
+
+    def act(self, obs: Observation) -> PolicyStep:
+        if self._task is None:
+            raise RuntimeError("OpenVLAPolicy.act needs reset() first")
+        return self.act_batch([BatchItem(self._task, obs.step, self.model_input(obs))])[0]

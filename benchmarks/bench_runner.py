@@ -1,0 +1,73 @@
+"""Episodes per hour of ``vla-spec rollout`` with 1 and N environment workers (a benchmark, not a test).
+
+Runs the same LIBERO episodes with an OpenVLA checkpoint (default: the trained tiny VLA,
+``golden/tiny-vla-libero-object``) once per ``--workers`` value, each into a fresh log: ``1`` runs
+in this process (no Ray), more run on an embedded Ray with that many environment actors and one
+policy actor answering them in batches. Reports wall time (Ray start-up included), episodes per
+hour, policy steps per second, the mean episode length and the batch sizes the policy actor formed
+(rounds per size); checks that every worker count gave the same outcomes (steps, success, error).
+
+    MUJOCO_GL=egl python benchmarks/bench_runner.py --tasks 0,1 --inits 0-1 --workers 1 2 --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+from vla_spec.commands.sim import build_specs, parse_indices
+from vla_spec.runner import RunStats, run_episodes
+from vla_spec.sim.openvla_policy import OpenVLAPolicy
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--checkpoint", default="tiny-vla-libero-object")
+    parser.add_argument("--suite", default="libero_object")
+    parser.add_argument("--tasks", default="0,1")
+    parser.add_argument("--inits", default="0-1")
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", default="1", help="torch threads of the policy (default 1)")
+    parser.add_argument("--json", type=Path, help="write the figures here")
+    args = parser.parse_args()
+
+    specs = build_specs([args.suite], parse_indices(args.tasks, "--tasks"), parse_indices(args.inits, "--inits"), (0,))
+    make_policy = functools.partial(OpenVLAPolicy, args.checkpoint, device=args.device, threads=args.threads)
+    rows = []
+    with tempfile.TemporaryDirectory() as folder:
+        for workers in args.workers:
+            stats = RunStats()
+            started = time.perf_counter()
+            results = run_episodes(make_policy, specs, Path(folder) / f"w{workers}.jsonl", workers=workers,
+                                   progress=False, stats=stats)
+            wall = time.perf_counter() - started
+            rows.append({
+                "workers": workers,
+                "episodes": len(results),
+                "wall_s": round(wall, 1),
+                "episodes_per_hour": round(3600 * len(results) / wall, 1),
+                "policy_steps_per_s": round(stats.policy_steps / wall, 2),
+                "mean_steps": round(stats.policy_steps / len(results), 1),
+                "successes": sum(r.success for r in results),
+                "errors": sum(r.error is not None for r in results),
+                "batch_sizes": {str(size): rounds for size, rounds in sorted(stats.batch_sizes.items())},
+                "outcomes": [(r.task_id, r.init_index, r.steps, r.success, r.error) for r in results],
+            })
+            print(json.dumps({k: v for k, v in rows[-1].items() if k != "outcomes"}), flush=True)
+    same = all(row["outcomes"] == rows[0]["outcomes"] for row in rows)
+    print(f"same outcomes for every worker count: {same}; cpus: {os.cpu_count()}, load average: {os.getloadavg()}")
+    if args.json:
+        args.json.write_text(json.dumps({"args": vars(args) | {"json": str(args.json)}, "runs": rows, "same_outcomes": same,
+                                         "cpus": os.cpu_count(), "load_average_end": os.getloadavg()}, indent=1))
+    if not same:
+        raise SystemExit("outcomes differ between worker counts")
+
+
+if __name__ == "__main__":
+    main()
