@@ -111,3 +111,32 @@ def test_margin_must_be_a_fraction(tmp_path: Path, capsys: pytest.CaptureFixture
     assert capsys.readouterr().err.strip() == (
         "vla-spec report: error: --margin must lie in (0, 1] (a fraction: 0.1 is 10 percentage points), got 10.0"
     )
+
+
+def test_one_camera_against_another_pairs_the_same_episodes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """OLD: 12 episodes with camera none, all solved; NEW: the same episodes with shift-2cm, the
+    first 6 failed. Each log holds one camera, so episodes pair across it: McNemar's exact
+    p = 2 * 2^-6 = 0.03125: regressed. Negative control: with two cameras in NEW the keys no longer
+    cross; unpaired."""
+    from vla_spec.episodes import EpisodeLog, RunConfig
+    from vla_spec.rollout import EpisodeResult, EpisodeSpec
+    from tests.test_sim_cli import VERSIONS
+
+    def log(name: str, cameras: list[str], solved: list[bool]) -> Path:
+        specs = [EpisodeSpec("libero_object", 0, i, 0, camera) for i, camera in enumerate(cameras)]
+        with EpisodeLog.open(tmp_path / name, RunConfig("expert", {}, tuple(specs)), VERSIONS) as episodes:
+            for spec, success in zip(specs, solved):
+                episodes.append(EpisodeResult(spec.suite, 0, "x", spec.init_index, 0, 100, success, 1.0, None, None, camera=spec.camera))
+        return tmp_path / name
+
+    old = log("old.jsonl", ["none"] * 12, [True] * 12)
+    new = log("new.jsonl", ["shift-2cm"] * 12, [False] * 6 + [True] * 6)
+    assert main(["report", str(old), "--compare", str(new)]) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert "note: episodes paired across camera none (A) and shift-2cm (B) (the logs differ only there)" in out
+    row = next(line for line in out if line.startswith("libero_object       0") and " pp " in line)
+    assert "paired, A only 6 B only 0" in row and "0.0312  regressed" in row
+    mixed = log("mixed.jsonl", ["shift-2cm"] * 6 + ["yaw+5deg"] * 6, [False] * 6 + [True] * 6)
+    main(["report", str(old), "--compare", str(mixed)])
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("libero_object       0") and " pp " in line)
+    assert "unpaired" in row

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from vla_spec.commands import CliError
 from vla_spec.statistics import DEFAULT_CONFIDENCE, PUBLISHED_OPENVLA, Proportion, PublishedResult, SuccessRow, percent
+from vla_spec.factors import FACTORS as FACTOR_WORDS
 from vla_spec.verdicts import DEFAULT_MARGIN
 
 if TYPE_CHECKING:  # the simulator side is imported inside the handlers
@@ -556,13 +557,31 @@ def _verdict_lines(log: LogContents, confidence: float) -> list[str]:
     return lines
 
 
+def _pairing_key(old: Sequence[EpisodeResult], new: Sequence[EpisodeResult]) -> tuple[Any, str]:
+    """How episodes of the two logs pair: by their whole key, except for the env seed or camera
+    when each log holds one value of it and the two differ (one camera against another over the
+    same episodes is a paired comparison); the second item names what was crossed, or is empty."""
+    from vla_spec.episodes import spec_key
+
+    drop = []
+    for index, field in ((3, "env_seed"), (4, "camera")):
+        a, b = {getattr(r, field) for r in old}, {getattr(r, field) for r in new}
+        if len(a) == 1 and len(b) == 1 and a != b:
+            drop.append((index, f"{FACTOR_WORDS[field]} {a.pop()} (A) and {b.pop()} (B)"))
+
+    def key(result: EpisodeResult) -> tuple[Any, ...]:
+        return tuple(value for index, value in enumerate(spec_key(result)) if index not in dict(drop))
+
+    return key, "; ".join(words for _, words in drop)
+
+
 def _comparison_lines(old: LogContents, new: LogContents, confidence: float, margin: float) -> tuple[list[str], bool]:
     """The verdict table of NEW (B) against OLD (A) (:mod:`vla_spec.verdicts`) and whether any row regressed."""
-    from vla_spec.episodes import spec_key
     from vla_spec.verdicts import compare_logs
 
+    key, across = _pairing_key(old.results, new.results)
     try:
-        rows = compare_logs(old.results, new.results, spec_key, confidence=confidence, margin=margin)
+        rows = compare_logs(old.results, new.results, key, confidence=confidence, margin=margin)
     except ValueError as error:
         return [f"compare: {error}"], False
     level = percent(confidence, 0)
@@ -589,8 +608,10 @@ def _comparison_lines(old: LogContents, new: LogContents, confidence: float, mar
     regressed = [row for row in rows if row.verdict == "regressed"]
     names = ", ".join(f"{r.suite or 'all suites'}{'' if r.task_id is None else f' task {r.task_id}'}" for r in regressed)
     lines.append(f"verdict: B regressed ({names}): exit status 1" if regressed else "verdict: no regression")
-    only_a = {spec_key(r) for r in old.results} - {spec_key(r) for r in new.results}
-    only_b = {spec_key(r) for r in new.results} - {spec_key(r) for r in old.results}
+    if across:
+        lines.append(f"note: episodes paired across {across} (the logs differ only there)")
+    only_a = {key(r) for r in old.results} - {key(r) for r in new.results}
+    only_b = {key(r) for r in new.results} - {key(r) for r in old.results}
     if only_a or only_b:
         lines.append(f"note: the logs cover different episodes ({len(only_a)} only in A, {len(only_b)} only in B)")
     return lines, bool(regressed)
