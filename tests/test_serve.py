@@ -22,6 +22,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -125,14 +126,15 @@ def _body(**payload) -> bytes:  # type: ignore[no-untyped-def]
 
 
 BLACK = np.zeros((224, 224, 3), np.uint8)
+# Bodies built when a test runs (json-numpy is in the serve extra, which a model-only venv lacks).
 BAD_INPUT = {
     "not JSON": (b"hello", 400, "not JSON"),
     "a JSON list": (b"[1, 2]", 400, "JSON object"),
-    "float image": (_body(image=BLACK.astype(np.float32), instruction=INSTRUCTION), 400, "dtype float32"),
-    "grey image": (_body(image=BLACK[..., 0], instruction=INSTRUCTION), 400, "shape (224, 224)"),
+    "float image": (partial(_body, image=BLACK.astype(np.float32), instruction=INSTRUCTION), 400, "dtype float32"),
+    "grey image": (partial(_body, image=BLACK[..., 0], instruction=INSTRUCTION), 400, "shape (224, 224)"),
     "plain-list image": (json.dumps({"image": BLACK.tolist(), "instruction": INSTRUCTION}).encode(), 400, "json-numpy array"),
-    "no instruction": (_body(image=BLACK), 400, "instruction is missing"),
-    "unknown key": (_body(image=BLACK, instruction=INSTRUCTION, unnorm_key="no_such_dataset"), 400, "unnorm_key"),
+    "no instruction": (partial(_body, image=BLACK), 400, "instruction is missing"),
+    "unknown key": (partial(_body, image=BLACK, instruction=INSTRUCTION, unnorm_key="no_such_dataset"), 400, "unnorm_key"),
     "encoded and more": (json.dumps({"encoded": "{}", "image": 1}).encode(), 400, "no other key"),
     "oversized": (b"x" * int(2 * MAX_BODY_MB * 1024 * 1024), 413, "limit of 1048576 bytes"),
 }
@@ -144,6 +146,7 @@ def test_bad_input_gets_a_4xx_and_the_next_request_is_answered(server, native, c
     from vla_spec.rest import decode_action, encode_request
 
     body, status, reason = BAD_INPUT[case]
+    body = body() if callable(body) else body
     code, text = _post(server, body)
     detail = json.loads(text)["detail"]
     assert (code, reason in detail, "\n" in detail) == (status, True, False), (code, detail)
