@@ -25,7 +25,8 @@ from hypothesis import strategies as st
 from vla_spec.cli import CliError
 from vla_spec.commands.sim import WaitPolicy, build_policy
 from vla_spec.rollout import EpisodeResult, EpisodeSpec
-from vla_spec.runner import RunStats, TaskScheduler, describe_policy, run_episodes, video_path_for
+from vla_spec.rollout import video_path_for
+from vla_spec.runner import RunStats, TaskScheduler, describe_policy, run_episodes
 from vla_spec.sim.interface import BatchItem, PolicyStep, TaskContext
 from vla_spec.sim.openvla_policy import OpenVLAPolicy
 

@@ -32,7 +32,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from vla_spec.rollout import Episode, EpisodeResult, EpisodeSpec, Policy, error_text, run_episode
+from vla_spec.rollout import Episode, EpisodeResult, EpisodeSpec, Policy, error_text, run_episode, video_path_for
 from vla_spec.sim.interface import BatchedPolicy, BatchItem, PolicyStep
 
 __all__ = ["ENV_RESTARTS", "ENV_WORKER_OPTIONS", "POLICY_WORKER_OPTIONS", "EnvWorker", "PolicyWorker", "ray_session"]
@@ -72,8 +72,6 @@ class EnvWorker:
         self.task: Any = None
 
     def _video(self, spec: EpisodeSpec) -> Path | None:
-        from vla_spec.runner import video_path_for
-
         return None if self.video_dir is None else video_path_for(self.video_dir, spec)
 
     def run(self, spec: EpisodeSpec) -> EpisodeResult:

@@ -49,6 +49,7 @@ __all__ = [
     "error_text",
     "run_episode",
     "start_episode",
+    "video_path_for",
 ]
 
 VIDEO_FPS = 20  # the controller frequency: one frame per env.step
@@ -80,6 +81,12 @@ class EpisodeResult:
     error: str | None  # "ExceptionType: message" when the episode raised (counts as a failure)
     trace: list[dict] | None  # per policy step {"tokens": [7 ints] or None, "action": [7 floats]}
     camera: str = DEFAULT_VARIATION  # agentview camera variation (logs written before it: "none")
+
+
+def video_path_for(video_dir: Path, spec: EpisodeSpec) -> Path:
+    """``<video_dir>/<suite>_task<NN>_init<NN>_seed<S>.mp4`` (``..._seed<S>_<camera>.mp4`` for a camera variation)."""
+    camera = "" if spec.camera == "none" else f"_{spec.camera}"
+    return Path(video_dir) / f"{spec.suite}_task{spec.task_id:02d}_init{spec.init_index:02d}_seed{spec.env_seed}{camera}.mp4"
 
 
 def start_episode(env: Any, init_state: np.ndarray, *, env_seed: int = ENV_SEED, camera: str = DEFAULT_VARIATION) -> dict[str, Any]:

@@ -39,11 +39,11 @@ from pathlib import Path
 from typing import Any
 
 from vla_spec.episodes import EpisodeLog, RunConfig, SpecKey, spec_key
-from vla_spec.rollout import EpisodeResult, EpisodeSpec, Policy, run_episode
+from vla_spec.rollout import EpisodeResult, EpisodeSpec, Policy, run_episode, video_path_for
 from vla_spec.sim.interface import BatchedPolicy, BatchItem
 from vla_spec.sim.suites import STEP_BUDGETS
 
-__all__ = ["RunStats", "TaskScheduler", "describe_policy", "run_episodes", "run_in_log", "video_path_for"]
+__all__ = ["RunStats", "TaskScheduler", "describe_policy", "run_episodes", "run_in_log"]
 
 #: How often (seconds) the driver looks up from waiting on Ray (to see Ctrl-C).
 POLL_S = 0.5
@@ -70,12 +70,6 @@ def describe_policy(make_policy: Callable[[], Policy]) -> tuple[str, dict[str, A
         params.update(make_policy.keywords)
     name = f"{getattr(target, '__module__', '?')}.{getattr(target, '__qualname__', type(target).__qualname__)}"
     return name, params
-
-
-def video_path_for(video_dir: Path, spec: EpisodeSpec) -> Path:
-    """``<video_dir>/<suite>_task<NN>_init<NN>_seed<S>.mp4`` (``..._seed<S>_<camera>.mp4`` for a camera variation)."""
-    camera = "" if spec.camera == "none" else f"_{spec.camera}"
-    return Path(video_dir) / f"{spec.suite}_task{spec.task_id:02d}_init{spec.init_index:02d}_seed{spec.env_seed}{camera}.mp4"
 
 
 class TaskScheduler:
