@@ -56,7 +56,7 @@ sys.path.insert(0, str(ROOT))
 
 from vla_spec.model.agreement import near_tie_divergences, near_ties  # noqa: E402
 from vla_spec.model.config import OpenVLAConfig  # noqa: E402
-from vla_spec.model.fast_decoding import accelerate, restore  # noqa: E402
+from vla_spec.model.fast_decoding import FastGreedyDecoder, accelerate, restore  # noqa: E402
 from vla_spec.model.modeling import OpenVLA  # noqa: E402
 
 TINY = ROOT / "golden" / "tiny-openvla"
@@ -205,26 +205,49 @@ def agreement(fast_ids: np.ndarray, naive_ids: np.ndarray, naive_margins: np.nda
 
 
 @torch.inference_mode()
-def checks(model, images, texts, ours, host, call) -> dict:
-    """Same tokens on a repeated call and from the host-pixel path; where the pixels or the towers
-    would make them differ (bitwise): the two input paths' pixels, a repeated towers replay, and the
-    towers' graph on one stream vs two (uncompiled, so no new compile)."""
-    from vla_spec.model.fast_vision import GraphedVision
-
-    inputs = model.processor(images, texts)
-    on_device = inputs.pixel_values_on(model.device, model.dtype)
-    host_pixels = inputs.pixel_values
-    first = model.encode_images(on_device)
-    one = GraphedVision(model, False, True, two_streams_below=0)(on_device)
-    two = GraphedVision(model, False, True, two_streams_below=10**6)(on_device)
+def checks(model, images, texts, ours, call) -> dict:
+    """Determinism: the tokens of a repeated call; three replays of our decoder on one prefix (token
+    ids, margins and top-1 logits, bitwise); and the batch composition: the rows in reverse order
+    give the same tokens, reversed."""
+    prefix = model.prefix(images, texts)
+    replays = [model.decoder(model.language_model, prefix.inputs_embeds, prefix.attention_mask, 7) for _ in range(3)]
+    same = all(torch.equal(getattr(r, f), getattr(replays[0], f)) for r in replays[1:]
+               for f in ("token_ids", "margins", "top_logits"))
+    reverse = model.predict_action(images[::-1], texts[::-1], UNNORM_KEY)
     return {
         "repeat_call_same_tokens": bool(np.array_equal(call().token_ids, ours.token_ids)),
-        "host_pixels_same_tokens": bool(np.array_equal(host.token_ids, ours.token_ids)),
-        "pixels_equal": bool(torch.equal(on_device.cpu(), host_pixels.to(model.dtype))),
-        "towers_replay_equal": bool(torch.equal(first, model.encode_images(on_device))),
-        "towers_host_pixels_equal": bool(torch.equal(first, model.encode_images(host_pixels))),
-        "towers_one_vs_two_streams_equal": bool(torch.equal(one, two)),
+        "decoder_replays_bitwise_equal": bool(same),
+        "reversed_batch_same_tokens": bool(np.array_equal(reverse.token_ids[::-1], ours.token_ids)),
     }
+
+
+def fp8_agreement(fp8_ids: np.ndarray, bf16_ids: np.ndarray, bf16_margins: np.ndarray) -> dict:
+    """float8 prefill against the bfloat16 one: identical rows and tokens, and the smallest bfloat16
+    margin at a first difference (how far from a tie the float8 path changed a token)."""
+    first = [int(np.flatnonzero(a != b)[0]) for a, b in zip(fp8_ids, bf16_ids) if (a != b).any()]
+    rows = [r for r, (a, b) in enumerate(zip(fp8_ids, bf16_ids)) if (a != b).any()]
+    margins = [float(bf16_margins[r, step]) for r, step in zip(rows, first)]
+    return {"rows": len(bf16_ids), "rows_identical": len(bf16_ids) - len(rows),
+            "tokens_identical": int((fp8_ids == bf16_ids).sum()), "tokens": int(bf16_ids.size),
+            "bf16_margins_at_first_differences": margins}
+
+
+def tiny_fp8_agreement(batch: int = 16) -> dict:
+    """The tiny checkpoint (bfloat16 on the GPU, random 224 x 224 images): our decoder with a float8
+    prefill against our bfloat16 decoder and the naive one."""
+    from vla_spec.model.fast_decoding import FastGreedyDecoder
+    from vla_spec.model.loading import from_pretrained
+
+    model = from_pretrained(TINY, dtype=torch.bfloat16, device="cuda")
+    rng = np.random.default_rng(1)
+    images = [rng.integers(0, 256, (224, 224, 3), dtype=np.uint8) for _ in range(batch)]
+    texts = [INSTRUCTION] * batch
+    naive = model.predict_action(images, texts, UNNORM_KEY)
+    bf16 = model.predict_action(images, texts, UNNORM_KEY, decoder=FastGreedyDecoder())
+    fp8 = model.predict_action(images, texts, UNNORM_KEY, decoder=FastGreedyDecoder(fp8=True))
+    return {"fp8_vs_bf16": fp8_agreement(fp8.token_ids, bf16.token_ids, bf16.margins),
+            "fp8_vs_naive": agreement(fp8.token_ids, naive.token_ids, naive.margins, naive.top_logits),
+            "bf16_vs_naive": agreement(bf16.token_ids, naive.token_ids, naive.margins, naive.top_logits)}
 
 
 def spread(times: list[float]) -> dict:
@@ -242,19 +265,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8, 16, 32])
     parser.add_argument("--iters", type=int, default=20, help="timed calls per (path, batch)")
     parser.add_argument("--naive-iters", type=int, default=None, help="timed naive calls (default: --iters)")
-    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--hf-static-batches", type=int, nargs="*", default=[1, 8, 32],
                         help="batch sizes at which transformers' static-cache generate is timed")
     parser.add_argument("--naive-batches", type=int, nargs="*", default=[1, 8, 32])
     parser.add_argument("--micro", action="store_true", help="GEMV bandwidth and GEMM rate ceilings first")
     parser.add_argument("--layers", type=int, default=32, help="Llama layers (fewer for a quick smoke run)")
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--fp8", action="store_true",
+                        help="also ours with FastGreedyDecoder(fp8=True): float8 prefill projections, tokens vs bf16")
+    parser.add_argument("--host-pixels", action="store_true", help="also ours with float32 pixels made on the host")
+    parser.add_argument("--wait-for", type=Path, default=None,
+                        help="after the first (compiling) calls of each batch, wait until this file exists "
+                             "(so that a job beside the benchmark, e.g. the gpu tier, finishes before timing)")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         print("needs a CUDA GPU", file=sys.stderr)
         return 2
     naive_iters = args.naive_iters or args.iters
-    from vla_spec.model.processor import process_images, resize_images
 
     props = torch.cuda.get_device_properties(0)
     env = {
@@ -278,21 +306,43 @@ def main(argv: list[str] | None = None) -> int:
         micro(10)
     rng = np.random.default_rng(0)
     results = []
+    extra: dict = {}
 
     def save() -> None:
         if args.json:
             args.json.write_text(json.dumps({"env": env, "args": vars(args) | {"json": str(args.json)},
-                                             "results": results}, indent=1, default=str))
+                                             "results": results, **extra}, indent=1, default=str))
 
+    fp8_decoder = FastGreedyDecoder(fp8=True) if args.fp8 else None
     for batch in args.batches:
         images = [rng.integers(0, 256, (224, 224, 3), dtype=np.uint8) for _ in range(batch)]
         texts = [INSTRUCTION] * batch
         row: dict = {"batch": batch}
         results.append(row)
         row["prefix_tokens"] = int(len(model.processor.prompt_ids(texts[:1])[0]) + model.vision_backbone.num_patches)
-        row["host_float32_preproc_ms"] = spread(timed(lambda: process_images(images), args.iters, 1)[1])
-        row["host_uint8_resize_ms"] = spread(timed(lambda: resize_images(images), args.iters, 1)[1])
         call = lambda: model.predict_action(images, texts, UNNORM_KEY)  # noqa: E731
+        call_fp8 = lambda: model.predict_action(images, texts, UNNORM_KEY, decoder=fp8_decoder)  # noqa: E731
+
+        # first calls (compile, capture), then wait for --wait-for, then only timed work
+        accelerate(model)
+        for name, fn in (("ours", call), ("fp8", call_fp8 if args.fp8 else None)):
+            if fn is not None:
+                start = time.perf_counter()
+                fn()
+                torch.cuda.synchronize()
+                row[f"{name}_first_call_s"] = time.perf_counter() - start
+        with torch.inference_mode():
+            prefix = model.prefix(images, texts)
+        hf = lambda: hf_static_generate(model.language_model, prefix.inputs_embeds, prefix.attention_mask, 7).cpu()  # noqa: E731
+        if batch in args.hf_static_batches:
+            start = time.perf_counter()
+            with torch.inference_mode():
+                hf()
+            row["hf_static_first_call_s"] = time.perf_counter() - start
+        print(f"# batch {batch}: first calls (s) { {k: round(v, 1) for k, v in row.items() if k.endswith('_s')} }",
+              flush=True)
+        while args.wait_for is not None and not args.wait_for.exists():
+            time.sleep(1.0)
 
         naive = None
         if batch in args.naive_batches:
@@ -301,48 +351,54 @@ def main(argv: list[str] | None = None) -> int:
             _, times, naive = timed(call, naive_iters, 2)
             row["naive_ms"] = spread(times)
             print(f"# batch {batch}: naive {fmt(row['naive_ms'])} ms", flush=True)
-
-        accelerate(model)
+            accelerate(model)  # a new decoder: buckets are captured again (compiled code is kept)
+            call()
         model.pixels_on_device = True
-        start = time.perf_counter()
-        call()  # compiles, captures the graphs
-        torch.cuda.synchronize()
-        row["ours_first_call_s"] = time.perf_counter() - start
         _, times, ours = timed(call, args.iters, args.warmup)
         row["ours_ms"] = spread(times)
         row["ours_times"] = times
+        row["one_graph"] = bool(model.call_runner is not None and model.call_runner.shapes)
         if naive is not None:
             row["ours_agreement"] = agreement(ours.token_ids, naive.token_ids, naive.margins, naive.top_logits)
-        print(f"# batch {batch}: ours {fmt(row['ours_ms'])} ms (first call {row['ours_first_call_s']:.1f} s); "
+        print(f"# batch {batch}: ours {fmt(row['ours_ms'])} ms (one graph: {row['one_graph']}); "
               f"agreement {row.get('ours_agreement')}", flush=True)
-
-        model.pixels_on_device = False
-        _, times, host = timed(call, args.iters, args.warmup)
-        row["ours_host_pixels_ms"] = spread(times)
-        model.pixels_on_device = True
-        print(f"# batch {batch}: ours, host float32 pixels {fmt(row['ours_host_pixels_ms'])} ms", flush=True)
-        row["checks"] = checks(model, images, texts, ours, host, call)
+        if row["one_graph"]:
+            runner, model.call_runner = model.call_runner, None
+            _, times, three = timed(call, args.iters, args.warmup)
+            model.call_runner = runner
+            row["ours_three_graphs_ms"] = spread(times)
+            row["one_vs_three_graphs_same_tokens"] = bool(np.array_equal(three.token_ids, ours.token_ids))
+            row["one_vs_three_graphs_same_margins"] = bool(np.array_equal(three.margins, ours.margins))
+            print(f"# batch {batch}: ours as three graphs {fmt(row['ours_three_graphs_ms'])} ms; same tokens "
+                  f"{row['one_vs_three_graphs_same_tokens']}, margins {row['one_vs_three_graphs_same_margins']}",
+                  flush=True)
+        if args.fp8:
+            _, times, fp8 = timed(call_fp8, args.iters, args.warmup)
+            row["ours_fp8_ms"] = spread(times)
+            row["fp8_vs_bf16"] = fp8_agreement(fp8.token_ids, ours.token_ids, ours.margins)
+            if naive is not None:
+                row["fp8_vs_naive"] = agreement(fp8.token_ids, naive.token_ids, naive.margins, naive.top_logits)
+            print(f"# batch {batch}: ours --fp8 {fmt(row['ours_fp8_ms'])} ms; vs bf16 {row['fp8_vs_bf16']}; "
+                  f"vs naive {row.get('fp8_vs_naive')}", flush=True)
+        if args.host_pixels:
+            model.pixels_on_device = False
+            row["ours_host_pixels_ms"] = spread(timed(call, args.iters, args.warmup)[1])
+            model.pixels_on_device = True
+            print(f"# batch {batch}: ours, host float32 pixels {fmt(row['ours_host_pixels_ms'])} ms", flush=True)
+        row["checks"] = checks(model, images, texts, ours, call)
         print(f"# batch {batch}: checks {row['checks']}", flush=True)
 
         with torch.inference_mode():
-            prefix = model.prefix(images, texts)
             pixels = model.processor(images, texts).pixel_values_on("cuda", model.dtype)
             decoder = model.decoder
             decode = lambda: decoder(model.language_model, prefix.inputs_embeds, prefix.attention_mask, 7)  # noqa: E731
             row["device_ms"] = {
                 "towers+projector (graph)": cuda_ms(lambda: model.encode_images(pixels), args.iters),
                 "decoder (graph: prefill + 6 steps)": cuda_ms(decode, args.iters),
-                "towers+projector eager": cuda_ms(lambda: model.encode_images_eager(pixels), 5),
             }
             row["ours_decoder_wall_ms"] = spread(timed(lambda: decode().token_ids.cpu(), args.iters, 2)[1])
             if batch in args.hf_static_batches:
-                start = time.perf_counter()
-                hf_ids = hf_static_generate(model.language_model, prefix.inputs_embeds, prefix.attention_mask, 7)
-                torch.cuda.synchronize()
-                row["hf_static_first_call_s"] = time.perf_counter() - start
-                _, times, hf_ids = timed(
-                    lambda: hf_static_generate(model.language_model, prefix.inputs_embeds, prefix.attention_mask, 7)
-                    .cpu(), args.iters, args.warmup)
+                _, times, hf_ids = timed(hf, args.iters, args.warmup)
                 row["hf_static_ms"] = spread(times)
                 if naive is not None:
                     row["hf_static_agreement"] = agreement(hf_ids.numpy(), naive.token_ids, naive.margins,
@@ -350,8 +406,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"# batch {batch}: device {row['device_ms']}; our decoder wall {fmt(row['ours_decoder_wall_ms'])}; "
               f"transformers static {fmt(row['hf_static_ms']) if 'hf_static_ms' in row else '-'}", flush=True)
         decoder.clear()
+        if fp8_decoder is not None:
+            fp8_decoder.clear()
         restore(model)
         torch.cuda.empty_cache()
+        save()
+    if args.fp8:
+        extra["tiny_fp8"] = tiny_fp8_agreement()
+        print(f"# tiny checkpoint, bfloat16, batch 16: {extra['tiny_fp8']}", flush=True)
         save()
     print(f"# peak GPU memory {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB")
     print()
@@ -359,8 +421,8 @@ def main(argv: list[str] | None = None) -> int:
           f"transformers {env['transformers']}, timm {env['timm']}, triton {env['triton']}; ms per call: median "
           f"(p10-p90) of {args.iters} calls")
     print()
-    print("| batch | naive ms | ours ms | ours actions/s | ours, host pixels ms | decoder part: transformers static "
-          "ms | decoder part: ours ms | ratio | towers+projector ms | ours == naive rows | rows not at a near-tie |")
+    print("| batch | naive ms | ours ms | ours actions/s | ours --fp8 ms | decoder part: transformers static ms | "
+          "decoder part: ours ms | ratio | towers+projector ms | ours == naive rows | rows not at a near-tie |")
     print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for row in results:
         agree = row.get("ours_agreement")
@@ -368,7 +430,8 @@ def main(argv: list[str] | None = None) -> int:
         ratio = f"{hf['median'] / row['ours_decoder_wall_ms']['median']:.2f}x" if hf else "-"
         print(
             f"| {row['batch']} | {fmt(row['naive_ms']) if 'naive_ms' in row else '-'} | {fmt(row['ours_ms'])} | "
-            f"{1e3 * row['batch'] / row['ours_ms']['median']:.1f} | {fmt(row['ours_host_pixels_ms'])} | "
+            f"{1e3 * row['batch'] / row['ours_ms']['median']:.1f} | "
+            f"{fmt(row['ours_fp8_ms']) if 'ours_fp8_ms' in row else '-'} | "
             f"{fmt(hf) if hf else '-'} | {fmt(row['ours_decoder_wall_ms'])} | {ratio} | "
             f"{row['device_ms']['towers+projector (graph)']:.1f} | "
             f"{str(agree['rows_identical']) + '/' + str(agree['rows']) if agree else '-'} | "

@@ -109,12 +109,13 @@ def test_accelerate_tiny_openvla_on_cpu():
     naive = model.predict_action(images, texts, GOLDEN_UNNORM_KEY)
     accelerate(model)
     assert is_accelerated(model) and model.vision_runner is None  # no CUDA: vision stays eager
+    assert model.call_runner is None  # no CUDA graphs: no one-graph call
     assert not is_accelerated(load_tiny())  # the shared cached model is untouched
     fast = model.predict_action(images, texts, GOLDEN_UNNORM_KEY)
     assert fast.token_ids.tolist() == naive.token_ids.tolist()
     assert abs(fast.margins - naive.margins).max() < 1e-4
     restore(model)
-    assert not is_accelerated(model) and model.vision_runner is None
+    assert not is_accelerated(model) and model.vision_runner is None and model.call_runner is None
 
 
 def test_vision_runner_is_explicit():
@@ -134,3 +135,59 @@ def test_vision_runner_is_explicit():
     model.vision_runner = GraphedVision(model, compile_vision=False, use_cuda_graphs=False)
     assert torch.equal(model.encode_images(pixels), eager)
     assert load_tiny().vision_runner is None and "encode_images" not in vars(model)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_fp8_linear_within_e4m3_rounding(seed):
+    """float8 e4m3 keeps 3 fraction bits: each quantized factor is within 2**-4 of its value (relative)
+    or half a subnormal step (2**-10 of its row's scale), so a product's error is bounded by the
+    sum of |x| |w| times ~2 * 2**-4. The negative control: a bfloat16-sized bound (2**-8) fails."""
+    from vla_spec.model.static_llama import FP8_MAX, Fp8Weight, fp8_linear, fp8_rows
+
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(7, 64, generator=generator) * torch.logspace(-2, 1, 64)
+    w = torch.randn(48, 64, generator=generator)
+    values, scale = fp8_rows(x)
+    assert values.dtype == torch.float8_e4m3fn and torch.equal(values.float().abs().amax(-1), torch.full((7,), FP8_MAX))
+    exact = x @ w.T
+    error = (fp8_linear(x, Fp8Weight.of(w), None) - exact).abs()
+    magnitude = x.abs() @ w.abs().T
+    subnormal = 2**-10 * (x.abs().amax() / FP8_MAX * w.abs().sum(-1) + w.abs().amax() / FP8_MAX * x.abs().sum(-1)[:, None])
+    assert (error <= (2 * 2**-4 + 2**-8) * magnitude + subnormal).all()
+    assert not (error <= 2**-8 * magnitude).all()  # it did round to float8
+
+
+def test_fp8_decoder_option_on_cpu():
+    """``FastGreedyDecoder(fp8=True)`` runs the prefill's projections in float8 (the margins move) and,
+    on this model whose margins are O(1), keeps the naive tokens wherever the naive margin is >= 0.5."""
+    from vla_spec.model.agreement import near_tie_divergences
+
+    model = tiny_llama(4)
+    embeds, mask = left_padded_batch()
+    naive = naive_decode(4, 7)
+    fp8 = FastGreedyDecoder(fp8=True)(model, embeds, mask, 7)
+    assert not torch.allclose(fp8.margins, naive.margins, atol=1e-4)
+    assert near_tie_divergences(fp8.token_ids.numpy(), naive.token_ids.numpy(), (naive.margins < 0.5).numpy()) == []
+    with pytest.raises(ValueError, match="multiples of 16"):
+        from vla_spec.model.static_llama import Fp8Weight
+
+        Fp8Weight.of(torch.ones(24, 8))
+
+
+def test_prefix_layout_padding():
+    """A layout padded to a longer length and more token rows gives the same prefix, left-padded with
+    zero rows and masked; too short a length is refused."""
+    from tests.goldens import load_tiny
+
+    model = load_tiny()
+    ids = [[1, 5, 6, 7], [1, 9]]
+    patches = torch.randn(2, model.vision_backbone.num_patches, model.config.hidden_size)
+    with torch.inference_mode():
+        tight = model.prefix_layout(ids)
+        wide = model.prefix_layout(ids, tight.index.shape[1] + 3, token_rows=20)
+        a = model.assemble_prefix(tight.ids, tight.index, patches)
+        b = model.assemble_prefix(wide.ids, wide.index, patches)
+    assert torch.equal(b[:, 3:], a) and not b[:, :3].any()
+    assert torch.equal(wide.attention_mask[:, 3:], tight.attention_mask) and not wide.attention_mask[:, :3].any()
+    with pytest.raises(ValueError, match="too small"):
+        model.prefix_layout(ids, tight.index.shape[1] - 1)

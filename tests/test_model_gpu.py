@@ -315,3 +315,47 @@ def test_gemv_decoder_equals_naive(cuda_model):
         assert near_tie_divergences(
             fast.token_ids.cpu().numpy(), naive.token_ids.cpu().numpy(), _ties(naive, cuda_model.dtype, 1e-3)
         ) == []
+
+
+def test_one_graph_call_equals_three_graphs(cuda_model, fast_model):
+    """At batch 1 ``accelerate`` runs the whole call as one CUDA graph (``call_runner``): the same
+    kernels as the towers' graph + the decoder's graph, so bitwise the same tokens and margins, and
+    in float32 the naive tokens."""
+    from vla_spec.model.fast_decoding import GraphedCall
+
+    runner = fast_model.call_runner
+    assert isinstance(runner, GraphedCall) and runner.applies(1) and not runner.applies(2)
+    for image, text in [golden_cases()[0], golden_cases()[-1]]:
+        one = fast_model.predict_action(load_image(image), text, GOLDEN_UNNORM_KEY)
+        fast_model.call_runner = None
+        try:
+            three = fast_model.predict_action(load_image(image), text, GOLDEN_UNNORM_KEY)
+        finally:
+            fast_model.call_runner = runner
+        assert one.token_ids.tolist() == three.token_ids.tolist()
+        assert np.array_equal(one.margins, three.margins)
+        if cuda_model.dtype == torch.float32:
+            naive = cuda_model.predict_action(load_image(image), text, GOLDEN_UNNORM_KEY)
+            assert one.token_ids.tolist() == naive.token_ids.tolist()
+    assert runner.shapes and all(key[0] == 1 for key in runner.shapes)
+
+
+def test_fp8_prefill_option(cuda_model):
+    """``FastGreedyDecoder(fp8=True)`` (bfloat16 models): float8 prefill products on the tensor cores
+    within e4m3's rounding of the bfloat16 ones, captured in the decoder's graph."""
+    if cuda_model.dtype != torch.bfloat16:
+        pytest.skip("float8 with bfloat16 activations only")
+    from vla_spec.model.fast_decoding import FastGreedyDecoder
+    from vla_spec.model.static_llama import Fp8Weight, fp8_linear
+
+    weight = cuda_model.language_model.model.layers[0].mlp.gate_proj.weight
+    x = torch.randn(300, weight.shape[1], device="cuda", dtype=torch.bfloat16)
+    exact = x.float() @ weight.float().T
+    error = (fp8_linear(x, Fp8Weight.of(weight), None).float() - exact).abs()
+    magnitude = x.float().abs() @ weight.float().abs().T
+    assert (error <= (2 * 2**-4 + 2**-7) * magnitude + 1e-3 * magnitude.max()).all()
+    assert not (error <= 2**-9 * magnitude).all()  # it did round to float8
+    prefix = cuda_model.prefix([load_image(i) for i, _ in golden_cases()[:4]], [t for _, t in golden_cases()[:4]])
+    decoder = FastGreedyDecoder(fp8=True)
+    result = decoder(cuda_model.language_model, prefix.inputs_embeds, prefix.attention_mask, 7)
+    assert result.token_ids.shape == (4, 7) and all(b.graph is not None for b in decoder._buckets.values())

@@ -56,9 +56,14 @@ def positions_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
 
 def greedy_step(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Of logits [B, V]: argmax ids [B] (int64), top-1 minus top-2 logit [B] and the top-1 logit [B]
-    (float32)."""
-    top = torch.topk(logits.float(), k=2, dim=-1)
-    return top.indices[:, 0].to(torch.int64), (top.values[:, 0] - top.values[:, 1]).to(torch.float32), top.values[:, 0]
+    (float32).
+
+    On an exact tie the lowest id wins, as in the reference's ``generate`` (``torch.argmax``, which
+    returns the first maximal index on every device): the id is a function of the row's logits
+    alone, never of the kernel's order (``topk``'s index is unspecified among equal values)."""
+    logits = logits.float()
+    top = torch.topk(logits, k=2, dim=-1).values
+    return logits.argmax(dim=-1), (top[:, 0] - top[:, 1]).to(torch.float32), top[:, 0]
 
 
 def check_decoder_inputs(inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, n_tokens: int) -> None:

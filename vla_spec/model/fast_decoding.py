@@ -37,7 +37,10 @@ elementwise kernels that skip intermediate bf16 roundings) and a token may diffe
 only where the naive margin is a near-tie (:mod:`vla_spec.model.agreement`).
 
 :func:`accelerate` puts this decoder on an :class:`~vla_spec.model.modeling.OpenVLA` and, on CUDA,
-sets its ``vision_runner`` to a :class:`vla_spec.model.fast_vision.GraphedVision`.
+sets its ``vision_runner`` to a :class:`vla_spec.model.fast_vision.GraphedVision` and, for small
+batches, its ``call_runner`` to a :class:`GraphedCall`: the whole call's device work (pixel
+normalization, towers, projector, prefix gather, prefill, decode steps) in ONE CUDA graph, so that
+nothing of it waits for the host between the stages.
 """
 
 from __future__ import annotations
@@ -48,10 +51,11 @@ from typing import Any
 import torch
 
 from vla_spec.model.decoding import GreedyResult, check_decoder_inputs, positions_from_mask, greedy_step
-from vla_spec.model.fast_vision import GraphedVision
+from vla_spec.model.fast_vision import GraphedVision, has_hooks
+from vla_spec.model.processor import pixel_values_from_uint8
 from vla_spec.model.static_llama import StaticLlama
 
-__all__ = ["FastGreedyDecoder", "accelerate", "restore", "is_accelerated"]
+__all__ = ["FastGreedyDecoder", "GraphedCall", "accelerate", "restore", "is_accelerated"]
 
 
 def _additive(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -139,6 +143,9 @@ class _Bucket:
             self.graph.replay()
         else:
             self.compute()
+        return self.result()
+
+    def result(self) -> GreedyResult:
         return GreedyResult(
             token_ids=self.token_ids.clone(), margins=self.margins.clone(), top_logits=self.top_logits.clone()
         )
@@ -156,7 +163,10 @@ class FastGreedyDecoder:
     snapshot of the weights at first use, +9 GB at 7B; None = on CUDA). ``compile``: ``torch.compile`` the per-layer pieces around
     attention (None = on CUDA; the first call of a new shape then takes seconds). ``warmup``: eager
     runs before a capture. ``gemv``: single-row decode steps (batch 1) use a Triton GEMV kernel
-    instead of cuBLAS (None = on CUDA; the kernel autotunes on first use).
+    instead of cuBLAS (None = on CUDA; the kernel autotunes on first use). ``fp8`` (default off):
+    the prefill's projections in float8 e4m3 (:func:`vla_spec.model.static_llama.fp8_linear`; a
+    float8 copy of those weights, +6.5 GB at 7B); this changes tokens beyond near-ties, so it is
+    an option only, measured in benchmarks/README.md.
     """
 
     def __init__(
@@ -169,6 +179,7 @@ class FastGreedyDecoder:
         compile: bool | None = None,
         gemv: bool | None = None,
         warmup: int = 2,
+        fp8: bool = False,
     ) -> None:
         if pad_multiple < 1 or max_buckets < 1:
             raise ValueError("pad_multiple and max_buckets must be >= 1")
@@ -179,6 +190,7 @@ class FastGreedyDecoder:
         self.compile = compile
         self.gemv = gemv
         self.warmup = warmup
+        self.fp8 = fp8
         self._llamas: dict[int, StaticLlama] = {}
         self._buckets: OrderedDict[tuple[Any, ...], _Bucket] = OrderedDict()
 
@@ -192,13 +204,18 @@ class FastGreedyDecoder:
         self._buckets.clear()
         self._llamas.clear()
 
-    def _llama(self, language_model: Any, device: torch.device) -> StaticLlama:
+    def padded(self, length: int) -> int:
+        """The bucket length of a prefix of ``length`` positions (up to a multiple of ``pad_multiple``)."""
+        return -(-length // self.pad_multiple) * self.pad_multiple
+
+    def static_llama(self, language_model: Any, device: torch.device) -> StaticLlama:
+        """The layer code over ``language_model``'s weights with this decoder's options (built once)."""
         key = id(language_model)
         if key not in self._llamas or self._llamas[key].lm is not language_model:
             compiled = self.compile if self.compile is not None else device.type == "cuda"
             use_gemv = (self.gemv if self.gemv is not None else True) and device.type == "cuda"
             fused = self.fuse if self.fuse is not None else device.type == "cuda"
-            self._llamas[key] = StaticLlama(language_model, fused, compiled, use_gemv)
+            self._llamas[key] = StaticLlama(language_model, fused, compiled, use_gemv, self.fp8)
         return self._llamas[key]
 
     @torch.inference_mode()
@@ -206,9 +223,9 @@ class FastGreedyDecoder:
         self, language_model: Any, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, n_tokens: int
     ) -> GreedyResult:
         check_decoder_inputs(inputs_embeds, attention_mask, n_tokens)
-        llama = self._llama(language_model, inputs_embeds.device)
+        llama = self.static_llama(language_model, inputs_embeds.device)
         batch, length, _ = inputs_embeds.shape
-        padded = -(-length // self.pad_multiple) * self.pad_multiple
+        padded = self.padded(length)
         device, dtype = inputs_embeds.device, inputs_embeds.dtype
         graphs = self.use_cuda_graphs if self.use_cuda_graphs is not None else device.type == "cuda"
         key = (id(language_model), batch, padded, n_tokens, dtype, str(device))
@@ -227,6 +244,101 @@ class FastGreedyDecoder:
 
 
 
+class _CallGraph:
+    """Static inputs and the captured graph of one whole call shape (batch, bucket length, n_tokens,
+    image size): uint8 pixels, the prefix layout (:meth:`OpenVLANetwork.prefix_layout`) and a decoder
+    :class:`_Bucket` whose prefill reads the gathered prefix."""
+
+    def __init__(self, model: Any, vision: GraphedVision, bucket: _Bucket, image_shape: tuple[int, ...]) -> None:
+        device = model.device
+        self.model, self.vision, self.bucket = model, vision, bucket
+        self.pixels = torch.zeros(bucket.batch, *image_shape, dtype=torch.uint8, device=device)
+        self.ids = torch.zeros(bucket.batch * bucket.length, dtype=torch.int64, device=device)
+        self.index = torch.zeros(bucket.batch, bucket.length, dtype=torch.int64, device=device)
+        self.graph = torch.cuda.CUDAGraph()
+
+    def load(self, pixels: torch.Tensor, layout: Any) -> None:
+        self.pixels.copy_(pixels)
+        self.ids.copy_(layout.ids)
+        self.index.copy_(layout.index)
+        self.bucket.mask.copy_(layout.attention_mask)
+
+    def compute(self) -> None:
+        model, vision = self.model, self.vision
+        side = vision.side_stream if self.bucket.batch < vision.two_streams_below else None
+        patches = vision.encode(pixel_values_from_uint8(self.pixels, model.dtype), side)
+        self.bucket.embeds.copy_(model.assemble_prefix(self.ids, self.index, patches))
+        self.bucket.compute()
+
+    def capture(self, warmup: int) -> None:
+        warm = torch.cuda.Stream()
+        warm.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(warm):
+            for _ in range(warmup):
+                self.compute()
+        torch.cuda.current_stream().wait_stream(warm)
+        with torch.cuda.graph(self.graph):
+            self.compute()
+
+
+class GraphedCall:
+    """``model.call_runner``: the device work of a ``predict_action`` call of at most ``max_batch``
+    rows as ONE CUDA graph per (batch, bucket length, n_tokens, image size), kept in an LRU of
+    ``max_graphs``: the host copies the uint8 images and the prefix layout in, replays, and reads
+    the tokens. The same kernels as ``vision`` and ``decoder`` (same compiled functions, same
+    weights), so the same tokens; it removes the launches and host round trips between the stages
+    (at batch 1 they are a few ms of a ~40 ms call on an H200).
+
+    It stands aside (:meth:`applies` is False) unless the model still uses this ``decoder`` and
+    ``vision`` with ``pixels_on_device``, and while forward hooks are registered on the towers or
+    the projector."""
+
+    def __init__(
+        self, model: Any, decoder: FastGreedyDecoder, vision: GraphedVision, max_batch: int = 1, max_graphs: int = 4
+    ) -> None:
+        self.model, self.decoder, self.vision = model, decoder, vision
+        self.max_batch, self.max_graphs = max_batch, max_graphs
+        self._graphs: OrderedDict[tuple[Any, ...], _CallGraph] = OrderedDict()
+
+    def applies(self, batch: int) -> bool:
+        model = self.model
+        return (
+            batch <= self.max_batch and model.decoder is self.decoder and model.vision_runner is self.vision
+            and model.pixels_on_device and model.device.type == "cuda" and not has_hooks(model)
+        )
+
+    @property
+    def shapes(self) -> list[tuple[Any, ...]]:
+        """Keys (batch, bucket length, n_tokens, image shape) of the graphs captured so far."""
+        return list(self._graphs)
+
+    @torch.inference_mode()
+    def __call__(self, pixels: torch.Tensor, input_ids: list[list[int]], n_tokens: int) -> GreedyResult:
+        """``pixels`` uint8 [B, H, W, 3] (host), ``input_ids`` one prompt per row -> the decoder's result."""
+        model = self.model
+        batch = len(input_ids)
+        if pixels.shape[0] != batch:
+            raise ValueError(f"{pixels.shape[0]} images but {batch} prompts: give one prompt per image")
+        length = self.decoder.padded(max(len(ids) for ids in input_ids) + model.vision_backbone.num_patches)
+        layout = model.prefix_layout(input_ids, length, token_rows=batch * length)
+        key = (batch, length, n_tokens, tuple(pixels.shape[1:]))
+        entry = self._graphs.get(key)
+        if entry is None:
+            while len(self._graphs) >= self.max_graphs:
+                self._graphs.popitem(last=False)
+            llama = self.decoder.static_llama(model.language_model, model.device)
+            bucket = _Bucket(llama, batch, length, n_tokens, model.dtype, model.device)
+            if self.vision.side_stream is None:
+                self.vision.side_stream = torch.cuda.Stream()
+            entry = self._graphs[key] = _CallGraph(model, self.vision, bucket, tuple(pixels.shape[1:]))
+            entry.load(pixels, layout)
+            entry.capture(self.decoder.warmup)
+        self._graphs.move_to_end(key)
+        entry.load(pixels, layout)
+        entry.graph.replay()
+        return entry.bucket.result()
+
+
 def accelerate(
     model: Any,
     *,
@@ -234,6 +346,7 @@ def accelerate(
     vision: bool = True,
     compile_vision: bool | None = None,
     use_cuda_graphs: bool | None = None,
+    one_graph_max_batch: int = 1,
 ) -> Any:
     """Make ``model`` (an :class:`~vla_spec.model.modeling.OpenVLA`) fast, in place; returns it.
 
@@ -241,14 +354,19 @@ def accelerate(
     ``vision`` and on CUDA, ``model.vision_runner`` becomes a :class:`GraphedVision` (both towers +
     the projector replay one CUDA graph per batch size); ``compile_vision`` (None = on CUDA) also
     runs them through ``torch.compile`` (the first call compiles: tens of seconds at 7B shapes, once
-    more at the second batch size). Undo with :func:`restore`. Treat the weights as frozen while
-    accelerated. The defaults are the fastest configuration measured (benchmarks/README.md).
+    more at the second batch size). With ``vision`` and CUDA graphs, calls of up to
+    ``one_graph_max_batch`` rows run as one graph (``model.call_runner``, a :class:`GraphedCall`; 0 =
+    never). Undo with :func:`restore`. Treat the weights as frozen while accelerated. The defaults
+    are the fastest configuration measured (benchmarks/README.md).
     """
     graphs = use_cuda_graphs if use_cuda_graphs is not None else model.device.type == "cuda"
     compiled = compile_vision if compile_vision is not None else model.device.type == "cuda"
     model.decoder = decoder if decoder is not None else FastGreedyDecoder(use_cuda_graphs=use_cuda_graphs)
+    model.call_runner = None
     if vision and (graphs or compiled):
         model.vision_runner = GraphedVision(model, compiled, graphs)
+        if graphs and one_graph_max_batch > 0:
+            model.call_runner = GraphedCall(model, model.decoder, model.vision_runner, one_graph_max_batch)
     return model
 
 
@@ -262,4 +380,5 @@ def restore(model: Any) -> Any:
 
     model.decoder = greedy_decode
     model.vision_runner = None
+    model.call_runner = None
     return model

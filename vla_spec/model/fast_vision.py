@@ -21,7 +21,7 @@ import torch
 _HOOKED = ("vision_backbone.featurizer", "vision_backbone.fused_featurizer", "projector")
 
 
-def _has_hooks(model: Any) -> bool:
+def has_hooks(model: Any) -> bool:
     from torch.nn.modules import module as module_mod
 
     if module_mod._global_forward_hooks or module_mod._global_forward_pre_hooks:
@@ -73,7 +73,7 @@ class GraphedVision:
     @torch.inference_mode()
     def __call__(self, pixel_values: torch.Tensor) -> torch.Tensor:
         model = self.model
-        if _has_hooks(model):
+        if has_hooks(model):
             return self.eager(pixel_values)
         pixel_values = pixel_values.to(device=model.device, dtype=model.dtype)
         if not (self.use_cuda_graphs and pixel_values.is_cuda):

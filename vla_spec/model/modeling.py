@@ -16,7 +16,7 @@ A batch of N gives the tokens of N single calls (up to float near-ties).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -24,9 +24,12 @@ from vla_spec.actions import ActionPrediction, ActionProcessor
 from vla_spec.model.config import OpenVLAConfig
 from vla_spec.model.decoding import Decoder, greedy_decode
 from vla_spec.model.network import OpenVLANetwork, Prefix
-from vla_spec.model.processor import ImageLike, OpenVLAProcessor
+from vla_spec.model.processor import ImageLike, ModelInputs, OpenVLAProcessor
 from vla_spec.normalization import NormStats
 from vla_spec.tokens import ActionTokenizer
+
+if TYPE_CHECKING:
+    from vla_spec.model.fast_decoding import GraphedCall
 
 
 class OpenVLA(OpenVLANetwork):
@@ -36,7 +39,11 @@ class OpenVLA(OpenVLANetwork):
 
     ``pixels_on_device`` (default True): the resized uint8 images go to the model's device and are
     normalized there, in the model's dtype (:meth:`ModelInputs.pixel_values_on`); False builds the
-    float32 ``pixel_values`` on the CPU first, as the reference does. Both give the same values."""
+    float32 ``pixel_values`` on the CPU first, as the reference does. Both give the same values.
+
+    ``call_runner`` (default None; set by :func:`vla_spec.model.fast_decoding.accelerate`): where it
+    applies (:meth:`GraphedCall.applies`), :meth:`predict_action` hands it the uint8 images and the
+    prompt ids and it returns the decoder's result, all device work in one CUDA graph."""
 
     def __init__(self, config: OpenVLAConfig, tokenizer: Any = None) -> None:
         super().__init__(config)
@@ -44,6 +51,7 @@ class OpenVLA(OpenVLANetwork):
         self.action_tokenizer = ActionTokenizer(vocab_size=config.text_vocab_size, n_bins=config.n_action_bins)
         self.decoder: Decoder = greedy_decode
         self.pixels_on_device = True
+        self.call_runner: GraphedCall | None = None
 
     @property
     def tokenizer(self) -> Any:
@@ -62,7 +70,10 @@ class OpenVLA(OpenVLANetwork):
     @torch.inference_mode()
     def prefix(self, images: ImageLike | Sequence[ImageLike], instructions: str | Sequence[str]) -> Prefix:
         """The decoder input for a batch (one image per instruction; a single pair is a batch of 1)."""
-        inputs = self.processor(images, instructions)
+        return self._prefix_of(self.processor(images, instructions))
+
+    @torch.inference_mode()
+    def _prefix_of(self, inputs: ModelInputs) -> Prefix:
         pixels = inputs.pixel_values_on(self.device, self.dtype) if self.pixels_on_device else inputs.pixel_values
         return self.embed_prefix(pixels, inputs.input_ids)
 
@@ -84,8 +95,15 @@ class OpenVLA(OpenVLANetwork):
         ``self.decoder`` for this call.
         """
         outputs = self.action_processor(unnorm_key)
-        prefix = self.prefix(images, instructions)
-        result = (decoder or self.decoder)(self.language_model, prefix.inputs_embeds, prefix.attention_mask, outputs.action_dim)
+        inputs = self.processor(images, instructions)
+        runner = self.call_runner if decoder is None else None
+        if runner is not None and runner.applies(len(inputs.input_ids)):
+            result = runner(inputs.pixels, inputs.input_ids, outputs.action_dim)
+        else:
+            prefix = self._prefix_of(inputs)
+            result = (decoder or self.decoder)(
+                self.language_model, prefix.inputs_embeds, prefix.attention_mask, outputs.action_dim
+            )
         top_logits = None if result.top_logits is None else result.top_logits.detach().cpu().float().numpy()
         return outputs.prediction(
             result.token_ids.detach().cpu().numpy(), result.margins.detach().cpu().float().numpy(), top_logits

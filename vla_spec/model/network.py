@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -34,6 +35,16 @@ class Prefix:
     """Decoder input: ``inputs_embeds`` [B, L, H] left-padded, ``attention_mask`` [B, L] int64."""
 
     inputs_embeds: torch.Tensor
+    attention_mask: torch.Tensor
+
+
+class PrefixLayout(NamedTuple):
+    """A batch's prefix layout (host tensors): ``ids`` [T] int64, the prompts' ids in a row (padded with
+    0); ``index`` [B, L] int64, each position's row in ``cat([embed(ids), patches [B * P, H], a zero
+    row])``; ``attention_mask`` [B, L] int64 (left padding)."""
+
+    ids: torch.Tensor
+    index: torch.Tensor
     attention_mask: torch.Tensor
 
 
@@ -69,38 +80,56 @@ class OpenVLANetwork(nn.Module):
             return self.vision_runner(pixel_values)
         return self.encode_images_eager(pixel_values)
 
-    def embed_prefix(self, pixel_values: torch.Tensor, input_ids: Sequence[Sequence[int]]) -> Prefix:
-        """Embed ``[BOS] + patches + ids[1:]`` per sample and left-pad the batch.
+    def prefix_layout(
+        self, input_ids: Sequence[Sequence[int]], length: int | None = None, token_rows: int | None = None
+    ) -> PrefixLayout:
+        """Where each prefix position comes from, worked out on the host (see :class:`PrefixLayout`).
 
-        The layout is worked out on the host as one index per position into
-        ``cat([token embeddings, patches, a zero row])`` and copied to the device together with the
-        ids *before* the towers are queued (a host-to-device copy queued behind them would make the
-        host wait for them); the prefix is then one gather, with no per-row work."""
-        if len(input_ids) != pixel_values.shape[0]:
-            raise ValueError(f"{pixel_values.shape[0]} images but {len(input_ids)} prompts: give one prompt per image")
+        ``length``: the padded length (default: the longest row); ``token_rows``: the rows of the
+        flat id vector (default: the number of ids; more rows are padded with id 0, unused), so
+        that a captured graph sees the same shapes for every prompt of a length bucket."""
         if any(len(ids) == 0 for ids in input_ids):
             raise ValueError("every prompt needs at least its BOS id (see vla_spec.model.tokenizer.prompt_ids)")
         n_patches = self.vision_backbone.num_patches
-        n_ids = sum(len(ids) for ids in input_ids)
+        flat = [token for ids in input_ids for token in ids]
+        rows = len(flat) if token_rows is None else token_rows
         lengths = [len(ids) + n_patches for ids in input_ids]
-        length = max(lengths)
-        index = np.full((len(input_ids), length), n_ids + len(input_ids) * n_patches, dtype=np.int64)  # zero row
+        length = max(lengths) if length is None else length
+        if length < max(lengths) or rows < len(flat):
+            raise ValueError(f"prefix length {length} / token rows {rows} too small for prompts of {max(lengths)} "
+                             f"positions and {len(flat)} ids")
+        index = np.full((len(input_ids), length), rows + len(input_ids) * n_patches, dtype=np.int64)  # zero row
         mask = np.zeros((len(input_ids), length), dtype=np.int64)
         offset = 0
         for row, ids in enumerate(input_ids):
             start = length - lengths[row]
             index[row, start] = offset  # BOS
-            index[row, start + 1 : start + 1 + n_patches] = n_ids + row * n_patches + np.arange(n_patches)
+            index[row, start + 1 : start + 1 + n_patches] = rows + row * n_patches + np.arange(n_patches)
             index[row, start + 1 + n_patches :] = offset + 1 + np.arange(len(ids) - 1)
             mask[row, start:] = 1
             offset += len(ids)
-        flat_ids = torch.as_tensor([token for ids in input_ids for token in ids], dtype=torch.long).to(self.device)
-        index_t = torch.from_numpy(index).to(self.device)
-        mask_t = torch.from_numpy(mask).to(self.device)
-        tokens = self.language_model.get_input_embeddings()(flat_ids)
-        patches = self.encode_images(pixel_values)
+        ids = np.zeros(rows, dtype=np.int64)
+        ids[: len(flat)] = flat
+        return PrefixLayout(torch.from_numpy(ids), torch.from_numpy(index), torch.from_numpy(mask))
+
+    def assemble_prefix(self, ids: torch.Tensor, index: torch.Tensor, patches: torch.Tensor) -> torch.Tensor:
+        """inputs_embeds [B, L, H]: one gather from ``cat([embed(ids), patches, a zero row])`` (device tensors)."""
+        tokens = self.language_model.get_input_embeddings()(ids)
         source = torch.cat([tokens, patches.reshape(-1, patches.shape[-1]), tokens.new_zeros(1, tokens.shape[-1])])
-        return Prefix(inputs_embeds=source[index_t], attention_mask=mask_t)
+        return source[index]
+
+    def embed_prefix(self, pixel_values: torch.Tensor, input_ids: Sequence[Sequence[int]]) -> Prefix:
+        """Embed ``[BOS] + patches + ids[1:]`` per sample and left-pad the batch.
+
+        The layout (:meth:`prefix_layout`) is copied to the device together with the ids *before*
+        the towers are queued (a host-to-device copy queued behind them would make the host wait
+        for them); the prefix is then one gather (:meth:`assemble_prefix`), with no per-row work."""
+        if len(input_ids) != pixel_values.shape[0]:
+            raise ValueError(f"{pixel_values.shape[0]} images but {len(input_ids)} prompts: give one prompt per image")
+        layout = self.prefix_layout(input_ids)
+        ids, index, mask = (t.to(self.device) for t in layout)
+        patches = self.encode_images(pixel_values)
+        return Prefix(inputs_embeds=self.assemble_prefix(ids, index, patches), attention_mask=mask)
 
     @torch.inference_mode()
     def next_token_logits(self, prefix: Prefix) -> torch.Tensor:

@@ -14,12 +14,16 @@ Options, per :class:`StaticLlama`:
 * ``fuse``: q/k/v and gate/up weights concatenated into one matrix each (one GEMM instead of three
   / two); a second copy of those weights (about 9 GB for a 7B Llama), snapshotted at build time.
 * ``use_gemv``: single-row products go through :func:`vla_spec.model.triton_gemv.gemv`.
+* ``fp8`` (off by default; it changes the numerics): the prefill's q/k/v, o, gate/up and down
+  products in float8 e4m3 (:func:`fp8_linear`), with per-output-row weight scales (a float8 copy of
+  those weights, about 6.5 GB for a 7B Llama) and per-token activation scales computed on the fly;
+  the decode steps (one row per sequence, weight-bandwidth bound) stay in the model dtype.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -39,8 +43,52 @@ def _apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.
 
 
 
-def _linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, use_gemv: bool) -> torch.Tensor:
-    """``F.linear``, or the Triton GEMV when ``use_gemv`` and x holds a single row."""
+FP8 = torch.float8_e4m3fn
+FP8_MAX = 448.0  # torch.finfo(torch.float8_e4m3fn).max
+
+
+def fp8_rows(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """t [R, K] -> (float8 e4m3 values [R, K], float32 scales [R, 1]) with t ~= values * scales:
+    each row scaled so that its largest magnitude maps to 448 (an all-zero row gets scale 1)."""
+    amax = t.abs().amax(dim=-1, keepdim=True).float()
+    scale = torch.where(amax > 0, amax / FP8_MAX, torch.ones_like(amax))
+    return (t.float() / scale).clamp(-FP8_MAX, FP8_MAX).to(FP8), scale
+
+
+class Fp8Weight(NamedTuple):
+    """A weight [N, K] in float8 for ``torch._scaled_mm``: ``t`` [K, N] (column-major, the transpose
+    of the row-major float8 copy) and ``scale`` [1, N] float32, one per output row. (Named tuples,
+    not dataclasses, so that ``torch.compile`` guards on their tensors, not on each object.)"""
+
+    t: torch.Tensor
+    scale: torch.Tensor
+
+    @classmethod
+    def of(cls, weight: torch.Tensor) -> "Fp8Weight":
+        n, k = weight.shape
+        if n % 16 or k % 16:
+            raise ValueError(f"fp8 needs weight dimensions that are multiples of 16 (torch._scaled_mm), got {n} x {k}; "
+                             "build the decoder with fp8=False for this model")
+        values, scale = fp8_rows(weight)
+        return cls(values.t(), scale.t().contiguous())
+
+
+def fp8_linear(x: torch.Tensor, weight: Fp8Weight, bias: torch.Tensor | None) -> torch.Tensor:
+    """``F.linear(x, W, bias)`` in float8 e4m3: x quantized per row (token), W per output row, products
+    accumulated in float32 by ``torch._scaled_mm``, the result in x's dtype."""
+    rows, scale = fp8_rows(x.reshape(-1, x.shape[-1]))
+    out = torch._scaled_mm(rows, weight.t, scale_a=scale, scale_b=weight.scale, out_dtype=x.dtype)
+    out = out.reshape(*x.shape[:-1], out.shape[-1])
+    return out if bias is None else out + bias
+
+
+def _linear(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, use_gemv: bool, fp8: Fp8Weight | None = None
+) -> torch.Tensor:
+    """``F.linear``, the Triton GEMV when ``use_gemv`` and x holds a single row, or :func:`fp8_linear`
+    when given the weight's float8 copy ``fp8``."""
+    if fp8 is not None:
+        return fp8_linear(x, fp8, bias)
     if use_gemv and x.numel() == x.shape[-1] and weight.is_contiguous():
         return gemv(x, weight, bias)
     return F.linear(x, weight, bias)
@@ -68,18 +116,20 @@ def _attention_inputs(
     n_kv: int,
     head_dim: int,
     use_gemv: bool = False,
+    qkv_fp8: list[Fp8Weight] | None = None,
 ) -> torch.Tensor:
     """input_layernorm -> q/k/v projections -> rotary; returns q [B, heads, q, d] and writes the rotated
     k and v [B, kv_heads, q, d] into the caches at cache positions ``slots`` [q] (in place, so that a
     compiled version stores them straight into the cache instead of copying afterwards)."""
     batch, q_len, _ = h.shape
     x = _rms_norm(h, norm_weight, eps)
+    fp8 = qkv_fp8 or [None] * len(qkv_weights)
     if len(qkv_weights) == 1:  # fused [q; k; v] matrix
-        q, k, v = _linear(x, qkv_weights[0], qkv_biases[0], use_gemv).split(
+        q, k, v = _linear(x, qkv_weights[0], qkv_biases[0], use_gemv, fp8[0]).split(
             [n_heads * head_dim, n_kv * head_dim, n_kv * head_dim], dim=-1
         )
     else:
-        q, k, v = (_linear(x, w, b, use_gemv) for w, b in zip(qkv_weights, qkv_biases))
+        q, k, v = (_linear(x, w, b, use_gemv, f) for w, b, f in zip(qkv_weights, qkv_biases, fp8))
     q = q.view(batch, q_len, n_heads, head_dim).transpose(1, 2)
     k = k.view(batch, q_len, n_kv, head_dim).transpose(1, 2)
     v = v.view(batch, q_len, n_kv, head_dim).transpose(1, 2)
@@ -100,15 +150,18 @@ def _attention_output_and_mlp(
     down_weight: torch.Tensor,
     down_bias: torch.Tensor | None,
     use_gemv: bool = False,
+    fp8: "_Fp8Layer | None" = None,
 ) -> torch.Tensor:
-    """o_proj + residual, post_attention_layernorm, SiLU-gated MLP + residual (attn [B, q, H])."""
-    h = h + _linear(attn, o_weight, o_bias, use_gemv)
+    """o_proj + residual, post_attention_layernorm, SiLU-gated MLP + residual (attn [B, q, H]);
+    ``fp8``: the float8 copies of o, gate/up and down (:func:`fp8_linear`)."""
+    gate_up_fp8 = fp8.gate_up if fp8 is not None else [None] * len(gate_up_weights)
+    h = h + _linear(attn, o_weight, o_bias, use_gemv, fp8.o if fp8 is not None else None)
     x = _rms_norm(h, norm_weight, eps)
     if len(gate_up_weights) == 1:  # fused [gate; up] matrix
-        gate, up = _linear(x, gate_up_weights[0], gate_up_biases[0], use_gemv).chunk(2, dim=-1)
+        gate, up = _linear(x, gate_up_weights[0], gate_up_biases[0], use_gemv, gate_up_fp8[0]).chunk(2, dim=-1)
     else:
-        gate, up = (_linear(x, w, b, use_gemv) for w, b in zip(gate_up_weights, gate_up_biases))
-    return h + _linear(F.silu(gate) * up, down_weight, down_bias, use_gemv)
+        gate, up = (_linear(x, w, b, use_gemv, f) for w, b, f in zip(gate_up_weights, gate_up_biases, gate_up_fp8))
+    return h + _linear(F.silu(gate) * up, down_weight, down_bias, use_gemv, fp8.down if fp8 is not None else None)
 
 
 def _raise_recompile_limit(at_least: int = 64) -> None:
@@ -120,6 +173,15 @@ def _raise_recompile_limit(at_least: int = 64) -> None:
     name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
     if getattr(config, name) < at_least:
         setattr(config, name, at_least)
+
+
+class _Fp8Layer(NamedTuple):
+    """Float8 copies of one layer's projection weights (the same grouping as :class:`_LayerWeights`)."""
+
+    qkv: list[Fp8Weight]
+    o: Fp8Weight
+    gate_up: list[Fp8Weight]
+    down: Fp8Weight
 
 
 @dataclass
@@ -138,6 +200,7 @@ class _LayerWeights:
     gate_up_bias: list[torch.Tensor | None]
     down: torch.Tensor
     down_bias: torch.Tensor | None
+    fp8: _Fp8Layer | None = None
 
 
 def _fused(linears: list[Any]) -> tuple[list[torch.Tensor], list[torch.Tensor | None]]:
@@ -157,7 +220,9 @@ class StaticLlama:
     cuBLAS calls). Only the attention core (cache write + SDPA) runs outside them.
     """
 
-    def __init__(self, language_model: Any, fuse: bool, compiled: bool, use_gemv: bool = False) -> None:
+    def __init__(
+        self, language_model: Any, fuse: bool, compiled: bool, use_gemv: bool = False, fp8: bool = False
+    ) -> None:
         config = language_model.config
         model = language_model.model
         if getattr(config, "model_type", "llama") != "llama" or getattr(config, "hidden_act", "silu") != "silu":
@@ -177,6 +242,10 @@ class StaticLlama:
         self.hidden = int(config.hidden_size)
         self.use_gemv = use_gemv
         self.weights = [self._layer_weights(layer, fuse) for layer in model.layers]
+        if fp8:
+            for w in self.weights:
+                w.fp8 = _Fp8Layer([Fp8Weight.of(t) for t in w.qkv], Fp8Weight.of(w.o),
+                                  [Fp8Weight.of(t) for t in w.gate_up], Fp8Weight.of(w.down))
         if compiled:
             _raise_recompile_limit()
             self.attention_inputs = torch.compile(_attention_inputs)
@@ -232,9 +301,10 @@ class StaticLlama:
         w = self.weights[index]
         batch, q_len, _ = h.shape
         gemv_rows = self.use_gemv and batch * q_len == 1
+        fp8 = w.fp8 if q_len > 1 else None  # float8 for the prefill only
         q = self.attention_inputs(
             h, w.norm1, w.eps1, w.qkv, w.qkv_bias, cos, sin, k_cache, v_cache, slots,
-            self.n_heads, self.n_kv, self.head_dim, gemv_rows,
+            self.n_heads, self.n_kv, self.head_dim, gemv_rows, fp8.qkv if fp8 is not None else None,
         )
         stop = mask.shape[-1]
         keys, values = k_cache[:, :, :stop], v_cache[:, :, :stop]
@@ -247,7 +317,7 @@ class StaticLlama:
         out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
         out = out.transpose(1, 2).reshape(batch, q_len, self.n_heads * self.head_dim)
         return self.attention_output_and_mlp(
-            h, out, w.o, w.o_bias, w.norm2, w.eps2, w.gate_up, w.gate_up_bias, w.down, w.down_bias, gemv_rows,
+            h, out, w.o, w.o_bias, w.norm2, w.eps2, w.gate_up, w.gate_up_bias, w.down, w.down_bias, gemv_rows, fp8,
         )
 
     def logits_last(self, h: torch.Tensor) -> torch.Tensor:
