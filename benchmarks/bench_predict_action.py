@@ -17,17 +17,21 @@ the model) go through
 * **ours**: :func:`vla_spec.model.fast_decoding.accelerate` with its defaults (uint8 pixels to the
   GPU, normalized there; towers + projector compiled, in one CUDA graph per batch size; static KV
   cache, prefill + 6 decode steps in one CUDA graph per shape, fused q/k/v and gate/up, compiled
-  elementwise work, Triton GEMV for batch-1 steps);
-* **ours, host pixels**: the same with ``model.pixels_on_device = False`` (float32 pixel_values
-  made on the CPU and copied over: the input path before the uint8 one);
+  elementwise work, Triton GEMV for batch-1 steps; at batch 1 all of it as ONE graph,
+  :class:`~vla_spec.model.fast_decoding.GraphedCall`, also timed as three graphs);
+* **ours --fp8** (``--fp8``): the same with ``FastGreedyDecoder(fp8=True)`` (float8 e4m3 prefill
+  projections), its tokens against ours in bfloat16 and against naive; also on the tiny checkpoint;
+* **ours, host pixels** (``--host-pixels``): the same with ``model.pixels_on_device = False``
+  (float32 pixel_values made on the CPU and copied over: the input path before the uint8 one);
 
 and, on the decoder part alone (the same prefix ``inputs_embeds`` [B, 277, 4096], 7 greedy
 tokens): **transformers' static cache** (:func:`hf_static_generate`) against our decoder.
 
 What is timed: one whole ``predict_action`` call (images in, numpy actions out; host clock around
 the call after ``torch.cuda.synchronize()``), or one decoder call ending with its tokens on the
-host. Warm-up calls (which compile and capture graphs) are excluded; medians, 10th-90th
-percentiles and minima of ``--iters`` calls are reported, every call time is in the JSON.
+host. First, every batch size's first calls (which compile and capture graphs) run; then, after
+``--wait-for`` if given, the timed calls (after ``--warmup`` more); medians, 10th-90th percentiles
+and minima of ``--iters`` calls are reported, every call time is in the JSON.
 
 Tokens: ours and transformers' against naive: rows identical, and rows whose first difference is
 NOT at a bfloat16 near-tie of the naive margins (:mod:`vla_spec.model.agreement`), which must be 0.
@@ -35,17 +39,19 @@ Random weights give flat logits and so many more near-ties than a trained checkp
 
 Usage (on the GPU machine)::
 
-    PYTHONUNBUFFERED=1 python benchmarks/bench_predict_action.py --batches 1 8 16 32 --iters 20 \
-        --hf-static-batches 1 8 32 --micro --json out.json
+    PYTHONUNBUFFERED=1 python benchmarks/bench_predict_action.py --batches 1 8 32 --iters 20 \
+        --hf-static-batches 1 8 32 --fp8 --json out.json
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import statistics
 import sys
 import time
+import traceback
 from pathlib import Path
 
 import numpy as np
@@ -276,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="also ours with FastGreedyDecoder(fp8=True): float8 prefill projections, tokens vs bf16")
     parser.add_argument("--host-pixels", action="store_true", help="also ours with float32 pixels made on the host")
     parser.add_argument("--wait-for", type=Path, default=None,
-                        help="after the first (compiling) calls of each batch, wait until this file exists "
+                        help="after the first (compiling) calls of all batches, wait until this file exists "
                              "(so that a job beside the benchmark, e.g. the gpu tier, finishes before timing)")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
@@ -313,51 +319,67 @@ def main(argv: list[str] | None = None) -> int:
             args.json.write_text(json.dumps({"env": env, "args": vars(args) | {"json": str(args.json)},
                                              "results": results, **extra}, indent=1, default=str))
 
+    naive_model = restore(copy.copy(model))  # the same modules and weights, never accelerated
+    naive_model.pixels_on_device = False
+    accelerate(model)
     fp8_decoder = FastGreedyDecoder(fp8=True) if args.fp8 else None
-    for batch in args.batches:
+    inputs = {}
+    for batch in args.batches:  # first calls (compile, capture); no timing yet
         images = [rng.integers(0, 256, (224, 224, 3), dtype=np.uint8) for _ in range(batch)]
         texts = [INSTRUCTION] * batch
+        with torch.inference_mode():
+            prefix = model.prefix(images, texts)
+        inputs[batch] = images, texts, prefix
         row: dict = {"batch": batch}
         results.append(row)
         row["prefix_tokens"] = int(len(model.processor.prompt_ids(texts[:1])[0]) + model.vision_backbone.num_patches)
-        call = lambda: model.predict_action(images, texts, UNNORM_KEY)  # noqa: E731
-        call_fp8 = lambda: model.predict_action(images, texts, UNNORM_KEY, decoder=fp8_decoder)  # noqa: E731
-
-        # first calls (compile, capture), then wait for --wait-for, then only timed work
-        accelerate(model)
-        for name, fn in (("ours", call), ("fp8", call_fp8 if args.fp8 else None)):
-            if fn is not None:
-                start = time.perf_counter()
-                fn()
-                torch.cuda.synchronize()
-                row[f"{name}_first_call_s"] = time.perf_counter() - start
-        with torch.inference_mode():
-            prefix = model.prefix(images, texts)
-        hf = lambda: hf_static_generate(model.language_model, prefix.inputs_embeds, prefix.attention_mask, 7).cpu()  # noqa: E731
-        if batch in args.hf_static_batches:
+        for name, fn in (
+            ("ours", lambda: model.predict_action(images, texts, UNNORM_KEY)),
+            ("fp8", (lambda: model.predict_action(images, texts, UNNORM_KEY, decoder=fp8_decoder)) if args.fp8 else None),
+            ("hf_static", (lambda: hf_static_generate(model.language_model, prefix.inputs_embeds, prefix.attention_mask,
+                                                      7)) if batch in args.hf_static_batches else None),
+        ):
+            if fn is None or (name == "fp8" and not args.fp8):
+                continue
             start = time.perf_counter()
-            with torch.inference_mode():
-                hf()
-            row["hf_static_first_call_s"] = time.perf_counter() - start
+            try:
+                with torch.inference_mode():
+                    fn()
+            except Exception as error:  # the float8 option must not cost the run its other figures
+                if name != "fp8":
+                    raise
+                traceback.print_exc()
+                row["fp8_error"] = repr(error)
+                args.fp8 = False
+                continue
+            torch.cuda.synchronize()
+            row[f"{name}_first_call_s"] = time.perf_counter() - start
         print(f"# batch {batch}: first calls (s) { {k: round(v, 1) for k, v in row.items() if k.endswith('_s')} }",
               flush=True)
-        while args.wait_for is not None and not args.wait_for.exists():
-            time.sleep(1.0)
+    if args.fp8:
+        try:
+            extra["tiny_fp8"] = tiny_fp8_agreement()
+        except Exception as error:  # as above: report it, keep the timings
+            traceback.print_exc()
+            extra["tiny_fp8"] = {"error": repr(error)}
+        print(f"# tiny checkpoint, bfloat16, batch 16: {extra['tiny_fp8']}", flush=True)
+    while args.wait_for is not None and not args.wait_for.exists():
+        time.sleep(1.0)
+    print("# timing", flush=True)
 
+    for row in results:
+        batch = row["batch"]
+        images, texts, prefix = inputs[batch]
+        call = lambda: model.predict_action(images, texts, UNNORM_KEY)  # noqa: E731
         naive = None
         if batch in args.naive_batches:
-            restore(model)
-            model.pixels_on_device = False
-            _, times, naive = timed(call, naive_iters, 2)
+            _, times, naive = timed(lambda: naive_model.predict_action(images, texts, UNNORM_KEY), naive_iters, 2)
             row["naive_ms"] = spread(times)
             print(f"# batch {batch}: naive {fmt(row['naive_ms'])} ms", flush=True)
-            accelerate(model)  # a new decoder: buckets are captured again (compiled code is kept)
-            call()
-        model.pixels_on_device = True
         _, times, ours = timed(call, args.iters, args.warmup)
         row["ours_ms"] = spread(times)
         row["ours_times"] = times
-        row["one_graph"] = bool(model.call_runner is not None and model.call_runner.shapes)
+        row["one_graph"] = bool(model.call_runner is not None and model.call_runner.applies(batch))
         if naive is not None:
             row["ours_agreement"] = agreement(ours.token_ids, naive.token_ids, naive.margins, naive.top_logits)
         print(f"# batch {batch}: ours {fmt(row['ours_ms'])} ms (one graph: {row['one_graph']}); "
@@ -373,7 +395,8 @@ def main(argv: list[str] | None = None) -> int:
                   f"{row['one_vs_three_graphs_same_tokens']}, margins {row['one_vs_three_graphs_same_margins']}",
                   flush=True)
         if args.fp8:
-            _, times, fp8 = timed(call_fp8, args.iters, args.warmup)
+            _, times, fp8 = timed(lambda: model.predict_action(images, texts, UNNORM_KEY, decoder=fp8_decoder),
+                                  args.iters, args.warmup)
             row["ours_fp8_ms"] = spread(times)
             row["fp8_vs_bf16"] = fp8_agreement(fp8.token_ids, ours.token_ids, ours.margins)
             if naive is not None:
@@ -398,22 +421,14 @@ def main(argv: list[str] | None = None) -> int:
             }
             row["ours_decoder_wall_ms"] = spread(timed(lambda: decode().token_ids.cpu(), args.iters, 2)[1])
             if batch in args.hf_static_batches:
-                _, times, hf_ids = timed(hf, args.iters, args.warmup)
+                _, times, hf_ids = timed(lambda: hf_static_generate(
+                    model.language_model, prefix.inputs_embeds, prefix.attention_mask, 7).cpu(), args.iters, args.warmup)
                 row["hf_static_ms"] = spread(times)
                 if naive is not None:
                     row["hf_static_agreement"] = agreement(hf_ids.numpy(), naive.token_ids, naive.margins,
                                                            naive.top_logits)
         print(f"# batch {batch}: device {row['device_ms']}; our decoder wall {fmt(row['ours_decoder_wall_ms'])}; "
               f"transformers static {fmt(row['hf_static_ms']) if 'hf_static_ms' in row else '-'}", flush=True)
-        decoder.clear()
-        if fp8_decoder is not None:
-            fp8_decoder.clear()
-        restore(model)
-        torch.cuda.empty_cache()
-        save()
-    if args.fp8:
-        extra["tiny_fp8"] = tiny_fp8_agreement()
-        print(f"# tiny checkpoint, bfloat16, batch 16: {extra['tiny_fp8']}", flush=True)
         save()
     print(f"# peak GPU memory {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB")
     print()

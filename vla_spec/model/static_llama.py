@@ -73,11 +73,25 @@ class Fp8Weight(NamedTuple):
         return cls(values.t(), scale.t().contiguous())
 
 
+@torch.library.custom_op("vla_spec::fp8_mm", mutates_args=())
+def fp8_mm(
+    a: torch.Tensor, b: torch.Tensor, scale_a: torch.Tensor, scale_b: torch.Tensor, out_dtype: torch.dtype
+) -> torch.Tensor:
+    """``torch._scaled_mm`` with row-wise scales, as one opaque op: ``torch.compile`` fuses the
+    quantization around it and leaves the product to the eager (cuBLAS) kernel."""
+    return torch._scaled_mm(a, b, scale_a=scale_a, scale_b=scale_b, out_dtype=out_dtype)
+
+
+@fp8_mm.register_fake
+def _(a: torch.Tensor, b: torch.Tensor, scale_a: torch.Tensor, scale_b: torch.Tensor, out_dtype: torch.dtype) -> torch.Tensor:
+    return a.new_empty(a.shape[0], b.shape[1], dtype=out_dtype)
+
+
 def fp8_linear(x: torch.Tensor, weight: Fp8Weight, bias: torch.Tensor | None) -> torch.Tensor:
     """``F.linear(x, W, bias)`` in float8 e4m3: x quantized per row (token), W per output row, products
     accumulated in float32 by ``torch._scaled_mm``, the result in x's dtype."""
     rows, scale = fp8_rows(x.reshape(-1, x.shape[-1]))
-    out = torch._scaled_mm(rows, weight.t, scale_a=scale, scale_b=weight.scale, out_dtype=x.dtype)
+    out = fp8_mm(rows, weight.t, scale, weight.scale, x.dtype)
     out = out.reshape(*x.shape[:-1], out.shape[-1])
     return out if bias is None else out + bias
 
