@@ -29,7 +29,7 @@ tokens): **transformers' static cache** (:func:`hf_static_generate`) against our
 
 What is timed: one whole ``predict_action`` call (images in, numpy actions out; host clock around
 the call after ``torch.cuda.synchronize()``), or one decoder call ending with its tokens on the
-host. First, every batch size's first calls (which compile and capture graphs) run; then, after
+host. Per batch size, the first calls (which compile and capture graphs) run first; then, after
 ``--wait-for`` if given, the timed calls (after ``--warmup`` more); medians, 10th-90th percentiles
 and minima of ``--iters`` calls are reported, every call time is in the JSON.
 
@@ -40,7 +40,7 @@ Random weights give flat logits and so many more near-ties than a trained checkp
 Usage (on the GPU machine)::
 
     PYTHONUNBUFFERED=1 python benchmarks/bench_predict_action.py --batches 1 8 32 --iters 20 \
-        --hf-static-batches 1 8 32 --fp8 --json out.json
+        --hf-static-batches 1 8 32 --fp8 --tiny-fp8 --json out.json
 """
 
 from __future__ import annotations
@@ -280,9 +280,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--fp8", action="store_true",
                         help="also ours with FastGreedyDecoder(fp8=True): float8 prefill projections, tokens vs bf16")
+    parser.add_argument("--tiny-fp8", action="store_true",
+                        help="first, the tiny checkpoint's tokens with a float8 prefill against bfloat16 and naive")
     parser.add_argument("--host-pixels", action="store_true", help="also ours with float32 pixels made on the host")
     parser.add_argument("--wait-for", type=Path, default=None,
-                        help="after the first (compiling) calls of all batches, wait until this file exists "
+                        help="after each batch's first (compiling) calls, wait until this file exists "
                              "(so that a job beside the benchmark, e.g. the gpu tier, finishes before timing)")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
@@ -321,15 +323,23 @@ def main(argv: list[str] | None = None) -> int:
 
     naive_model = restore(copy.copy(model))  # the same modules and weights, never accelerated
     naive_model.pixels_on_device = False
-    accelerate(model)
     fp8_decoder = FastGreedyDecoder(fp8=True) if args.fp8 else None
-    inputs = {}
-    for batch in args.batches:  # first calls (compile, capture); no timing yet
+    if args.tiny_fp8:
+        try:
+            extra["tiny_fp8"] = tiny_fp8_agreement()
+        except Exception as error:  # as below: report it, keep the timings
+            traceback.print_exc()
+            extra["tiny_fp8"] = {"error": repr(error)}
+        print(f"# tiny checkpoint, bfloat16, batch 16: {extra['tiny_fp8']}", flush=True)
+    for batch in args.batches:
+        # per batch: first calls (compile, capture), then (after --wait-for) the timed calls, then every
+        # graph of this batch is dropped (as in the earlier runs: keeping all batches' graphs and
+        # transformers' cudagraph trees alive together ended in a launch failure at batch 8, run 4)
+        accelerate(model)
         images = [rng.integers(0, 256, (224, 224, 3), dtype=np.uint8) for _ in range(batch)]
         texts = [INSTRUCTION] * batch
         with torch.inference_mode():
             prefix = model.prefix(images, texts)
-        inputs[batch] = images, texts, prefix
         row: dict = {"batch": batch}
         results.append(row)
         row["prefix_tokens"] = int(len(model.processor.prompt_ids(texts[:1])[0]) + model.vision_backbone.num_patches)
@@ -356,20 +366,9 @@ def main(argv: list[str] | None = None) -> int:
             row[f"{name}_first_call_s"] = time.perf_counter() - start
         print(f"# batch {batch}: first calls (s) { {k: round(v, 1) for k, v in row.items() if k.endswith('_s')} }",
               flush=True)
-    if args.fp8:
-        try:
-            extra["tiny_fp8"] = tiny_fp8_agreement()
-        except Exception as error:  # as above: report it, keep the timings
-            traceback.print_exc()
-            extra["tiny_fp8"] = {"error": repr(error)}
-        print(f"# tiny checkpoint, bfloat16, batch 16: {extra['tiny_fp8']}", flush=True)
-    while args.wait_for is not None and not args.wait_for.exists():
-        time.sleep(1.0)
-    print("# timing", flush=True)
+        while args.wait_for is not None and not args.wait_for.exists():
+            time.sleep(1.0)
 
-    for row in results:
-        batch = row["batch"]
-        images, texts, prefix = inputs[batch]
         call = lambda: model.predict_action(images, texts, UNNORM_KEY)  # noqa: E731
         naive = None
         if batch in args.naive_batches:
@@ -429,6 +428,11 @@ def main(argv: list[str] | None = None) -> int:
                                                            naive.top_logits)
         print(f"# batch {batch}: device {row['device_ms']}; our decoder wall {fmt(row['ours_decoder_wall_ms'])}; "
               f"transformers static {fmt(row['hf_static_ms']) if 'hf_static_ms' in row else '-'}", flush=True)
+        model.decoder.clear()
+        if fp8_decoder is not None:
+            fp8_decoder.clear()
+        restore(model)
+        torch.cuda.empty_cache()
         save()
     print(f"# peak GPU memory {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB")
     print()
