@@ -133,13 +133,14 @@ def test_a_legacy_golden_margin_of_0_1_is_a_near_tie(image, flag):
     """CUDA goldens recorded before full precision hold margins rounded to 0.1. A flip at a stored
     0.1 is a near-tie, not a regression: where its flag says so (the marker image, "open the middle
     drawer", step 2), and where it does not (the black image: the margin was 0.10..0.15, below two
-    bfloat16 ulps at its logit, and rounding cannot tell it from 0.05)."""
+    bfloat16 ulps at its logit, and rounding cannot tell it from 0.05). The record: the sm90 bfloat16
+    golden as an H100 stored it then (golden/legacy/; the live one was re-recorded in full precision)."""
     import json
     from pathlib import Path
 
     from tests.goldens import divergences_from
 
-    path = Path(__file__).parents[1] / "golden" / "test_model_gpu" / "test_tiny_golden_cuda[bfloat16][sm90-bfloat16].json"
+    path = Path(__file__).parents[1] / "golden" / "legacy" / "cuda_bf16_golden_h100_rounded.json"
     legacy = json.loads(path.read_text(encoding="utf-8"))
     assert "margin_resolution" not in legacy and "top_logits" not in legacy["cases"][0]
     row = [(c["image"], c["instruction"]) for c in legacy["cases"]].index((image, GOLDEN_INSTRUCTIONS[1]))

@@ -46,12 +46,13 @@ nothing of it waits for the host between the stages.
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
 from vla_spec.model.decoding import GreedyResult, check_decoder_inputs, positions_from_mask, greedy_step
 from vla_spec.model.fast_vision import GraphedVision, has_hooks
+from vla_spec.model.network import PrefixLayout
 from vla_spec.model.processor import pixel_values_from_uint8
 from vla_spec.model.static_llama import StaticLlama
 
@@ -62,6 +63,20 @@ def _additive(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """Boolean mask (True = attend) -> additive bias (0 / -inf), built once per call, not per layer."""
     return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill_(~allowed, float("-inf"))
 
+
+
+def _captured(compute: Callable[[], None], warmup: int) -> torch.cuda.CUDAGraph:
+    """``compute`` run ``warmup`` times eagerly on a side stream (compiling, autotuning), then captured."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(warmup):
+            compute()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        compute()
+    return graph
 
 
 class _Bucket:
@@ -127,16 +142,7 @@ class _Bucket:
             self.top_logits[:, step].copy_(top)
 
     def capture(self, warmup: int) -> None:
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            for _ in range(warmup):
-                self.compute()
-        torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            self.compute()
-        self.graph = graph
+        self.graph = _captured(self.compute, warmup)
 
     def run(self) -> GreedyResult:
         if self.graph is not None:
@@ -247,17 +253,20 @@ class FastGreedyDecoder:
 class _CallGraph:
     """Static inputs and the captured graph of one whole call shape (batch, bucket length, n_tokens,
     image size): uint8 pixels, the prefix layout (:meth:`OpenVLANetwork.prefix_layout`) and a decoder
-    :class:`_Bucket` whose prefill reads the gathered prefix."""
+    :class:`_Bucket` whose prefill reads the gathered prefix; captured from the first call's inputs."""
 
-    def __init__(self, model: Any, vision: GraphedVision, bucket: _Bucket, image_shape: tuple[int, ...]) -> None:
+    def __init__(
+        self, model: Any, vision: GraphedVision, bucket: _Bucket, pixels: torch.Tensor, layout: PrefixLayout, warmup: int
+    ) -> None:
         device = model.device
         self.model, self.vision, self.bucket = model, vision, bucket
-        self.pixels = torch.zeros(bucket.batch, *image_shape, dtype=torch.uint8, device=device)
+        self.pixels = torch.zeros(pixels.shape, dtype=torch.uint8, device=device)
         self.ids = torch.zeros(bucket.batch * bucket.length, dtype=torch.int64, device=device)
         self.index = torch.zeros(bucket.batch, bucket.length, dtype=torch.int64, device=device)
-        self.graph = torch.cuda.CUDAGraph()
+        self.load(pixels, layout)
+        self.graph = _captured(self.compute, warmup)
 
-    def load(self, pixels: torch.Tensor, layout: Any) -> None:
+    def load(self, pixels: torch.Tensor, layout: PrefixLayout) -> None:
         self.pixels.copy_(pixels)
         self.ids.copy_(layout.ids)
         self.index.copy_(layout.index)
@@ -270,24 +279,14 @@ class _CallGraph:
         self.bucket.embeds.copy_(model.assemble_prefix(self.ids, self.index, patches))
         self.bucket.compute()
 
-    def capture(self, warmup: int) -> None:
-        warm = torch.cuda.Stream()
-        warm.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(warm):
-            for _ in range(warmup):
-                self.compute()
-        torch.cuda.current_stream().wait_stream(warm)
-        with torch.cuda.graph(self.graph):
-            self.compute()
-
 
 class GraphedCall:
     """``model.call_runner``: the device work of a ``predict_action`` call of at most ``max_batch``
     rows as ONE CUDA graph per (batch, bucket length, n_tokens, image size), kept in an LRU of
     ``max_graphs``: the host copies the uint8 images and the prefix layout in, replays, and reads
     the tokens. The same kernels as ``vision`` and ``decoder`` (same compiled functions, same
-    weights), so the same tokens; it removes the launches and host round trips between the stages
-    (at batch 1 they are a few ms of a ~40 ms call on an H200).
+    weights), so bitwise the same tokens and margins; it removes the launches and host round trips
+    between the stages (7B shapes, batch 1, H200: 39.6 -> 37.6 ms a call, benchmarks/README.md).
 
     It stands aside (:meth:`applies` is False) unless the model still uses this ``decoder`` and
     ``vision`` with ``pixels_on_device``, and while forward hooks are registered on the towers or
@@ -330,9 +329,7 @@ class GraphedCall:
             bucket = _Bucket(llama, batch, length, n_tokens, model.dtype, model.device)
             if self.vision.side_stream is None:
                 self.vision.side_stream = torch.cuda.Stream()
-            entry = self._graphs[key] = _CallGraph(model, self.vision, bucket, tuple(pixels.shape[1:]))
-            entry.load(pixels, layout)
-            entry.capture(self.decoder.warmup)
+            entry = self._graphs[key] = _CallGraph(model, self.vision, bucket, pixels, layout, self.decoder.warmup)
         self._graphs.move_to_end(key)
         entry.load(pixels, layout)
         entry.graph.replay()

@@ -22,6 +22,7 @@ _HOOKED = ("vision_backbone.featurizer", "vision_backbone.fused_featurizer", "pr
 
 
 def has_hooks(model: Any) -> bool:
+    """Whether any forward (pre-)hook, global or on the towers or the projector, would miss a graph replay."""
     from torch.nn.modules import module as module_mod
 
     if module_mod._global_forward_hooks or module_mod._global_forward_pre_hooks:
