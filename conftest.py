@@ -1,7 +1,7 @@
 """Test tiers, options and the skips that say what to install or set.
 
 Tiers (markers, enforced with --strict-markers; every test carries exactly one):
-  cpu  fast, no simulator, no GPU          pytest -m cpu    needs .[model]
+  cpu  fast, no simulator, no GPU          pytest -m cpu    needs .[model]  (on pytest-xdist workers)
   sim  the real LIBERO simulator on CPU    pytest -m sim    needs .[model,sim]
   gpu  a CUDA GPU                          pytest -m gpu    needs .[model] and CUDA
 """
@@ -61,6 +61,25 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "folder (remote code if it has any), native:CHECKPOINT or http://HOST:PORT; default the native tiny-openvla. "
         "Given, only the tests that judge it run (env: VLA_SPEC_IMPL)",
     )
+
+
+# The cpu tier alone (``pytest -m cpu``, no ``-n`` given) runs on up to CPU_TIER_WORKERS pytest-xdist
+# workers, one per available core: its tests are many and short, and each worker pays the imports
+# (torch, transformers) once. Other tiers run in one process (the sim tier's LIBERO processes and Ray
+# cluster are sized for the whole machine); ``-n 0`` turns it off.
+CPU_TIER_WORKERS = 4
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_cmdline_main(config: pytest.Config) -> None:
+    """``-m cpu`` alone: distribute over the available cores (before xdist reads ``-n``; not with
+    ``--collect-only`` or ``--pdb``)."""
+    if hasattr(config, "workerinput") or getattr(config.option, "numprocesses", 0) is not None:
+        return  # an xdist worker, -n given, or xdist disabled (-p no:xdist)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    runs_tests = not config.getoption("collectonly") and not config.getoption("usepdb")
+    if (config.getoption("markexpr") or "").strip() == "cpu" and cores > 1 and runs_tests:
+        config.option.numprocesses = min(cores, CPU_TIER_WORKERS)
 
 
 def _missing_tier_requirement(tier: str) -> str | None:

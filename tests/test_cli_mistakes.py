@@ -128,6 +128,39 @@ def test_the_openvla_policy_records_its_checkpoint_dtype_device_and_key() -> Non
 
 
 @pytest.mark.cpu
+def test_a_checkpoint_is_hashed_once_per_version_of_its_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The log's ``checkpoint_sha256``: SHA-256 over ``name NUL sha256(content)`` of each file in name
+    order (FIPS 180-2's example: sha256(b"abc") = ba7816bf...); each file is read again only when
+    its size or modification time changes, not at every rollout."""
+    import hashlib
+
+    from vla_spec.sim import openvla_policy
+    from vla_spec.sim.openvla_policy import checkpoint_sha256
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    folder = tmp_path / "ckpt"
+    folder.mkdir()
+    (folder / "model.safetensors").write_bytes(b"abc")
+    (folder / "README.md").write_text("not hashed")
+    abc = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+    expected = hashlib.sha256(b"model.safetensors\0" + bytes.fromhex(abc)).hexdigest()
+    assert checkpoint_sha256(folder) == expected
+
+    def unread(*args: object) -> None:
+        raise AssertionError("the file was read again")
+
+    read = hashlib.file_digest
+    monkeypatch.setattr(openvla_policy.hashlib, "file_digest", unread)
+    assert checkpoint_sha256(folder) == expected  # from the cache
+    (folder / "model.safetensors").write_bytes(b"abd")
+    os.utime(folder / "model.safetensors", ns=(1, 1))  # same size, another time: another version
+    with pytest.raises(AssertionError, match="read again"):
+        checkpoint_sha256(folder)
+    monkeypatch.setattr(openvla_policy.hashlib, "file_digest", read)
+    assert checkpoint_sha256(folder) != expected
+
+
+@pytest.mark.cpu
 def test_check_setup_resolves_the_key_as_reset_does() -> None:
     """Both policies' setup checks go through the one resolution (``ActionProcessor.select``):
     ``{suite}_no_noops`` is accepted there as it is in ``reset`` and ``decode``, and recorded as asked."""

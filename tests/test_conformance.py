@@ -13,7 +13,6 @@ import copy
 
 import numpy as np
 import pytest
-import torch
 
 from vla_spec import images
 from vla_spec.adapters import NativeImpl, levels
@@ -93,6 +92,8 @@ class PolicyOf:
 
 def image_blind(native: NativeImpl) -> PolicyOf:
     """openvla issue #346: the vision path never reaches the LLM (its patch slots stay zero)."""
+    import torch
+
     model = native.model()
     blind = copy.copy(model)
     blind.vision_runner = lambda pixel_values: torch.zeros(
@@ -146,6 +147,8 @@ def test_known_bad_implementation_fails_exactly_its_claims(control, native) -> N
 def test_hf_remote_adapter_answers_with_the_remote_code_own_action() -> None:
     """The policy level of HFRemoteImpl: the action is the remote model's own ``predict_action``
     (its decode, not ours), the tokens are its greedy ``generate``; its key assertion is a refusal."""
+    import torch
+
     from vla_spec.adapters import HFRemoteImpl, Refused
     from vla_spec.model.hf_remote import HFRemoteOpenVLA
     from vla_spec.normalization import shipped_norm_stats

@@ -97,6 +97,7 @@ def test_policy_description_and_video_names() -> None:
     )
     assert describe_policy(WaitPolicy) == ("vla_spec.commands.sim.WaitPolicy", {})
     assert video_path_for(Path("v"), EpisodeSpec("libero_10", 3, 12, 7)) == Path("v/libero_10_task03_init12_seed7.mp4")
+    assert video_path_for(None, EpisodeSpec("libero_10", 3, 12, 7)) is None
 
 
 @pytest.mark.cpu

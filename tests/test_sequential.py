@@ -13,7 +13,6 @@ import math
 
 import numpy as np
 import pytest
-from scipy.stats import binom
 
 from vla_spec.statistics import wilson_interval
 from vla_spec.sequential import PAIRED_ALTERNATIVE, SequentialTest, first_decision, paired_stream, published_stream
@@ -62,6 +61,8 @@ def test_power_at_the_stated_alternative() -> None:
 def test_peeking_at_a_fixed_size_test_does_not_keep_alpha() -> None:
     """Negative control: the one-sided exact binomial test at 5 %, checked after every episode from
     the 10th to the 200th, over runs of an unchanged policy: far more than 5 % of runs cross it."""
+    from scipy.stats import binom  # here, not at collection: scipy.stats takes about 1 s to import
+
     runs, episodes = 400, 200
     outcomes = np.random.default_rng(0).random((runs, episodes)) < TEST.p0
     p_values = binom.cdf(np.cumsum(outcomes, axis=1), np.arange(1, episodes + 1), TEST.p0)  # P(this few or fewer | p0)

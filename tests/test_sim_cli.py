@@ -165,7 +165,7 @@ def test_report_notes_logs_over_different_episodes(tmp_path: Path, capsys: pytes
         (["rollout", "--suite", "libero_object", "--inits", "4-2", "--policy", "wait", "--log", "{tmp}/x.jsonl"],
          "vla-spec rollout: error: bad --inits '4-2': '4-2' is not an increasing range of indices >= 0"),
         (["rollout", "--suite", "libero_100", "--policy", "wait", "--log", "{tmp}/x.jsonl"],
-         "vla-spec rollout: error: unknown suite 'libero_100'; known: libero_spatial, libero_object, libero_goal, libero_10, libero_90 and LIBERO-PRO's {{suite}}_swap, _lan, _object"),
+         "vla-spec rollout: error: unknown LIBERO suite 'libero_100'; known: libero_spatial, libero_object, libero_goal, libero_10, libero_90 and LIBERO-PRO's {{suite}}_swap, _lan, _object"),
         (["rollout", "--suite", "libero_object", "--policy", "oracle", "--log", "{tmp}/x.jsonl"],
          "vla-spec rollout: error: unknown policy 'oracle'; known: expert, http, openvla, wait"),
         (["rollout", "--suite", "libero_object", "--policy", "wait", "--unnorm-key", "bridge_orig", "--log", "{tmp}/x.jsonl"],

@@ -71,16 +71,13 @@ class EnvWorker:
         self.episode: Episode | None = None
         self.task: Any = None
 
-    def _video(self, spec: EpisodeSpec) -> Path | None:
-        return None if self.video_dir is None else video_path_for(self.video_dir, spec)
-
     def run(self, spec: EpisodeSpec) -> EpisodeResult:
         """The whole episode with the policy in this process."""
-        return run_episode(self.policy, spec, record_trace=self.record_trace, video_path=self._video(spec))
+        return run_episode(self.policy, spec, record_trace=self.record_trace, video_path=video_path_for(self.video_dir, spec))
 
     def begin(self, spec: EpisodeSpec) -> BatchItem | EpisodeResult:
         """Start ``spec``; its first question to the batched policy (or its result, if it failed)."""
-        self.episode = Episode(spec, needs_camera=True, record_trace=self.record_trace, video_path=self._video(spec))
+        self.episode = Episode(spec, needs_camera=True, record_trace=self.record_trace, video_path=video_path_for(self.video_dir, spec))
         try:
             self.task = replace(self.episode.start(), env=None)  # the environment stays here
         except Exception as error:  # noqa: BLE001 - the protocol counts any exception as a failure

@@ -83,8 +83,11 @@ class EpisodeResult:
     camera: str = DEFAULT_VARIATION  # agentview camera variation (logs written before it: "none")
 
 
-def video_path_for(video_dir: Path, spec: EpisodeSpec) -> Path:
-    """``<video_dir>/<suite>_task<NN>_init<NN>_seed<S>.mp4`` (``..._seed<S>_<camera>.mp4`` for a camera variation)."""
+def video_path_for(video_dir: Path | None, spec: EpisodeSpec) -> Path | None:
+    """``<video_dir>/<suite>_task<NN>_init<NN>_seed<S>.mp4`` (``..._seed<S>_<camera>.mp4`` for a camera
+    variation); None when no ``video_dir`` is given (no video is written)."""
+    if video_dir is None:
+        return None
     camera = "" if spec.camera == "none" else f"_{spec.camera}"
     return Path(video_dir) / f"{spec.suite}_task{spec.task_id:02d}_init{spec.init_index:02d}_seed{spec.env_seed}{camera}.mp4"
 

@@ -117,10 +117,6 @@ class TaskScheduler:
         return out
 
 
-def _episode_kwargs(spec: EpisodeSpec, record_trace: bool, video_dir: Path | None) -> dict[str, Any]:
-    return {"record_trace": record_trace, "video_path": None if video_dir is None else video_path_for(video_dir, spec)}
-
-
 class _Interruption:
     """Ctrl-C during a run, raised where this module can see it: the first SIGINT is only noted,
     and :meth:`check` (at every policy step and result) raises ``KeyboardInterrupt``; LIBERO and
@@ -224,7 +220,7 @@ def _run_here(
         for spec in TaskScheduler(specs).ordered():
             interruption.check()
             progress.start(0, spec)
-            result = run_episode(policy, spec, on_step=on_step, **_episode_kwargs(spec, record_trace, video_dir))
+            result = run_episode(policy, spec, on_step=on_step, record_trace=record_trace, video_path=video_path_for(video_dir, spec))
             log.append(result)
             progress.add(result)
             stats.policy_steps += result.steps

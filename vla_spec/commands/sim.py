@@ -129,13 +129,15 @@ def parse_indices(text: str, what: str) -> tuple[int, ...]:
 
 def check_suites(suites: Sequence[str]) -> None:
     """Every name in ``suites`` is a LIBERO suite (no simulator needed)."""
-    from vla_spec.sim.suites import MAX_STEPS, PERTURBED_SUITES
+    from vla_spec.sim.suites import check_suite
 
     if not suites:
         raise CliError("--suite names no suite; give one such as libero_object")
     for suite in suites:
-        if suite not in MAX_STEPS and suite not in PERTURBED_SUITES:
-            raise CliError(f"unknown suite {suite!r}; known: {', '.join(MAX_STEPS)} and LIBERO-PRO's {{suite}}_swap, _lan, _object")
+        try:
+            check_suite(suite)
+        except ValueError as error:  # check_suite raises it only for an unknown name
+            raise CliError(str(error)) from None
 
 
 def parse_cameras(text: str) -> tuple[str, ...]:

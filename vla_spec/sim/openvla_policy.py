@@ -23,6 +23,8 @@ learnt from pixels).
 from __future__ import annotations
 
 import hashlib
+import json
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -42,14 +44,45 @@ IMAGE_SOURCES = ("camera", "black")
 
 def checkpoint_sha256(folder: Path) -> str:
     """SHA-256 over the names and contents of the checkpoint's files (all but hidden and ``*.md``
-    files), in name order: two checkpoints that load alike hash alike."""
+    files), in name order: two checkpoints that load alike hash alike. Each file's own digest is
+    read through :func:`file_sha256`, so a checkpoint is read in full once, not at every rollout."""
     digest = hashlib.sha256()
     for path in sorted(folder.iterdir()):
         if path.is_file() and not path.name.startswith(".") and path.suffix != ".md":
             digest.update(path.name.encode() + b"\0")
-            with open(path, "rb") as handle:
-                digest.update(hashlib.file_digest(handle, "sha256").digest())
+            digest.update(bytes.fromhex(file_sha256(path)))
     return digest.hexdigest()
+
+
+def digest_cache() -> Path:
+    """Where file digests are kept between runs: ``$XDG_CACHE_HOME/vla-spec/file-sha256.json``
+    (``~/.cache`` when XDG_CACHE_HOME is unset)."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "vla-spec" / "file-sha256.json"
+
+
+def file_sha256(path: Path) -> str:
+    """SHA-256 (hex) of a file's contents, read once per version of the file: kept in
+    :func:`digest_cache` under its resolved path with its size and modification time (ns), and read
+    again only when either changes. A cache that cannot be written only costs the next run a re-read."""
+    stat, key = path.stat(), str(path.resolve())
+    store = digest_cache()
+    try:
+        known = json.loads(store.read_text())
+    except (OSError, ValueError):  # no cache yet, or a damaged one: start afresh
+        known = {}
+    known = known if isinstance(known, dict) else {}
+    version = [stat.st_size, stat.st_mtime_ns]
+    if known.get(key, [])[:2] != version:
+        with open(path, "rb") as handle:
+            known[key] = [*version, hashlib.file_digest(handle, "sha256").hexdigest()]
+        try:
+            store.parent.mkdir(parents=True, exist_ok=True)
+            partial = store.with_name(f"{store.name}.{os.getpid()}")
+            partial.write_text(json.dumps(known, indent=0))
+            os.replace(partial, store)  # whole or not at all, also with other runs writing
+        except OSError:
+            pass
+    return known[key][2]
 
 
 def check_device(device: str) -> None:

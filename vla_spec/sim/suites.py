@@ -73,9 +73,10 @@ class TaskInfo:
         return STEP_BUDGETS[self.suite]
 
 
-def _check_suite(suite: str) -> None:
+def check_suite(suite: str) -> None:
+    """Raise ``ValueError`` unless ``suite`` is an official or a perturbed LIBERO suite (no simulator needed)."""
     if suite not in STEP_BUDGETS:
-        raise ValueError(f"unknown LIBERO suite {suite!r}; known: {', '.join(STEP_BUDGETS)}")
+        raise ValueError(f"unknown LIBERO suite {suite!r}; known: {', '.join(MAX_STEPS)} and LIBERO-PRO's {{suite}}_swap, _lan, _object")
 
 
 def _bddl_language(path: str) -> str:
@@ -90,7 +91,7 @@ def _bddl_language(path: str) -> str:
 
 @cache
 def _benchmark(suite: str) -> Any:
-    _check_suite(suite)
+    check_suite(suite)
     from vla_spec.sim.libero import import_libero
 
     benchmark, _ = import_libero()
