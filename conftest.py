@@ -167,12 +167,13 @@ def golden(snapshot):  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture(scope="session")
-def ray_cluster():  # type: ignore[no-untyped-def]
-    """One embedded Ray (127.0.0.1, 3 CPUs: two environment actors and a policy actor) for every
-    run of the session that goes through Ray: its start-up (several seconds) is paid once."""
+def ray_cluster(pytestconfig: pytest.Config):  # type: ignore[no-untyped-def]
+    """One embedded Ray (127.0.0.1) for every run of the session that goes through Ray: its start-up
+    (several seconds) is paid once. Its CPUs hold two environment actors and up to two policy actors,
+    or ``--rollout-workers`` environment actors and as many policy actors (the gpu tier)."""
     if importlib.util.find_spec("ray") is None:  # not importorskip: ray_session sets up Ray's import itself
         pytest.skip("the runner's Ray path needs ray (the sim extra): pip install -e '.[sim]'")
     from vla_spec.actors import ray_session
 
-    with ray_session(None, num_cpus=3) as ray:
+    with ray_session(None, num_cpus=2 * max(2, pytestconfig.getoption("rollout_workers"))) as ray:
         yield ray

@@ -2,12 +2,15 @@
 
 Runs the same LIBERO episodes with an OpenVLA checkpoint (default: the trained tiny VLA,
 ``golden/tiny-vla-libero-object``) once per ``--workers`` value, each into a fresh log: ``1`` runs
-in this process (no Ray), more run on an embedded Ray with that many environment actors and one
-policy actor answering them in batches. Reports wall time (Ray start-up included), episodes per
-hour, policy steps per second, the mean episode length and the batch sizes the policy actor formed
-(rounds per size); checks that every worker count gave the same outcomes (steps, success, error).
+in this process (no Ray), more run on an embedded Ray with that many environment actors and
+``--policy-replicas`` policy actors answering them in batches, once per ``--overlap`` mode (off: one
+group per policy actor, simulators and model take turns; on: two groups that alternate, so one
+group's simulators step while the other's batch is computed). Reports wall time (Ray start-up
+included), episodes per hour, policy steps per second, the mean episode length and the batch sizes
+the policy actors formed (rounds per size); checks that every run gave the same outcomes (steps,
+success, error).
 
-    MUJOCO_GL=egl python benchmarks/bench_runner.py --tasks 0,1 --inits 0-1 --workers 1 2 --json out.json
+    MUJOCO_GL=egl python benchmarks/bench_runner.py --tasks 0,1 --inits 0-1 --workers 1 2 --overlap off on --json out.json
 """
 
 from __future__ import annotations
@@ -34,6 +37,8 @@ def main() -> None:
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", default="1", help="torch threads of the policy (default 1)")
+    parser.add_argument("--policy-replicas", type=int, help="policy actors on Ray (default: the runner's)")
+    parser.add_argument("--overlap", nargs="+", choices=["off", "on"], default=["on"], help="modes to run on Ray (default on)")
     parser.add_argument("--json", type=Path, help="write the figures here")
     args = parser.parse_args()
 
@@ -41,14 +46,16 @@ def main() -> None:
     make_policy = functools.partial(OpenVLAPolicy, args.checkpoint, device=args.device, threads=args.threads)
     rows = []
     with tempfile.TemporaryDirectory() as folder:
-        for workers in args.workers:
+        runs = [(workers, mode) for workers in args.workers for mode in (args.overlap if workers > 1 else ["-"])]
+        for workers, mode in runs:
             stats = RunStats()
             started = time.perf_counter()
-            results = run_episodes(make_policy, specs, Path(folder) / f"w{workers}.jsonl", workers=workers,
-                                   progress=False, stats=stats)
+            results = run_episodes(make_policy, specs, Path(folder) / f"w{workers}{mode}.jsonl", workers=workers,
+                                   progress=False, stats=stats, policy_replicas=args.policy_replicas, overlap=mode == "on")
             wall = time.perf_counter() - started
             rows.append({
                 "workers": workers,
+                "overlap": mode,
                 "episodes": len(results),
                 "wall_s": round(wall, 1),
                 "episodes_per_hour": round(3600 * len(results) / wall, 1),
@@ -61,12 +68,12 @@ def main() -> None:
             })
             print(json.dumps({k: v for k, v in rows[-1].items() if k != "outcomes"}), flush=True)
     same = all(row["outcomes"] == rows[0]["outcomes"] for row in rows)
-    print(f"same outcomes for every worker count: {same}; cpus: {os.cpu_count()}, load average: {os.getloadavg()}")
+    print(f"same outcomes in every run: {same}; cpus: {os.cpu_count()}, load average: {os.getloadavg()}")
     if args.json:
         args.json.write_text(json.dumps({"args": vars(args) | {"json": str(args.json)}, "runs": rows, "same_outcomes": same,
                                          "cpus": os.cpu_count(), "load_average_end": os.getloadavg()}, indent=1))
     if not same:
-        raise SystemExit("outcomes differ between worker counts")
+        raise SystemExit("outcomes differ between runs")
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -26,7 +27,7 @@ from vla_spec.cli import CliError
 from vla_spec.commands.sim import WaitPolicy, build_policy
 from vla_spec.rollout import EpisodeResult, EpisodeSpec
 from vla_spec.rollout import video_path_for
-from vla_spec.runner import RunStats, TaskScheduler, describe_policy, run_episodes
+from vla_spec.runner import RunStats, TaskScheduler, describe_policy, policy_groups, run_episodes
 from vla_spec.sim.interface import BatchItem, PolicyStep, TaskContext
 from vla_spec.sim.openvla_policy import OpenVLAPolicy
 
@@ -89,6 +90,32 @@ def test_scheduler_hands_out_every_spec_once_in_task_order(pairs: list[tuple[int
         assert [s for s in handed if s.task_id == task] == [s for s in specs if s.task_id == task]
 
 
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 40), st.integers(1, 8), st.booleans())
+@pytest.mark.cpu
+def test_policy_groups_give_each_worker_to_one_replica_in_at_most_two_turns(workers: int, replicas: int, overlap: bool) -> None:
+    groups = policy_groups(workers, min(replicas, workers), overlap)
+    assert sorted(w for _, members in groups for w in members) == list(range(workers))
+    for replica in {r for r, _ in groups}:
+        sizes = [len(members) for r, members in groups if r == replica]
+        assert len(sizes) <= 1 + overlap and max(sizes) - min(sizes) <= 1
+    assert all(w % min(replicas, workers) == r for r, members in groups for w in members)
+
+
+@pytest.mark.cpu
+def test_policy_groups_and_replicas_by_example() -> None:
+    """Two turns per replica with overlap; one policy actor per GPU of the cluster for a CUDA model."""
+    from vla_spec.actors import default_replicas
+
+    assert policy_groups(4, 1, overlap=False) == [(0, [0, 1, 2, 3])]
+    assert policy_groups(4, 1, overlap=True) == [(0, [0, 2]), (0, [1, 3])]
+    assert policy_groups(5, 2, overlap=True) == [(0, [0, 4]), (0, [2]), (1, [1]), (1, [3])]
+    assert policy_groups(2, 2, overlap=True) == [(0, [0]), (1, [1])]
+    assert default_replicas({"CPU": 32.0, "GPU": 2.0}, on_gpu=True) == 2
+    assert default_replicas({"CPU": 32.0}, on_gpu=True) == 1
+    assert default_replicas({"CPU": 32.0, "GPU": 2.0}, on_gpu=False) == 1
+
+
 @pytest.mark.cpu
 def test_policy_description_and_video_names() -> None:
     assert describe_policy(functools.partial(build_policy, "expert", unnorm_key="bridge_orig")) == (
@@ -136,6 +163,41 @@ def test_a_batch_of_episodes_gets_the_answers_of_single_calls() -> None:
     singles = [policy.act_batch([item])[0] for item in items]
     assert [(s.tokens, s.action.tolist()) for s in batch] == [(s.tokens, s.action.tolist()) for s in singles]
     assert len({s.tokens for s in batch}) > 1, "the items must get different answers, or the comparison shows nothing"
+
+
+@pytest.mark.cpu
+def test_a_ray_address_that_does_not_answer_fails_in_one_line_before_anything_is_written(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--ray-address`` at a port that refuses connections (bound, not listening): exit 2 with one
+    line naming the address and the fix, within the connect timeout, before the simulator, the
+    policy or Ray load and before the log exists; the same port listening passes the check
+    (negative control), and ``auto`` is left to Ray."""
+    import socket
+
+    from vla_spec.actors import check_address
+    from vla_spec.cli import main
+
+    ray_was_imported = "ray" in sys.modules
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+        for address in (f"ray://127.0.0.1:{port}", f"127.0.0.1:{port}"):
+            started = time.monotonic()
+            status = main([*ROLLOUT_ARGS, "--workers", "2", "--ray-address", address, "--log", str(tmp_path / "log.jsonl")])
+            assert time.monotonic() - started < 5
+            err = capsys.readouterr().err
+            assert status == 2 and err.count("\n") == 1, err
+            assert err.startswith(f"vla-spec rollout: error: --ray-address: cannot join the Ray cluster at {address!r} "
+                                  f"(no answer on 127.0.0.1:{port}: ")
+            assert err.endswith("); start one with `ray start --head`, or leave --ray-address out for a local one\n")
+        closed.listen()
+        check_address(f"ray://127.0.0.1:{port}")
+    assert not (tmp_path / "log.jsonl").exists()
+    assert ray_was_imported or "ray" not in sys.modules
+    check_address("auto")
+    with pytest.raises(ConnectionError, match="cannot join the Ray cluster at 'ray://host:x' .*Port could not be cast"):
+        check_address("ray://host:x")
 
 
 # --- sim tier: the real simulator ---------------------------------------------------------------
@@ -290,9 +352,11 @@ def batched_here(tmp_path_factory: pytest.TempPathFactory) -> list[EpisodeResult
                         record_trace=True, progress=False)
 
 
-def _batched_on_ray(log: Path, stats: RunStats) -> list[EpisodeResult]:
-    return run_episodes(functools.partial(StopsAtStep, "tiny-vla-libero-object", threads=1), BATCH_SPECS, log, workers=2,
-                        record_trace=True, progress=False, stats=stats)
+def _batched_on_ray(log: Path, stats: RunStats, policy: type[StopsAtStep] = StopsAtStep, **options: Any) -> list[EpisodeResult]:
+    """BATCH_SPECS on Ray with two environment actors; ``record`` goes to ``policy``, the other ``options`` to the runner."""
+    extra = {"record": options.pop("record")} if "record" in options else {}
+    return run_episodes(functools.partial(policy, "tiny-vla-libero-object", threads=1, **extra), BATCH_SPECS, log, workers=2,
+                        record_trace=True, progress=False, stats=stats, **options)
 
 
 @pytest.mark.sim
@@ -300,10 +364,10 @@ def test_a_batched_policy_on_ray_answers_as_in_this_process(
     ray_cluster, batched_here: list[EpisodeResult], tmp_path: Path  # type: ignore[no-untyped-def]
 ) -> None:
     """Two episodes of the trained tiny VLA, in this process and on Ray with two environment actors
-    and a policy actor: the same tokens and actions at every step, every round a batch of 2, and
-    the policy's error logged for each episode (counted as a failure)."""
+    and a policy actor, without overlap: the same tokens and actions at every step, every round a
+    batch of 2, and the policy's error logged for each episode (counted as a failure)."""
     stats = RunStats()
-    on_ray = _batched_on_ray(tmp_path / "ray.jsonl", stats)
+    on_ray = _batched_on_ray(tmp_path / "ray.jsonl", stats, overlap=False)
     assert [(r.steps, r.success, r.error) for r in batched_here] == [(STOP_AT, False, f"RuntimeError: stop at step {STOP_AT}")] * 2
     assert [r.trace for r in on_ray] == [r.trace for r in batched_here]
     assert [outcome(r) for r in on_ray] == [outcome(r) for r in batched_here]
@@ -332,3 +396,34 @@ def test_an_environment_actor_killed_between_policy_rounds_costs_only_its_episod
     assert [r.trace for r in out[0]] == [r.trace for r in batched_here]
     assert [outcome(r) for r in out[0]] == [outcome(r) for r in batched_here]
     assert sum(size * rounds for size, rounds in stats.batch_sizes.items()) > 2 * (STOP_AT + 1), "no step was asked twice"
+
+
+class RecordsItsBatches(StopsAtStep):
+    """:class:`StopsAtStep` that appends ``"<pid> <task ids>"`` to the file ``record`` for every batch it answers."""
+
+    def __init__(self, *args: Any, record: str, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.record = record
+
+    def act_batch(self, items: Sequence[BatchItem]) -> list[PolicyStep]:
+        with open(self.record, "a") as out:
+            out.write(f"{os.getpid()} {' '.join(str(item.task.task_id) for item in items)}\n")
+        return super().act_batch(items)
+
+
+@pytest.mark.sim
+def test_two_policy_replicas_each_answer_only_their_own_environment_actor(
+    ray_cluster, batched_here: list[EpisodeResult], tmp_path: Path  # type: ignore[no-untyped-def]
+) -> None:
+    """Two environment actors (one task each) and two policy actors: the reference's traces and
+    outcomes, every batch one episode, and each policy process saw one task only, a different one."""
+    stats, record = RunStats(), tmp_path / "batches.txt"
+    results = _batched_on_ray(tmp_path / "ray.jsonl", stats, RecordsItsBatches, policy_replicas=2, record=str(record))
+    assert [r.trace for r in results] == [r.trace for r in batched_here]
+    assert [outcome(r) for r in results] == [outcome(r) for r in batched_here]
+    assert stats.batch_sizes == Counter({1: 2 * (STOP_AT + 1)})
+    seen: dict[str, set[str]] = {}
+    for line in record.read_text().splitlines():
+        pid, *tasks = line.split()
+        seen.setdefault(pid, set()).update(tasks)
+    assert sorted(map(sorted, seen.values())) == [["0"], ["1"]]

@@ -1,5 +1,5 @@
-"""What the runner puts on Ray: environment actors (one simulator each), the policy actor (one
-batched policy), and the Ray session they live in.
+"""What the runner puts on Ray: environment actors (one simulator each), policy actors (a batched
+policy each), and the Ray session they live in.
 
 * :class:`EnvWorker`: one process, one cached LIBERO environment at a time (task-affine: the
   runner keeps it on one task). With a policy that runs beside the simulator (the scripted
@@ -9,16 +9,19 @@ batched policy), and the Ray session they live in.
   (the policy's uint8 model input) or, when the episode is over, its
   :class:`~vla_spec.rollout.EpisodeResult`.
 * :class:`PolicyWorker`: the batched policy (the model loaded once, on its device); one
-  ``act_batch`` per round answers every running episode. An item whose answer raises gets its own
-  error text and the others their answers (a failed batch is asked again item by item: a batch of
-  N gives the tokens of N single calls, so the answers are the same).
-* :func:`ray_session`: joins the cluster at an address (``"auto"``, ``"ray://host:port"``), reuses
-  a Ray already started in this process (a test session), or starts an embedded one bound to
-  127.0.0.1 with no dashboard and a small object store, shut down when the run ends.
+  ``act_batch`` per round answers the running episodes of a group of environment actors. A run
+  has :func:`default_replicas` of them unless told (one per GPU), each serving its own groups. An
+  item whose answer raises gets its own error text and the others their answers (a failed batch is
+  asked again item by item: a batch of N gives the tokens of N single calls, so the answers are
+  the same).
+* :func:`ray_session`: joins the cluster at an address (``"auto"``, ``"ray://host:port"``; one
+  that takes no connection fails in seconds, :func:`check_address`), reuses a Ray already started
+  in this process (a test session), or starts an embedded one bound to 127.0.0.1 with no
+  dashboard and a small object store, shut down when the run ends.
 
 Restarts are Ray's: an environment actor restarts up to :data:`ENV_RESTARTS` times; a call that
 starts an episode (``run``, ``begin``) is retried by Ray until the actor is back, so a lost episode
-runs again from its start, and a lost step is not (the runner begins that episode again). The
+runs again from its start, and a lost step is not (the runner begins that episode again). A
 policy actor, which keeps no per-episode state, restarts and retries its call.
 """
 
@@ -26,7 +29,7 @@ from __future__ import annotations
 
 import os
 import signal
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -35,7 +38,7 @@ from typing import Any
 from vla_spec.rollout import Episode, EpisodeResult, EpisodeSpec, Policy, error_text, run_episode, video_path_for
 from vla_spec.sim.interface import BatchedPolicy, BatchItem, PolicyStep
 
-__all__ = ["ENV_RESTARTS", "ENV_WORKER_OPTIONS", "POLICY_WORKER_OPTIONS", "EnvWorker", "PolicyWorker", "ray_session"]
+__all__ = ["ENV_RESTARTS", "ENV_WORKER_OPTIONS", "POLICY_WORKER_OPTIONS", "EnvWorker", "PolicyWorker", "check_address", "default_replicas", "ray_session"]
 
 #: Object store of an embedded Ray (bytes): a round moves one 224 x 224 x 3 uint8 image (150 kB)
 #: per environment, so 32 environments need under 5 MB; Ray's floor is 75 MiB.
@@ -50,8 +53,16 @@ POLICY_WORKER_OPTIONS: dict[str, Any] = {"num_cpus": 1, "max_restarts": POLICY_R
 #: Ray resolves this node's address to the loopback when this is "0" at ``import ray`` (its switch
 #: for single-machine clusters): an embedded cluster then listens on 127.0.0.1 only.
 LOOPBACK_ONLY = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+#: How long (seconds) :func:`check_address` waits for a TCP connection to a cluster's address.
+CONNECT_TIMEOUT_S = 5.0
 #: Ray's memory monitor (killing workers under memory pressure) runs unless this is "0".
 MEMORY_MONITOR = "RAY_memory_monitor_refresh_ms"
+
+
+def default_replicas(resources: Mapping[str, float], on_gpu: bool) -> int:
+    """How many policy actors a run gets unless told: one per GPU of the cluster (``resources``:
+    ``ray.cluster_resources()``) for a model on CUDA, at least one; one for a model on the CPU."""
+    return max(1, int(resources.get("GPU", 0))) if on_gpu else 1
 
 
 def _ignore_ctrl_c() -> None:
@@ -142,13 +153,42 @@ class PolicyWorker:
         return [self.act_batch([item])[0] for item in items]
 
 
+def _cannot_join(address: str, why: object) -> ConnectionError:
+    return ConnectionError(f"cannot join the Ray cluster at {address!r} ({why}); start one with `ray start --head`, "
+                           "or leave --ray-address out for a local one")
+
+
+def check_address(address: str) -> None:
+    """Fail fast, before Ray is imported, when ``address`` (``"auto"``, ``"ray://host:port"``,
+    ``"host:port"``) names a host and port that take no TCP connection within
+    :data:`CONNECT_TIMEOUT_S`: ``ray.init`` would retry for 30 s (a ``ray://`` address) or minutes
+    (a GCS address) first. ``"auto"`` and an address without a port are left to ``ray.init``."""
+    import socket
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(address if "://" in address else f"//{address}")
+    try:
+        host, port = parts.hostname, parts.port
+    except ValueError as error:
+        raise _cannot_join(address, error) from None
+    if host is None or port is None:
+        return
+    try:
+        socket.create_connection((host, port), timeout=CONNECT_TIMEOUT_S).close()
+    except OSError as error:
+        raise _cannot_join(address, f"no answer on {host}:{port}: {error}") from None
+
+
 @contextmanager
-def ray_session(address: str | None, num_cpus: int) -> Iterator[Any]:
+def ray_session(address: str | None, num_cpus: int | None = None) -> Iterator[Any]:
     """Ray for one run (see the module docstring), yielding the ``ray`` module; ``num_cpus`` sizes
-    an embedded cluster. Ray imported (elsewhere) before an embedded start listens on all
-    interfaces."""
+    an embedded cluster (default: this machine's cores). Ray imported (elsewhere) before an
+    embedded start listens on all interfaces. Raises ``ConnectionError`` (one line, with the fix)
+    when the cluster at ``address`` cannot be joined (:func:`check_address`)."""
     if address is None:
         os.environ.setdefault(LOOPBACK_ONLY, "0")
+    else:
+        check_address(address)
     import ray
 
     if ray.is_initialized():
@@ -164,8 +204,7 @@ def ray_session(address: str | None, num_cpus: int) -> Iterator[Any]:
         try:
             ray.init(address=address, configure_logging=False)
         except (ConnectionError, ValueError, RuntimeError) as error:
-            raise ConnectionError(f"cannot join the Ray cluster at {address!r} ({error}); start one with `ray start --head`, "
-                                  "or leave --ray-address out for a local one") from None
+            raise _cannot_join(address, error) from None
     try:
         yield ray
     finally:

@@ -3,12 +3,15 @@
 :func:`run_episodes` opens (or resumes) the :mod:`episode log <vla_spec.episodes>`, drops the
 episodes already in it and runs the rest, either in this process (``workers=1``, no Ray address)
 or on Ray (:mod:`vla_spec.actors`): ``workers`` environment actors, one simulator each, and, for a
-:class:`~vla_spec.sim.interface.BatchedPolicy` (a model), one policy actor (``num_gpus=1`` on a
-CUDA device) that answers every running episode with one batched call per round. A round: each
-environment actor answers (its next observation as the policy's uint8 model input, or its finished
-episode), then the policy actor answers them all at once. A policy that must sit beside the
-simulator (the scripted expert reads the environment) runs whole episodes inside each environment
-actor. Ray starts embedded (127.0.0.1, no dashboard) unless ``ray_address`` joins a cluster.
+:class:`~vla_spec.sim.interface.BatchedPolicy` (a model), policy actors (replicas: by default one
+per GPU of the cluster, ``num_gpus=1`` each, on a CUDA device; one on the CPU), each serving its own
+share of the environment actors in one or two groups (:func:`policy_groups`). A group's round: each
+of its environment actors answers (its next observation as the policy's uint8 model input, or its
+finished episode), then its policy actor answers them all in one batched call. Groups run
+independently, so with two groups per replica one group's simulators step while the other's batch
+is computed. A policy that must sit beside the simulator (the scripted expert reads the
+environment) runs whole episodes inside each environment actor. Ray starts embedded (127.0.0.1, no
+dashboard) unless ``ray_address`` joins a cluster.
 
 Only this process (the driver) writes the log, one fsynced line per episode, as results arrive: a
 kill loses at most the episodes in flight, and rerunning the same call finishes the rest. An
@@ -19,8 +22,9 @@ is lost: it runs again from the start. An actor that dies more often than
 Scheduling keeps a worker on one (suite, task) while that task has episodes left (its cached
 environment is reused: building one costs 3-7 s); a free worker takes the task with the most
 episodes left that no other worker is on, or else joins the busiest one (:class:`TaskScheduler`).
-Episode outcomes do not depend on the worker or the batch (each episode seeds and resets its
-environment; a batch of N gives the tokens of N single calls), so any ``workers`` gives the same
+Episode outcomes do not depend on the worker, the batch, the replica or the group (each episode
+seeds and resets its environment, its actions depend only on its own observations, and a batch of N
+gives the tokens of N single calls), so any ``workers`` and ``policy_replicas`` give the same
 results. Environments are closed when a run ends (in this process too), which frees their memory.
 """
 
@@ -43,7 +47,7 @@ from vla_spec.rollout import EpisodeResult, EpisodeSpec, Policy, run_episode, vi
 from vla_spec.sim.interface import BatchedPolicy, BatchItem
 from vla_spec.sim.suites import STEP_BUDGETS
 
-__all__ = ["RunStats", "TaskScheduler", "describe_policy", "run_episodes", "run_in_log"]
+__all__ = ["RunStats", "TaskScheduler", "describe_policy", "policy_groups", "run_episodes", "run_in_log"]
 
 #: How often (seconds) the driver looks up from waiting on Ray (to see Ctrl-C).
 POLL_S = 0.5
@@ -228,32 +232,56 @@ def _run_here(
         clear_env_cache()  # free the ~2 GB now; closing at interpreter exit prints EGL errors
 
 
+def policy_groups(workers: int, replicas: int, overlap: bool) -> list[tuple[int, list[int]]]:
+    """Environment workers ``0..workers-1`` in groups, as ``(replica, workers)``: worker ``w`` is
+    served by replica ``w % replicas``; with ``overlap`` a replica's workers form two groups (every
+    other one), so one group's batch is computed while the other's simulators step. Each group is
+    asked as one batch once all its workers have answered."""
+    groups = []
+    for replica in range(replicas):
+        served = list(range(replica, workers, replicas))
+        halves = [served[0::2], served[1::2]] if overlap and len(served) > 1 else [served]
+        groups += [(replica, half) for half in halves if half]
+    return groups
+
+
 def _run_on_ray(
     policy: Policy, make_policy: Callable[[], Policy], specs: Sequence[EpisodeSpec], log: EpisodeLog, progress: _Progress,
     record_trace: bool, video_dir: Path | None, workers: int, interruption: _Interruption, address: str | None,
-    stats: RunStats,
+    stats: RunStats, replicas: int | None, overlap: bool,
 ) -> None:
-    """``workers`` environment actors and, for a :class:`BatchedPolicy`, one policy actor that
-    answers all running episodes once per round (module docstring)."""
-    from vla_spec.actors import ENV_RESTARTS, ENV_WORKER_OPTIONS, POLICY_WORKER_OPTIONS, EnvWorker, PolicyWorker, ray_session
+    """``workers`` environment actors and, for a :class:`BatchedPolicy`, policy actors (replicas)
+    that answer the running episodes of their groups (:func:`policy_groups`) in one call each."""
+    from vla_spec.actors import (
+        ENV_RESTARTS, ENV_WORKER_OPTIONS, POLICY_WORKER_OPTIONS, EnvWorker, PolicyWorker, default_replicas, ray_session,
+    )
 
     batched = isinstance(policy, BatchedPolicy)
-    with ray_session(address, num_cpus=workers + batched) as ray:
+    on_gpu = batched and str(getattr(policy, "device", "cpu")).startswith("cuda")
+    # an embedded cluster has room for a policy replica per environment actor at most
+    with ray_session(address, num_cpus=workers * (1 + batched)) as ray:
         from ray.exceptions import ActorUnavailableError, RayActorError
 
-        needed = ENV_WORKER_OPTIONS["num_cpus"] * workers + batched * POLICY_WORKER_OPTIONS["num_cpus"]
-        if ray.cluster_resources().get("CPU", 0) < needed:
-            raise RuntimeError(f"{workers} environment workers need {needed} CPUs in the Ray cluster, which has "
-                               f"{ray.cluster_resources().get('CPU', 0):g}; use fewer --workers")
+        resources = ray.cluster_resources()
+        count = min(workers, replicas or default_replicas(resources, on_gpu)) if batched else 0
+        needed = ENV_WORKER_OPTIONS["num_cpus"] * workers + count * POLICY_WORKER_OPTIONS["num_cpus"]
+        if resources.get("CPU", 0) < needed:
+            raise RuntimeError(f"{workers} environment workers and {count} policy replicas need {needed} CPUs in the Ray "
+                               f"cluster, which has {resources.get('CPU', 0):g}; use fewer --workers or --policy-replicas")
+        if on_gpu and resources.get("GPU", 0) < count:
+            raise RuntimeError(f"{count} policy replicas need {count} GPUs in the Ray cluster, which has "
+                               f"{resources.get('GPU', 0):g}; use fewer --policy-replicas")
         env_actor = ray.remote(EnvWorker).options(**ENV_WORKER_OPTIONS)
         envs = [env_actor.remote(make_policy, record_trace, video_dir) for _ in range(workers)]
-        policy_actor = None
-        if batched:
-            gpus = 1 if str(getattr(policy, "device", "cpu")).startswith("cuda") else 0
-            policy_actor = ray.remote(PolicyWorker).options(**POLICY_WORKER_OPTIONS, num_gpus=gpus).remote(make_policy)
+        policy_actor = ray.remote(PolicyWorker).options(**POLICY_WORKER_OPTIONS, num_gpus=int(on_gpu))
+        policies = [policy_actor.remote(make_policy) for _ in range(count)]
+        groups = policy_groups(workers, max(count, 1), overlap)
+        group_of = {worker: index for index, (_, members) in enumerate(groups) for worker in members}
+        questions: list[dict[int, BatchItem]] = [{} for _ in groups]  # per group: worker -> its question
         scheduler = TaskScheduler(specs)
         running: dict[int, EpisodeSpec] = {}
-        calls: dict[Any, int] = {}  # in-flight environment call -> worker
+        env_calls: dict[Any, int] = {}  # in flight: environment call -> worker
+        policy_calls: dict[Any, list[int]] = {}  # in flight: policy call -> the workers it answers, in order
 
         def begin(worker: int, spec: EpisodeSpec | None = None) -> None:
             spec = spec or scheduler.next_for(worker)
@@ -262,7 +290,7 @@ def _run_on_ray(
             running[worker] = spec
             progress.start(worker, spec)
             start = envs[worker].begin if batched else envs[worker].run
-            calls[start.options(max_task_retries=-1).remote(spec)] = worker  # after a restart Ray runs it again
+            env_calls[start.options(max_task_retries=-1).remote(spec)] = worker  # after a restart Ray runs it again
 
         def finish(worker: int, result: EpisodeResult) -> None:
             spec = running.pop(worker)
@@ -273,61 +301,66 @@ def _run_on_ray(
             stats.policy_steps += result.steps
             begin(worker)
 
-        def answer(ref: Any) -> Any:
-            """The call's value, waiting in slices so that Ctrl-C is seen."""
-            while not ray.wait([ref], timeout=POLL_S)[0]:
-                interruption.check()
-            return ray.get(ref)
+        def ask(group: int) -> None:
+            """The group's batch to its replica, once all its workers have answered."""
+            if not questions[group] or any(group_of[worker] == group for worker in env_calls.values()):
+                return
+            order, questions[group] = sorted(questions[group].items()), {}  # in worker order
+            stats.batch_sizes[len(order)] += 1
+            progress.batch(len(order))
+            replica = policies[groups[group][0]]
+            policy_calls[replica.act_batch.remote([item for _, item in order])] = [worker for worker, _ in order]
+
+        def on_env(worker: int, ref: Any) -> None:
+            try:
+                reply = ray.get(ref)
+            except ActorUnavailableError:
+                reply = None  # it died in a step; Ray restarts it
+            except RayActorError as error:
+                raise RuntimeError(
+                    f"environment worker {worker} " + ("could not start" if error.actor_init_failed else
+                    f"died more than {ENV_RESTARTS} times") + f": {error}; finished episodes are in {log.path}: "
+                    "rerun to resume") from None
+            if reply is None:  # its actor was restarted during the episode: run the episode again
+                begin(worker, running[worker])
+            elif isinstance(reply, EpisodeResult):
+                finish(worker, reply)
+            else:
+                questions[group_of[worker]][worker] = reply
+                progress.step(worker, reply.step)
+            ask(group_of[worker])
+
+        def on_policy(asked: list[int], ref: Any) -> None:
+            try:
+                replies = ray.get(ref)
+            except RayActorError as error:
+                raise RuntimeError(f"a policy actor died ({error}); finished episodes are in {log.path}: "
+                                   "rerun to resume") from None
+            for worker, reply in zip(asked, replies, strict=True):
+                step = envs[worker].fail if isinstance(reply, str) else envs[worker].step
+                env_calls[step.remote(reply)] = worker
 
         try:
             for worker in range(workers):
                 begin(worker)
-            while calls:
-                questions: dict[int, BatchItem] = {}
-                while calls:  # a round: every running episode answers
-                    interruption.check()
-                    ready, _ = ray.wait(list(calls), num_returns=1, timeout=POLL_S)
-                    for ref in ready:
-                        worker = calls.pop(ref)
-                        try:
-                            reply = ray.get(ref)
-                        except ActorUnavailableError:
-                            reply = None  # it died in a step; Ray restarts it
-                        except RayActorError as error:
-                            raise RuntimeError(
-                                f"environment worker {worker} " + ("could not start" if error.actor_init_failed else
-                                f"died more than {ENV_RESTARTS} times") + f": {error}; finished episodes are in {log.path}: "
-                                "rerun to resume") from None
-                        if reply is None:  # its actor was restarted during the episode: run the episode again
-                            begin(worker, running[worker])
-                        elif isinstance(reply, EpisodeResult):
-                            finish(worker, reply)
-                        else:
-                            questions[worker] = reply
-                            progress.step(worker, reply.step)
-                if questions:
-                    assert policy_actor is not None
-                    order = list(questions)
-                    stats.batch_sizes[len(order)] += 1
-                    progress.batch(len(order))
-                    try:
-                        replies = answer(policy_actor.act_batch.remote([questions[worker] for worker in order]))
-                    except RayActorError as error:
-                        raise RuntimeError(f"the policy actor died ({error}); finished episodes are in {log.path}: "
-                                           "rerun to resume") from None
-                    for worker, reply in zip(order, replies, strict=True):
-                        step = envs[worker].fail if isinstance(reply, str) else envs[worker].step
-                        calls[step.remote(reply)] = worker
+            while env_calls or policy_calls:
+                interruption.check()
+                for ref in ray.wait([*env_calls, *policy_calls], num_returns=1, timeout=POLL_S)[0]:
+                    if ref in env_calls:
+                        on_env(env_calls.pop(ref), ref)
+                    else:
+                        on_policy(policy_calls.pop(ref), ref)
             ray.get([env.close.remote() for env in envs])
         finally:
-            for actor in [*envs, policy_actor]:
-                if actor is not None:
-                    ray.kill(actor)
+            for actor in [*envs, *policies]:
+                ray.kill(actor)
 
 
-def _check_request(workers: int, specs: Sequence[EpisodeSpec]) -> None:
+def _check_request(workers: int, specs: Sequence[EpisodeSpec], policy_replicas: int | None = None) -> None:
     if workers < 1:
         raise ValueError(f"workers must be at least 1, got {workers}")
+    if policy_replicas is not None and policy_replicas < 1:
+        raise ValueError(f"policy_replicas must be at least 1, got {policy_replicas}")
     if not specs:
         raise ValueError("no episodes to run")
 
@@ -344,11 +377,13 @@ def run_in_log(
     retry_errors: bool = False,
     ray_address: str | None = None,
     stats: RunStats | None = None,
+    policy_replicas: int | None = None,
+    overlap: bool = True,
 ) -> list[EpisodeResult]:
     """Run the specs not yet in the open ``log`` (see :func:`run_episodes`); return all results, in
     ``specs`` order; ``stats``, when given, is filled in. A ``KeyboardInterrupt`` stops the actors
     and propagates; finished episodes stay in the log."""
-    _check_request(workers, specs)
+    _check_request(workers, specs, policy_replicas)
     policy = make_policy()  # here first: a policy that cannot be built fails before any worker starts
     video = None if video_dir is None else Path(video_dir)
     pending = log.pending(specs, retry_errors=retry_errors)
@@ -365,7 +400,7 @@ def run_in_log(
                 _run_here(policy, pending, log, bar, record_trace, video, interruption, stats or RunStats())
             elif pending:
                 _run_on_ray(policy, make_policy, pending, log, bar, record_trace, video, slots, interruption, ray_address,
-                            stats or RunStats())
+                            stats or RunStats(), policy_replicas, overlap)
     finally:
         bar.close()
     finished: dict[SpecKey, EpisodeResult] = log.finished
@@ -386,6 +421,8 @@ def run_episodes(
     retry_errors: bool = False,
     ray_address: str | None = None,
     stats: RunStats | None = None,
+    policy_replicas: int | None = None,
+    overlap: bool = True,
 ) -> list[EpisodeResult]:
     """Run every spec not yet in the log at ``log_path``; return all results, in ``specs`` order.
 
@@ -394,13 +431,16 @@ def run_episodes(
     ``policy_params`` go to the log header (default: :func:`describe_policy`). ``workers=1`` without
     ``ray_address`` runs in this process; otherwise on Ray with that many environment actors (capped
     at the number of episodes to run), embedded or joining the cluster at ``ray_address``
-    (``"auto"``, ``"ray://host:port"``). Raises :class:`~vla_spec.episodes.LogMismatch` when the log
+    (``"auto"``, ``"ray://host:port"``). A batched policy gets ``policy_replicas`` policy actors
+    (default: one per GPU of the cluster for a model on CUDA, else one; at most one per environment
+    actor), each serving its own environment actors; ``overlap`` splits each replica's actors in two
+    groups that take turns (:func:`policy_groups`). Raises :class:`~vla_spec.episodes.LogMismatch` when the log
     belongs to another run, the policy's own exception when it cannot be built, ``RuntimeError`` when
     an actor cannot start or the policy actor keeps dying. Episode errors do not raise: they are
     recorded as failures (``EpisodeResult.error``); ``retry_errors`` runs those again. Finished
     episodes stay in the log; ``stats``, when given, is filled in (:class:`RunStats`).
     """
-    _check_request(workers, specs)
+    _check_request(workers, specs, policy_replicas)
     described_name, described_params = describe_policy(make_policy)
     config = RunConfig(
         policy=policy_name or described_name,
@@ -414,4 +454,5 @@ def run_episodes(
         return run_in_log(
             log, make_policy, specs, workers=workers, record_trace=record_trace, video_dir=video_dir,
             progress=progress, retry_errors=retry_errors, ray_address=ray_address, stats=stats,
+            policy_replicas=policy_replicas, overlap=overlap,
         )

@@ -15,9 +15,10 @@ entry in each. The simulator, tqdm and matplotlib are imported inside the handle
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import importlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -205,6 +206,11 @@ def register(subparsers: Any) -> None:
         "--ray-address", metavar="ADDRESS",
         help="join this Ray cluster (auto, or ray://host:port) instead of starting one on 127.0.0.1",
     )
+    rollout.add_argument(
+        "--policy-replicas", type=int, metavar="N",
+        help="policy actors of a model policy on Ray, each answering its own share of the environment workers "
+        "(default: one per GPU of the cluster with --device cuda, else 1)",
+    )
     rollout.add_argument("--log", required=True, type=Path, help="JSONL episode log to create or resume")
     rollout.add_argument("--overwrite", action="store_true", help="empty an existing --log first (its episodes are lost)")
     rollout.add_argument("--trace", action="store_true", help="record per-step tokens and actions in the log")
@@ -310,6 +316,31 @@ def _open_log(args: argparse.Namespace, config: Any) -> Any:
         raise CliError(str(error)) from None
 
 
+def _ray_reachable(address: str) -> None:
+    """:func:`vla_spec.actors.check_address` (seconds, no Ray import) as a one-line :class:`CliError`."""
+    from vla_spec.actors import check_address
+
+    try:
+        check_address(address)
+    except ConnectionError as error:
+        raise CliError(f"--ray-address: {error}") from None
+
+
+@contextlib.contextmanager
+def _ray_joined(address: str | None) -> Iterator[None]:
+    """The Ray cluster at ``address`` joined for the whole block (the runner reuses it), or nothing
+    when ``address`` is None; one that cannot be joined is a :class:`CliError` naming the fix."""
+    from vla_spec.actors import ray_session
+
+    with contextlib.ExitStack() as stack:
+        if address is not None:
+            try:
+                stack.enter_context(ray_session(address))
+            except ConnectionError as error:
+                raise CliError(f"--ray-address: {error}") from None
+        yield
+
+
 def run_rollout(args: argparse.Namespace) -> int:
     import sys
 
@@ -320,6 +351,8 @@ def run_rollout(args: argparse.Namespace) -> int:
     params = _policy_params(args)
     if args.workers < 1:
         raise CliError(f"--workers must be at least 1, got {args.workers}")
+    if args.policy_replicas is not None and args.policy_replicas < 1:
+        raise CliError(f"--policy-replicas must be at least 1, got {args.policy_replicas}")
     if args.until_decided != (args.against is not None):
         raise CliError("--until-decided and --against go together: --until-decided --against 0.884 (a rate), published or a baseline log")
     try:
@@ -330,6 +363,8 @@ def run_rollout(args: argparse.Namespace) -> int:
     tasks, inits = parse_indices(args.tasks, "--tasks"), parse_indices(args.inits, "--inits")
     seeds = parse_indices(args.seeds, "--seeds")
     cameras = parse_cameras(args.cameras)
+    if args.ray_address is not None:
+        _ray_reachable(args.ray_address)  # before the simulator and the policy load
     check_suites(suites)
     setup = _policy_setup(args.policy, params, suites)
     try:
@@ -341,7 +376,7 @@ def run_rollout(args: argparse.Namespace) -> int:
         video_dir=None if args.video_dir is None else str(args.video_dir), policy_setup=setup,
     )
     plan = _sequential_plan(args, specs) if args.until_decided else None
-    with _open_log(args, config) as log:
+    with _ray_joined(args.ray_address), _open_log(args, config) as log:
         kept = [spec for spec in specs if spec_key(spec) in log.finished]
         try:
             if kept:
@@ -358,6 +393,7 @@ def run_rollout(args: argparse.Namespace) -> int:
                 progress=not args.no_progress,
                 retry_errors=args.retry_errors,
                 ray_address=args.ray_address,
+                policy_replicas=args.policy_replicas,
             )
         except KeyboardInterrupt:
             ran = sum(spec_key(spec) in log.finished for spec in specs) - len(kept)
@@ -427,7 +463,8 @@ def _run_until_decided(log: Any, args: argparse.Namespace, params: Mapping[str, 
     verdict, used = None, 0
     for start in range(0, len(order), args.workers):
         results += run_in_log(log, make_policy, order[start:start + args.workers], workers=args.workers,
-                              record_trace=args.trace, video_dir=args.video_dir, progress=False, retry_errors=args.retry_errors)
+                              record_trace=args.trace, video_dir=args.video_dir, progress=False, retry_errors=args.retry_errors,
+                              ray_address=args.ray_address, policy_replicas=args.policy_replicas)
         outcomes = stream(collapse_repeats(results).trials)  # an identical repeat is no new trial
         verdict, used = first_decision(test, outcomes)
         wins = sum(bool(r.success) for r in results)
