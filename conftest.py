@@ -35,6 +35,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="path to the Llama-2 tokenizer.model (env: VLA_SPEC_LLAMA_TOKENIZER)",
     )
     group.addoption(
+        "--reference-answers",
+        default=os.environ.get("VLA_SPEC_REFERENCE_ANSWERS"),
+        help="the remote code's recorded answers (scripts/make_reference_checkpoint.py record; tox -e reference) "
+        "that tests/test_model_hf_parity.py compares with the native model (env: VLA_SPEC_REFERENCE_ANSWERS)",
+    )
+    group.addoption(
         "--episodes-per-task",
         type=int,
         default=int(os.environ.get("VLA_SPEC_EPISODES_PER_TASK", "2")),
@@ -139,6 +145,12 @@ def _existing_path(config: pytest.Config, option: str, what: str) -> Path:
 def llama_tokenizer_path(pytestconfig: pytest.Config) -> Path:
     """The real Llama-2 ``tokenizer.model`` (not redistributable: given by option or env var)."""
     return _existing_path(pytestconfig, "llama_tokenizer", "the Llama-2 tokenizer.model (VLA_SPEC_LLAMA_TOKENIZER)")
+
+
+@pytest.fixture(scope="session")
+def reference_answers(pytestconfig: pytest.Config) -> Path:
+    """The reference remote code's answers JSON, given by option or env var."""
+    return _existing_path(pytestconfig, "reference_answers", "the reference's answers (VLA_SPEC_REFERENCE_ANSWERS)")
 
 
 @pytest.fixture(scope="session")

@@ -146,7 +146,8 @@ def test_known_bad_implementation_fails_exactly_its_claims(control, native) -> N
 
 def test_hf_remote_adapter_answers_with_the_remote_code_own_action() -> None:
     """The policy level of HFRemoteImpl: the action is the remote model's own ``predict_action``
-    (its decode, not ours), the tokens are its greedy ``generate``; its key assertion is a refusal."""
+    (its decode, not ours), the tokens are those its ``generate`` returned inside that call (one
+    forward), the model is left as it was; its key assertion is a refusal."""
     import torch
 
     from vla_spec.adapters import HFRemoteImpl, Refused
@@ -157,7 +158,11 @@ def test_hf_remote_adapter_answers_with_the_remote_code_own_action() -> None:
     class Remote(_FakeRemote):
         def predict_action(self, input_ids, pixel_values, unnorm_key, do_sample):  # type: ignore[no-untyped-def]
             assert unnorm_key == "libero_spatial", f"The `unnorm_key` you chose ({unnorm_key}) is not in the available statistics"
+            self.generate(input_ids, max_new_tokens=7, pixel_values=pixel_values, do_sample=do_sample)
             return np.array([0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7], dtype=np.float32)
+
+        def generate(self, input_ids, max_new_tokens, **kwargs):  # type: ignore[no-untyped-def]
+            return torch.cat([input_ids, torch.tensor([self.tokens[:max_new_tokens]])], dim=1)  # the ids, as the reference's call
 
     fake = Remote([31872, 31744, 31999, 31808, 31872, 31872, 31744])
     remote = HFRemoteOpenVLA.__new__(HFRemoteOpenVLA)
@@ -168,7 +173,8 @@ def test_hf_remote_adapter_answers_with_the_remote_code_own_action() -> None:
     impl.remote, impl.norm_stats, impl.name = remote, remote.norm_stats, "fake remote"
     answer = impl.act(np.zeros((224, 224, 3), np.uint8), "Put The Bowl", "libero_spatial")
     assert answer.action.dtype == np.float64 and answer.action.tolist() == pytest.approx([0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7])
-    assert answer.token_ids.tolist() == fake.tokens
+    assert answer.token_ids.tolist() == fake.tokens and "generate" not in vars(fake)
     assert fake.prompts[0] == "In: What action should the robot take to put the bowl?\nOut:"
     with pytest.raises(Refused, match="not in the available statistics"):
         impl.act(np.zeros((224, 224, 3), np.uint8), "put the bowl", "bridge_orig")
+    assert "generate" not in vars(fake)

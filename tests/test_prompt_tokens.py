@@ -2,34 +2,15 @@
 
 from __future__ import annotations
 
-import json
-import shutil
 from pathlib import Path
 
 import pytest
 
+from vla_spec.model.export import write_llama_tokenizer
 from vla_spec.model.tokenizer import load_tokenizer, prompt_ids
 from vla_spec.prompt import BOS_TOKEN_ID, SPECIAL_EMPTY_TOKEN_ID, build_prompt
 
 INSTRUCTION = "put the apple in the bowl"
-
-# tokenizer_config.json as the released OpenVLA checkpoints ship it (Llama-2 + <PAD> = 32000).
-OPENVLA_TOKENIZER_CONFIG = {
-    "tokenizer_class": "LlamaTokenizer",
-    "add_bos_token": True,
-    "add_eos_token": False,
-    "bos_token": "<s>",
-    "eos_token": "</s>",
-    "unk_token": "<unk>",
-    "pad_token": "<PAD>",
-    "legacy": False,
-    "model_max_length": 2048,
-    "padding_side": "right",
-    "clean_up_tokenization_spaces": False,
-    "added_tokens_decoder": {
-        "32000": {"content": "<PAD>", "lstrip": False, "normalized": False, "rstrip": False, "single_word": False, "special": True}
-    },
-}
 
 
 @pytest.fixture(scope="module")
@@ -37,11 +18,7 @@ def real_tokenizer(llama_tokenizer_path: Path, tmp_path_factory: pytest.TempPath
     """Llama-2's tokenizer.model laid out as in a real OpenVLA checkpoint folder, loaded by our loader."""
     source = llama_tokenizer_path / "tokenizer.model" if llama_tokenizer_path.is_dir() else llama_tokenizer_path
     folder = tmp_path_factory.mktemp("openvla-tokenizer")
-    shutil.copy(source, folder / "tokenizer.model")
-    (folder / "tokenizer_config.json").write_text(json.dumps(OPENVLA_TOKENIZER_CONFIG))
-    (folder / "special_tokens_map.json").write_text(
-        json.dumps({"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<PAD>"})
-    )
+    write_llama_tokenizer(source, folder)
     return load_tokenizer(folder)
 
 

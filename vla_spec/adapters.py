@@ -122,9 +122,9 @@ class HFRemoteImpl:
     """A checkpoint's own remote code (``trust_remote_code=True``: only when the user points at it).
 
     Processor level: the checkpoint's ``AutoProcessor``. Policy level: the action from the remote
-    model's own ``predict_action`` (its decode and un-normalization), the token ids from a greedy
-    ``generate`` (:class:`vla_spec.model.hf_remote.HFRemoteOpenVLA`). Runs where the remote code
-    runs: ``tox -e reference`` (transformers 4.40.1, timm 0.9.10)."""
+    model's own ``predict_action`` (its 29871 rule, decode and un-normalization), and the token ids
+    that the same call generated (read as its ``generate`` returns them: one forward per answer).
+    Runs where the remote code runs: ``tox -e reference`` (transformers 4.40.1, timm 0.9.10)."""
 
     def __init__(self, folder: str | Path, *, dtype: str = "float32", device: str = "cpu") -> None:
         import torch
@@ -149,13 +149,24 @@ class HFRemoteImpl:
         import torch
 
         inputs = self._inputs(image, instruction).to(self.remote.device, dtype=self.remote.dtype)
+        model = self.remote.model
+        generated: list[Any] = []
+        generate = model.generate
+
+        def recording_generate(*args: Any, **kwargs: Any) -> Any:
+            generated.append(generate(*args, **kwargs))
+            return generated[-1]
+
+        model.generate = recording_generate  # an instance attribute: the class's code is untouched
         try:
             with torch.inference_mode():
-                action = self.remote.model.predict_action(**inputs, unnorm_key=unnorm_key, do_sample=False)
+                action = np.asarray(model.predict_action(**inputs, unnorm_key=unnorm_key, do_sample=False), np.float64)
         except (AssertionError, KeyError) as error:  # the reference's _check_unnorm_key asserts
             raise Refused(str(error)) from None
-        tokens = self.remote.predict_action(image, instruction, unnorm_key).token_ids[0]
-        return PolicyAnswer(np.asarray(action, dtype=np.float64), tokens)
+        finally:
+            del model.generate
+        tokens = generated[0][0, -len(action) :].cpu().numpy().astype(np.int64)
+        return PolicyAnswer(action, tokens)
 
 
 class HTTPImpl:

@@ -5,7 +5,9 @@ and the trained LIBERO policies (``scripts/train_tiny_vla.py``). Files, as in
 ``openvla/openvla-7b-finetuned-libero-*``: ``config.json`` (``model_type "openvla"``, ``norm_stats``,
 ``text_config``, plus the documented ``vla_spec_timm_overrides`` extension that shrinks the towers),
 ``model.safetensors.index.json`` + two bfloat16 shards, ``preprocessor_config.json``, and a tokenizer
-(``tokenizer.json`` + ``tokenizer_config.json`` + ``special_tokens_map.json``).
+(``tokenizer.json`` + ``tokenizer_config.json`` + ``special_tokens_map.json``). Also for
+``scripts/make_reference_checkpoint.py``: full-size towers (no overrides) and Llama-2's own
+``tokenizer.model`` laid out as the released checkpoints ship it (:func:`write_llama_tokenizer`).
 
 The tokenizer is the project's own word-level tokenizer (:func:`word_tokenizer`), not Llama-2's
 (which cannot be redistributed). It keeps the ids that matter to the spec: BOS 1, EOS 2, "▁" 29871,
@@ -48,6 +50,28 @@ PREPROCESSOR_CONFIG: dict[str, Any] = {
 }
 
 
+# tokenizer_config.json as the released OpenVLA checkpoints ship it (Llama-2 + <PAD> = 32000).
+LLAMA_TOKENIZER_CONFIG: dict[str, Any] = {
+    "tokenizer_class": "LlamaTokenizer",
+    "add_bos_token": True,
+    "add_eos_token": False,
+    "bos_token": "<s>",
+    "eos_token": "</s>",
+    "unk_token": "<unk>",
+    "pad_token": "<PAD>",
+    "legacy": False,
+    "model_max_length": 2048,
+    "padding_side": "right",
+    "clean_up_tokenization_spaces": False,
+    "added_tokens_decoder": {
+        str(PAD_TOKEN_ID): {
+            "content": "<PAD>", "lstrip": False, "normalized": False, "rstrip": False, "single_word": False, "special": True
+        }
+    },
+}
+LLAMA_SPECIAL_TOKENS = {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<PAD>"}
+
+
 def llama_text_config(hidden_size: int, intermediate_size: int, layers: int, heads: int) -> dict[str, Any]:
     """A small Llama ``text_config`` with OpenVLA's padded vocabulary and special ids."""
     return {
@@ -70,9 +94,12 @@ def llama_text_config(hidden_size: int, intermediate_size: int, layers: int, hea
     }
 
 
-def openvla_config(text_config: Mapping[str, Any], timm_overrides: list[dict[str, Any]], norm_stats: Mapping[str, Any]) -> dict[str, Any]:
-    """``config.json`` in the official layout; ``norm_stats`` is the raw ``{key: entry}`` mapping."""
-    return {
+def openvla_config(
+    text_config: Mapping[str, Any], timm_overrides: list[dict[str, Any]] | None, norm_stats: Mapping[str, Any]
+) -> dict[str, Any]:
+    """``config.json`` in the official layout; ``norm_stats`` is the raw ``{key: entry}`` mapping;
+    ``timm_overrides`` None: the official full-size towers (no ``vla_spec_timm_overrides`` key)."""
+    config = {
         "architectures": ["OpenVLAForActionPrediction"],
         "model_type": "openvla",
         "vision_backbone_id": "dinosiglip-vit-so-224px",
@@ -92,8 +119,10 @@ def openvla_config(text_config: Mapping[str, Any], timm_overrides: list[dict[str
         "norm_stats": dict(norm_stats),
         "text_config": dict(text_config),
         "torch_dtype": "bfloat16",
-        OVERRIDES_KEY: timm_overrides,
     }
+    if timm_overrides is not None:
+        config[OVERRIDES_KEY] = timm_overrides
+    return config
 
 
 def word_tokenizer(instructions: Iterable[str], extra_words: Iterable[str] = ()) -> Any:
@@ -130,6 +159,16 @@ def word_tokenizer(instructions: Iterable[str], extra_words: Iterable[str] = ())
 
 def save_checkpoint(model: torch.nn.Module, tokenizer: Any, config: Mapping[str, Any], out: Path) -> None:
     """Write ``config``, two bfloat16 shards + index, the tokenizer and ``preprocessor_config.json``."""
+    save_weights(model, config, out)
+    tokenizer.save_pretrained(str(out))
+    # The generic class name, so that transformers 4.x and 5.x both load it with AutoTokenizer.
+    tokenizer_config = json.loads((out / "tokenizer_config.json").read_text(encoding="utf-8"))
+    tokenizer_config["tokenizer_class"] = "PreTrainedTokenizerFast"
+    (out / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2) + "\n", encoding="utf-8")
+
+
+def save_weights(model: torch.nn.Module, config: Mapping[str, Any], out: Path) -> None:
+    """Write ``config``, two bfloat16 shards + index and ``preprocessor_config.json`` (no tokenizer)."""
     from safetensors.torch import save_file
 
     out = Path(out)
@@ -149,8 +188,13 @@ def save_checkpoint(model: torch.nn.Module, tokenizer: Any, config: Mapping[str,
     (out / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
     (out / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
     (out / "preprocessor_config.json").write_text(json.dumps(PREPROCESSOR_CONFIG, indent=2) + "\n", encoding="utf-8")
-    tokenizer.save_pretrained(str(out))
-    # The generic class name, so that transformers 4.x and 5.x both load it with AutoTokenizer.
-    tokenizer_config = json.loads((out / "tokenizer_config.json").read_text(encoding="utf-8"))
-    tokenizer_config["tokenizer_class"] = "PreTrainedTokenizerFast"
-    (out / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2) + "\n", encoding="utf-8")
+
+
+def write_llama_tokenizer(tokenizer_model: Path, out: Path) -> None:
+    """Llama-2's SentencePiece ``tokenizer_model`` in ``out`` as the released checkpoints ship it:
+    ``tokenizer.model``, :data:`LLAMA_TOKENIZER_CONFIG` and ``special_tokens_map.json``."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "tokenizer.model").write_bytes(Path(tokenizer_model).read_bytes())
+    (out / "tokenizer_config.json").write_text(json.dumps(LLAMA_TOKENIZER_CONFIG, indent=2) + "\n", encoding="utf-8")
+    (out / "special_tokens_map.json").write_text(json.dumps(LLAMA_SPECIAL_TOKENS, indent=2) + "\n", encoding="utf-8")
