@@ -178,3 +178,22 @@ def test_hf_remote_adapter_answers_with_the_remote_code_own_action() -> None:
     with pytest.raises(Refused, match="not in the available statistics"):
         impl.act(np.zeros((224, 224, 3), np.uint8), "put the bowl", "bridge_orig")
     assert "generate" not in vars(fake)
+
+
+def test_the_book_example_does_not_apply_to_a_checkpoint_with_its_own_libero_object_statistics() -> None:
+    """The book's action assumes OpenVLA's libero_object q01/q99; a checkpoint trained on other data
+    (``tiny-vla-libero-object``: statistics from its own demonstrations) is not judged by it."""
+    from dataclasses import replace
+
+    from vla_spec.normalization import shipped_norm_stats
+
+    official = shipped_norm_stats()
+
+    class OwnStatistics(NoUnnormalizeDecode):
+        name = "a decode with its own libero_object statistics"
+        norm_stats = {**official, "libero_object": replace(official["libero_object"], q99=official["libero_object"].q99 * 1.01)}
+
+    verdicts = {v.claim.name: v for v in run_claims(OwnStatistics())}
+    assert verdicts["decode.book-example"].status == "n/a"
+    assert "its own" in verdicts["decode.book-example"].detail
+    assert verdicts["decode.unnormalize"].status == "fails"  # the statistics-independent claims still judge it

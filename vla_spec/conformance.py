@@ -165,6 +165,9 @@ def _unmasked_axis(probe: Probe, key: str) -> int:
 def check_book_example(probe: Probe) -> None:
     if "libero_object" not in probe.norm_stats:
         raise NotApplicable("the implementation has no libero_object statistics")
+    own, official = probe.norm_stats["libero_object"], shipped_norm_stats()["libero_object"]
+    if not (np.array_equal(own.q01, official.q01) and np.array_equal(own.q99, official.q99)):
+        raise NotApplicable("its libero_object statistics are its own, not OpenVLA's (the book's action assumes OpenVLA's)")
     got = np.asarray(probe.impl.decode(np.array([BOOK_TOKENS]), "libero_object"), dtype=np.float64).reshape(-1)
     bad = _first_mismatch(got, np.array(BOOK_ACTION), 5e-4 * np.abs(BOOK_ACTION), lambda w: f"axis {w[0]} of {BOOK_TOKENS}")
     if bad:
