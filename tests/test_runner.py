@@ -203,6 +203,22 @@ def test_a_ray_address_that_does_not_answer_fails_in_one_line_before_anything_is
 # --- sim tier: the real simulator ---------------------------------------------------------------
 
 
+@pytest.mark.sim
+def test_a_ray_session_already_joined_is_reused_without_another_check(ray_cluster) -> None:  # type: ignore[no-untyped-def]
+    """``rollout --ray-address`` joins (and checks) the cluster once, early; the runner's
+    ``ray_session`` then reuses that session: an address that takes no connection passes here,
+    where without a session it fails in one line (the cpu test above, the negative control)."""
+    import socket
+
+    from vla_spec.actors import ray_session
+
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        with ray_session(f"127.0.0.1:{closed.getsockname()[1]}") as ray:
+            assert ray is ray_cluster and ray.is_initialized()
+    assert ray_cluster.is_initialized(), "a reused session is not shut down"
+
+
 #: Ray's process title for an environment actor running a whole episode.
 ENV_ACTOR_RUNNING = b"ray::EnvWorker.run"
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
@@ -182,18 +183,21 @@ def check_address(address: str) -> None:
 @contextmanager
 def ray_session(address: str | None, num_cpus: int | None = None) -> Iterator[Any]:
     """Ray for one run (see the module docstring), yielding the ``ray`` module; ``num_cpus`` sizes
-    an embedded cluster (default: this machine's cores). Ray imported (elsewhere) before an
-    embedded start listens on all interfaces. Raises ``ConnectionError`` (one line, with the fix)
-    when the cluster at ``address`` cannot be joined (:func:`check_address`)."""
+    an embedded cluster (default: this machine's cores). A Ray already initialized in this process
+    (a caller joined ``address`` earlier, a test session) is reused as it is: no check, no start,
+    no shutdown. Ray imported (elsewhere) before an embedded start listens on all interfaces.
+    Raises ``ConnectionError`` (one line, with the fix) when the cluster at ``address`` cannot be
+    joined (:func:`check_address`, once)."""
+    joined = sys.modules.get("ray")
+    if joined is not None and joined.is_initialized():  # the caller's session: its address was checked when it began
+        yield joined
+        return
     if address is None:
         os.environ.setdefault(LOOPBACK_ONLY, "0")
     else:
         check_address(address)
     import ray
 
-    if ray.is_initialized():
-        yield ray
-        return
     if address is None:
         # Ray's memory monitor kills workers when the whole machine is short of memory, whoever uses
         # it; on a shared machine that turns other programs' use into restart loops. Off: the

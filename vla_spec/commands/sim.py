@@ -316,20 +316,12 @@ def _open_log(args: argparse.Namespace, config: Any) -> Any:
         raise CliError(str(error)) from None
 
 
-def _ray_reachable(address: str) -> None:
-    """:func:`vla_spec.actors.check_address` (seconds, no Ray import) as a one-line :class:`CliError`."""
-    from vla_spec.actors import check_address
-
-    try:
-        check_address(address)
-    except ConnectionError as error:
-        raise CliError(f"--ray-address: {error}") from None
-
-
 @contextlib.contextmanager
 def _ray_joined(address: str | None) -> Iterator[None]:
-    """The Ray cluster at ``address`` joined for the whole block (the runner reuses it), or nothing
-    when ``address`` is None; one that cannot be joined is a :class:`CliError` naming the fix."""
+    """The Ray cluster at ``address`` joined for the whole block (the runner reuses the session), or
+    nothing when ``address`` is None. Enter it before the simulator and the policy load and before
+    any file is written: an address that takes no connection is a one-line :class:`CliError`
+    naming the fix within seconds (:func:`vla_spec.actors.check_address`, the only check)."""
     from vla_spec.actors import ray_session
 
     with contextlib.ExitStack() as stack:
@@ -342,11 +334,7 @@ def _ray_joined(address: str | None) -> Iterator[None]:
 
 
 def run_rollout(args: argparse.Namespace) -> int:
-    import sys
-
-    from vla_spec.episodes import LogError, RunConfig, check_log_path, spec_key
-    from vla_spec.runner import run_in_log
-    from vla_spec.sim.libero import SimulatorUnavailable
+    from vla_spec.episodes import LogError, check_log_path
 
     params = _policy_params(args)
     if args.workers < 1:
@@ -363,12 +351,24 @@ def run_rollout(args: argparse.Namespace) -> int:
     tasks, inits = parse_indices(args.tasks, "--tasks"), parse_indices(args.inits, "--inits")
     seeds = parse_indices(args.seeds, "--seeds")
     cameras = parse_cameras(args.cameras)
-    if args.ray_address is not None:
-        _ray_reachable(args.ray_address)  # before the simulator and the policy load
+    with _ray_joined(args.ray_address):
+        return _rollout(args, params, suites, (tasks, inits, seeds, cameras))
+
+
+def _rollout(args: argparse.Namespace, params: Mapping[str, Any], suites: Sequence[str],
+             ranges: tuple[Sequence[int], Sequence[int], Sequence[int], Sequence[str]]) -> int:
+    """``rollout`` once its arguments are parsed (``ranges``: tasks, inits, seeds, cameras) and its
+    Ray cluster, if any, joined."""
+    import sys
+
+    from vla_spec.episodes import RunConfig, spec_key
+    from vla_spec.runner import run_in_log
+    from vla_spec.sim.libero import SimulatorUnavailable
+
     check_suites(suites)
     setup = _policy_setup(args.policy, params, suites)
     try:
-        specs = build_specs(suites, tasks, inits, seeds, cameras)
+        specs = build_specs(suites, *ranges)
     except SimulatorUnavailable as error:
         raise CliError(str(error)) from None
     config = RunConfig(
@@ -376,7 +376,7 @@ def run_rollout(args: argparse.Namespace) -> int:
         video_dir=None if args.video_dir is None else str(args.video_dir), policy_setup=setup,
     )
     plan = _sequential_plan(args, specs) if args.until_decided else None
-    with _ray_joined(args.ray_address), _open_log(args, config) as log:
+    with _open_log(args, config) as log:
         kept = [spec for spec in specs if spec_key(spec) in log.finished]
         try:
             if kept:
