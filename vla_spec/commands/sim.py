@@ -173,6 +173,13 @@ def build_specs(
     return [EpisodeSpec(s, t, i, e, c) for s in suites for t in tasks for i in inits for e in seeds for c in cameras]
 
 
+def _add_ray_address(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--ray-address", metavar="ADDRESS",
+        help="join this Ray cluster (auto, or ray://host:port) instead of starting one on 127.0.0.1",
+    )
+
+
 def register(subparsers: Any) -> None:
     """Add ``rollout`` and ``report`` to the ``vla-spec`` parser."""
     rollout = subparsers.add_parser(
@@ -202,10 +209,7 @@ def register(subparsers: Any) -> None:
         help="environment workers, Ray actors with one simulator each (~2 GB RAM each; a model policy gets one "
         "more actor that answers them all in batches); 1 = in this process, no Ray",
     )
-    rollout.add_argument(
-        "--ray-address", metavar="ADDRESS",
-        help="join this Ray cluster (auto, or ray://host:port) instead of starting one on 127.0.0.1",
-    )
+    _add_ray_address(rollout)
     rollout.add_argument(
         "--policy-replicas", type=int, metavar="N",
         help="policy actors of a model policy on Ray, each answering its own share of the environment workers "
@@ -241,7 +245,11 @@ def register(subparsers: Any) -> None:
     demos.add_argument("--tasks", default="0-9", help="task ids (default 0-9)")
     demos.add_argument("--seeds", required=True, help="scene seeds, env.seed(k) before reset, e.g. 1000-1019")
     demos.add_argument("--noise", type=float, default=0.0, help="std of Gaussian noise on the executed arm command")
-    demos.add_argument("--workers", type=int, default=1, help="worker processes (each ~2 GB RAM)")
+    demos.add_argument(
+        "--workers", type=int, default=1,
+        help="environment workers, Ray actors with one simulator each (~2 GB RAM each); 1 = in this process, no Ray",
+    )
+    _add_ray_address(demos)
     demos.add_argument("--out", required=True, type=Path, help="dataset folder (files go under OUT/SUITE/)")
     demos.add_argument("--no-progress", action="store_true", help="no progress bar")
     demos.set_defaults(func=run_demos)
@@ -486,13 +494,15 @@ def run_demos(args: argparse.Namespace) -> int:
         raise CliError(f"--workers must be at least 1, got {args.workers}")
     if args.noise < 0:
         raise CliError(f"--noise must be >= 0, got {args.noise}")
-    tasks = parse_indices(args.tasks, "--tasks")
-    build_specs([args.suite], tasks, (0,), (0,))  # checks the suite and task range
-    specs = [DemoSpec(args.suite, t, s, args.noise) for t in tasks for s in parse_indices(args.seeds, "--seeds")]
-    try:
-        outcomes = record_demos(specs, args.out, workers=args.workers, progress=not args.no_progress)
-    except SimulatorUnavailable as error:
-        raise CliError(str(error)) from None
+    tasks, seeds = parse_indices(args.tasks, "--tasks"), parse_indices(args.seeds, "--seeds")
+    with _ray_joined(args.ray_address):
+        build_specs([args.suite], tasks, (0,), (0,))  # checks the suite and task range
+        specs = [DemoSpec(args.suite, t, s, args.noise) for t in tasks for s in seeds]
+        try:
+            outcomes = record_demos(specs, args.out, workers=args.workers, ray_address=args.ray_address,
+                                    progress=not args.no_progress)
+        except SimulatorUnavailable as error:
+            raise CliError(str(error)) from None
     summary = summarize(outcomes)
     print(f"demos: {args.out / args.suite}: {summary['kept']} kept, {summary['failed']} failed, {summary['steps']} steps")
     return 0
