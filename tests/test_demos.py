@@ -112,3 +112,44 @@ def test_training_script_packs_and_trains_a_checkpoint_in_the_official_format(re
         assert action["mask"] == [True] * 6 + [False]
     log = json.loads((tmp_path / "ckpt" / "training_log.json").read_text(encoding="utf-8"))
     assert log["steps"] == 2 and log["frames"] == len(kept) and log["held_out_episodes"] == []
+
+
+def _file_contents(path: Path) -> dict[str, object]:
+    """Every group's and dataset's attributes, and every dataset's dtype, shape, chunks, filter and
+    values (as a SHA-256 of its raw bytes), by HDF5 name."""
+    import hashlib
+
+    import h5py
+
+    contents: dict[str, object] = {}
+
+    def note(name: str, item: object) -> None:
+        attrs = {key: value.tolist() if isinstance(value, np.ndarray | np.generic) else value for key, value in item.attrs.items()}  # type: ignore[attr-defined]
+        if isinstance(item, h5py.Dataset):
+            values = item[()]
+            contents[name] = (attrs, values.dtype.str, values.shape, item.chunks, item.compression, item.compression_opts,
+                              hashlib.sha256(np.ascontiguousarray(values).tobytes()).hexdigest())
+        else:
+            contents[name] = attrs
+
+    with h5py.File(path, "r") as handle:
+        note("/", handle)
+        handle.visititems(note)
+    return contents
+
+
+def test_a_demo_recorded_on_a_ray_environment_actor_equals_the_one_recorded_here(recorded, ray_cluster, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """``--workers 2``: the same spec recorded on a Ray environment actor (the rollout's
+    ``EnvWorker``) gives the same file, dataset for dataset and attribute for attribute."""
+    from vla_spec.demos import DemoSpec, record_demos
+    from vla_spec.sim.env import clear_env_cache
+
+    out, outcome = recorded
+    clear_env_cache()  # one LIBERO process at a time: this process's environment goes before the actor builds its own
+    (on_ray,) = record_demos([DemoSpec(*SPEC_ARGS)], tmp_path, workers=2, progress=False)
+    assert on_ray.path == tmp_path / "libero_object" / "task00_seed00007.hdf5"
+    assert (on_ray.steps, on_ray.skipped) == (outcome.steps, False)
+    here, there = _file_contents(outcome.path), _file_contents(on_ray.path)
+    assert set(here) == {"/", "data", "data/demo_0", "data/demo_0/obs", "data/demo_0/obs/agentview_rgb", "data/demo_0/actions",
+                         "data/demo_0/states", "data/demo_0/robot_states", "data/demo_0/rewards", "data/demo_0/dones"}
+    assert there == here

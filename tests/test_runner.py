@@ -117,6 +117,22 @@ def test_policy_groups_and_replicas_by_example() -> None:
 
 
 @pytest.mark.cpu
+def test_a_cluster_too_small_for_the_actors_is_refused_in_one_line() -> None:
+    """Every actor takes one CPU (a policy actor on CUDA one GPU too); what does not fit is refused
+    with the fix, and what fits exactly passes (the negative control)."""
+    from vla_spec.actors import check_resources
+
+    with pytest.raises(RuntimeError, match=r"^3 environment workers need 3 CPUs in the Ray cluster, which has 2; use fewer --workers$"):
+        check_resources({"CPU": 2.0}, 3)
+    with pytest.raises(RuntimeError, match=r"^2 environment workers and 1 policy replicas need 3 CPUs .* has 2; use fewer --workers or --policy-replicas$"):
+        check_resources({"CPU": 2.0}, 2, 1)
+    with pytest.raises(RuntimeError, match=r"^2 policy replicas need 2 GPUs in the Ray cluster, which has 1; use fewer --policy-replicas$"):
+        check_resources({"CPU": 8.0, "GPU": 1.0}, 4, 2, on_gpu=True)
+    check_resources({"CPU": 3.0}, 3)
+    check_resources({"CPU": 6.0, "GPU": 2.0}, 4, 2, on_gpu=True)
+
+
+@pytest.mark.cpu
 def test_policy_description_and_video_names() -> None:
     assert describe_policy(functools.partial(build_policy, "expert", unnorm_key="bridge_orig")) == (
         "vla_spec.commands.sim.build_policy",
@@ -201,6 +217,22 @@ def test_a_ray_address_that_does_not_answer_fails_in_one_line_before_anything_is
 
 
 # --- sim tier: the real simulator ---------------------------------------------------------------
+
+
+@pytest.mark.sim
+def test_a_ray_session_already_joined_is_reused_without_another_check(ray_cluster) -> None:  # type: ignore[no-untyped-def]
+    """``rollout --ray-address`` joins (and checks) the cluster once, early; the runner's
+    ``ray_session`` then reuses that session: an address that takes no connection passes here,
+    where without a session it fails in one line (the cpu test above, the negative control)."""
+    import socket
+
+    from vla_spec.actors import ray_session
+
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        with ray_session(f"127.0.0.1:{closed.getsockname()[1]}") as ray:
+            assert ray is ray_cluster and ray.is_initialized()
+    assert ray_cluster.is_initialized(), "a reused session is not shut down"
 
 
 #: Ray's process title for an environment actor running a whole episode.

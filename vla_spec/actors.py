@@ -1,5 +1,5 @@
-"""What the runner puts on Ray: environment actors (one simulator each), policy actors (a batched
-policy each), and the Ray session they live in.
+"""What the runner (and :mod:`vla_spec.demos`) puts on Ray: environment actors (one simulator each),
+policy actors (a batched policy each), and the Ray session they live in.
 
 * :class:`EnvWorker`: one process, one cached LIBERO environment at a time (task-affine: the
   runner keeps it on one task). With a policy that runs beside the simulator (the scripted
@@ -7,7 +7,8 @@ policy each), and the Ray session they live in.
   :class:`~vla_spec.sim.interface.BatchedPolicy` it runs them step by step (:meth:`EnvWorker.begin`,
   :meth:`EnvWorker.step`), answering each step with a :class:`~vla_spec.sim.interface.BatchItem`
   (the policy's uint8 model input) or, when the episode is over, its
-  :class:`~vla_spec.rollout.EpisodeResult`.
+  :class:`~vla_spec.rollout.EpisodeResult`. Another whole-episode job runs there through
+  :meth:`EnvWorker.call` (a demonstration: :func:`vla_spec.demos.record_episode`).
 * :class:`PolicyWorker`: the batched policy (the model loaded once, on its device); one
   ``act_batch`` per round answers the running episodes of a group of environment actors. A run
   has :func:`default_replicas` of them unless told (one per GPU), each serving its own groups. An
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
@@ -38,7 +40,10 @@ from typing import Any
 from vla_spec.rollout import Episode, EpisodeResult, EpisodeSpec, Policy, error_text, run_episode, video_path_for
 from vla_spec.sim.interface import BatchedPolicy, BatchItem, PolicyStep
 
-__all__ = ["ENV_RESTARTS", "ENV_WORKER_OPTIONS", "POLICY_WORKER_OPTIONS", "EnvWorker", "PolicyWorker", "check_address", "default_replicas", "ray_session"]
+__all__ = [
+    "ENV_RESTARTS", "ENV_WORKER_OPTIONS", "POLICY_WORKER_OPTIONS", "EnvWorker", "PolicyWorker", "check_address", "check_resources",
+    "default_replicas", "env_worker_lost", "ray_session",
+]
 
 #: Object store of an embedded Ray (bytes): a round moves one 224 x 224 x 3 uint8 image (150 kB)
 #: per environment, so 32 environments need under 5 MB; Ray's floor is 75 MiB.
@@ -55,6 +60,8 @@ POLICY_WORKER_OPTIONS: dict[str, Any] = {"num_cpus": 1, "max_restarts": POLICY_R
 LOOPBACK_ONLY = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 #: How long (seconds) :func:`check_address` waits for a TCP connection to a cluster's address.
 CONNECT_TIMEOUT_S = 5.0
+#: How often (seconds) a driver looks up from waiting on Ray (to see Ctrl-C).
+POLL_S = 0.5
 #: Ray's memory monitor (killing workers under memory pressure) runs unless this is "0".
 MEMORY_MONITOR = "RAY_memory_monitor_refresh_ms"
 
@@ -65,6 +72,28 @@ def default_replicas(resources: Mapping[str, float], on_gpu: bool) -> int:
     return max(1, int(resources.get("GPU", 0))) if on_gpu else 1
 
 
+def check_resources(resources: Mapping[str, float], workers: int, replicas: int = 0, on_gpu: bool = False) -> None:
+    """Raise ``RuntimeError`` (one line, with the fix) when the cluster (``resources``:
+    ``ray.cluster_resources()``) cannot place ``workers`` environment actors and ``replicas`` policy
+    actors (one GPU each when ``on_gpu``) at once: the actors left over would wait for ever."""
+    needed = ENV_WORKER_OPTIONS["num_cpus"] * workers + replicas * POLICY_WORKER_OPTIONS["num_cpus"]
+    if resources.get("CPU", 0) < needed:
+        actors = f"{workers} environment workers" + (f" and {replicas} policy replicas" if replicas else "")
+        fix = "--workers or --policy-replicas" if replicas else "--workers"
+        raise RuntimeError(f"{actors} need {needed} CPUs in the Ray cluster, which has {resources.get('CPU', 0):g}; use fewer {fix}")
+    if on_gpu and resources.get("GPU", 0) < replicas:
+        raise RuntimeError(f"{replicas} policy replicas need {replicas} GPUs in the Ray cluster, which has "
+                           f"{resources.get('GPU', 0):g}; use fewer --policy-replicas")
+
+
+def env_worker_lost(worker: int, error: Any, kept: str) -> RuntimeError:
+    """The run's error when environment actor ``worker`` could not start or died more than
+    :data:`ENV_RESTARTS` times (``error``: Ray's ``RayActorError``); ``kept`` says where the
+    finished work is."""
+    what = "could not start" if error.actor_init_failed else f"died more than {ENV_RESTARTS} times"
+    return RuntimeError(f"environment worker {worker} {what}: {error}; {kept}: rerun to resume")
+
+
 def _ignore_ctrl_c() -> None:
     """Ctrl-C reaches the whole process group: the driver, which owns the log, stops the actors."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -72,11 +101,12 @@ def _ignore_ctrl_c() -> None:
 
 class EnvWorker:
     """One simulator and its episodes; builds the policy with ``make_policy`` (a batched policy
-    only prepares model inputs here, its model loads on the policy actor)."""
+    only prepares model inputs here, its model loads on the policy actor; none for :meth:`call`
+    alone)."""
 
-    def __init__(self, make_policy: Callable[[], Policy], record_trace: bool, video_dir: Path | None) -> None:
+    def __init__(self, make_policy: Callable[[], Policy] | None = None, record_trace: bool = False, video_dir: Path | None = None) -> None:
         _ignore_ctrl_c()
-        self.policy = make_policy()
+        self.policy = None if make_policy is None else make_policy()
         self.record_trace = record_trace
         self.video_dir = video_dir
         self.episode: Episode | None = None
@@ -84,7 +114,13 @@ class EnvWorker:
 
     def run(self, spec: EpisodeSpec) -> EpisodeResult:
         """The whole episode with the policy in this process."""
+        assert self.policy is not None
         return run_episode(self.policy, spec, record_trace=self.record_trace, video_path=video_path_for(self.video_dir, spec))
+
+    def call(self, job: Callable[..., Any], *args: Any) -> Any:
+        """``job(*args)`` in this actor's process, on its cached environments (a whole episode of
+        another kind: :func:`vla_spec.demos.record_episode`)."""
+        return job(*args)
 
     def begin(self, spec: EpisodeSpec) -> BatchItem | EpisodeResult:
         """Start ``spec``; its first question to the batched policy (or its result, if it failed)."""
@@ -182,18 +218,21 @@ def check_address(address: str) -> None:
 @contextmanager
 def ray_session(address: str | None, num_cpus: int | None = None) -> Iterator[Any]:
     """Ray for one run (see the module docstring), yielding the ``ray`` module; ``num_cpus`` sizes
-    an embedded cluster (default: this machine's cores). Ray imported (elsewhere) before an
-    embedded start listens on all interfaces. Raises ``ConnectionError`` (one line, with the fix)
-    when the cluster at ``address`` cannot be joined (:func:`check_address`)."""
+    an embedded cluster (default: this machine's cores). A Ray already initialized in this process
+    (a caller joined ``address`` earlier, a test session) is reused as it is: no check, no start,
+    no shutdown. Ray imported (elsewhere) before an embedded start listens on all interfaces.
+    Raises ``ConnectionError`` (one line, with the fix) when the cluster at ``address`` cannot be
+    joined (:func:`check_address`, once)."""
+    joined = sys.modules.get("ray")
+    if joined is not None and joined.is_initialized():  # the caller's session: its address was checked when it began
+        yield joined
+        return
     if address is None:
         os.environ.setdefault(LOOPBACK_ONLY, "0")
     else:
         check_address(address)
     import ray
 
-    if ray.is_initialized():
-        yield ray
-        return
     if address is None:
         # Ray's memory monitor kills workers when the whole machine is short of memory, whoever uses
         # it; on a shared machine that turns other programs' use into restart loops. Off: the

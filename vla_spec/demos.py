@@ -26,18 +26,20 @@ expert's corrections from perturbed states are then in the data (DART, Laskey et
 Layout: ``<out>/<suite>/task<TT>_seed<SSSSS>.hdf5``, one demo per file (``data/demo_0``), with
 ``data`` attributes ``problem_info`` (JSON with ``language_instruction``), ``env_args`` (JSON),
 ``bddl_file_name``, and ``demo_0`` attributes ``num_samples``, ``seed``, ``noise_std``.
-Each file is written to a temporary name and renamed, so an interrupted run leaves only whole
+An episode is recorded into an HDF5 file in memory (:func:`record_episode`, in this process or in
+a Ray environment actor, :class:`vla_spec.actors.EnvWorker`), and this process (the driver) alone
+writes files: each to a temporary name, then renamed, so an interrupted run leaves only whole
 files; a failed episode leaves ``<name>.failed.json``. Rerunning skips both: recording resumes.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import os
-from collections.abc import Iterable, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
@@ -96,8 +98,19 @@ def failed_path(out: Path, spec: DemoSpec) -> Path:
     return Path(out) / spec.suite / f"{spec.stem()}.failed.json"
 
 
-def record_demo(spec: DemoSpec, out: Path) -> DemoOutcome:
-    """Record one expert episode for ``spec`` into ``out`` (see the module docstring)."""
+@dataclass(frozen=True)
+class DemoRecording:
+    """One recorded episode, as it travels to the driver: the whole demo file (None when the
+    expert failed) and the policy steps taken."""
+
+    spec: DemoSpec
+    steps: int
+    hdf5: bytes | None
+
+
+def record_episode(spec: DemoSpec) -> DemoRecording:
+    """Run one expert episode for ``spec`` on this process's cached environment (see the module
+    docstring) and, when it succeeds, build its demo file in memory."""
     import h5py
 
     from vla_spec.gripper import env_to_training
@@ -107,10 +120,6 @@ def record_demo(spec: DemoSpec, out: Path) -> DemoOutcome:
     from vla_spec.sim.interface import TaskContext, make_observation
     from vla_spec.sim.suites import NUM_STEPS_WAIT, WAIT_ACTION, task_info
 
-    target, failed = demo_path(out, spec), failed_path(out, spec)
-    if target.exists() or failed.exists():
-        steps = _num_samples(target) if target.exists() else 0
-        return DemoOutcome(spec, target if target.exists() else None, steps, skipped=True)
     info = task_info(spec.suite, spec.task_id)
     env = get_env(spec.suite, spec.task_id, cameras=POLICY_CAMERAS)
     env.seed(spec.seed)
@@ -139,12 +148,10 @@ def record_demo(spec: DemoSpec, out: Path) -> DemoOutcome:
         if done:
             success = True
             break
-    target.parent.mkdir(parents=True, exist_ok=True)
     if not success:
-        failed.write_text(json.dumps({"spec": spec.__dict__, "steps": len(actions)}) + "\n", encoding="utf-8")
-        return DemoOutcome(spec, None, len(actions), skipped=False)
-    partial = target.with_suffix(".hdf5.partial")
-    with h5py.File(partial, "w") as handle:
+        return DemoRecording(spec, len(actions), None)
+    buffer = io.BytesIO()
+    with h5py.File(buffer, "w") as handle:
         data = handle.create_group("data")
         data.attrs["problem_info"] = json.dumps(
             {"problem_name": info.name, "language_instruction": info.instruction, "suite": spec.suite, "task_id": spec.task_id}
@@ -161,8 +168,32 @@ def record_demo(spec: DemoSpec, out: Path) -> DemoOutcome:
         rewards[-1] = 1.0
         demo.create_dataset("rewards", data=rewards)
         demo.create_dataset("dones", data=rewards.astype(np.uint8))
+    return DemoRecording(spec, len(actions), buffer.getvalue())
+
+
+def recorded_before(spec: DemoSpec, out: Path) -> DemoOutcome | None:
+    """The outcome of ``spec`` from an earlier run (its demo file or failure record under ``out``), or None."""
+    target, failed = demo_path(out, spec), failed_path(out, spec)
+    if target.exists():
+        return DemoOutcome(spec, target, _num_samples(target), skipped=True)
+    if failed.exists():
+        return DemoOutcome(spec, None, 0, skipped=True)
+    return None
+
+
+def save(recording: DemoRecording, out: Path) -> DemoOutcome:
+    """Write ``recording`` under ``out``: its demo file (via a temporary name) or its failure record."""
+    spec = recording.spec
+    target = demo_path(out, spec)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if recording.hdf5 is None:
+        failed = failed_path(out, spec)
+        failed.write_text(json.dumps({"spec": spec.__dict__, "steps": recording.steps}) + "\n", encoding="utf-8")
+        return DemoOutcome(spec, None, recording.steps, skipped=False)
+    partial = target.with_suffix(".hdf5.partial")
+    partial.write_bytes(recording.hdf5)
     os.replace(partial, target)
-    return DemoOutcome(spec, target, len(actions), skipped=False)
+    return DemoOutcome(spec, target, recording.steps, skipped=False)
 
 
 def _num_samples(path: Path) -> int:
@@ -172,40 +203,75 @@ def _num_samples(path: Path) -> int:
         return int(handle["data/demo_0"].attrs["num_samples"])
 
 
-def _record_in_worker(spec: DemoSpec, out: str) -> DemoOutcome:
-    return record_demo(spec, Path(out))
+def _record_on_ray(specs: Sequence[DemoSpec], workers: int, address: str | None, keep: Callable[[DemoRecording], None]) -> None:
+    """Record ``specs`` on ``workers`` Ray environment actors (:class:`vla_spec.actors.EnvWorker`),
+    handed out in order as actors come free; ``keep`` each recording as it arrives. An actor that
+    dies is restarted by Ray and records its spec again."""
+    from vla_spec.actors import ENV_WORKER_OPTIONS, POLL_S, EnvWorker, check_resources, env_worker_lost, ray_session
+
+    with ray_session(address, num_cpus=workers) as ray:
+        from ray.exceptions import ActorUnavailableError, RayActorError
+
+        check_resources(ray.cluster_resources(), workers)
+        envs = [ray.remote(EnvWorker).options(**ENV_WORKER_OPTIONS).remote() for _ in range(workers)]
+        waiting, calls = deque(specs), {}  # in flight: call -> (worker, spec)
+
+        def hand(worker: int, spec: DemoSpec) -> None:
+            calls[envs[worker].call.options(max_task_retries=-1).remote(record_episode, spec)] = (worker, spec)  # retried after a restart
+
+        try:
+            for worker in range(workers):
+                hand(worker, waiting.popleft())
+            while calls:
+                for ref in ray.wait(list(calls), num_returns=1, timeout=POLL_S)[0]:  # the timeout lets Ctrl-C through
+                    worker, spec = calls.pop(ref)
+                    try:
+                        keep(ray.get(ref))
+                    except ActorUnavailableError:
+                        hand(worker, spec)
+                        continue
+                    except RayActorError as error:
+                        raise env_worker_lost(worker, error, "the demos recorded so far are saved") from None
+                    if waiting:
+                        hand(worker, waiting.popleft())
+            ray.get([env.close.remote() for env in envs])
+        finally:
+            for env in envs:
+                ray.kill(env)
 
 
-def _worker_init() -> None:
-    from vla_spec.sim.libero import load_triton_before_egl
-
-    load_triton_before_egl()
-
-
-def record_demos(specs: Sequence[DemoSpec], out: Path, *, workers: int = 1, progress: bool = True) -> list[DemoOutcome]:
-    """Record every spec not yet on disk, over ``workers`` spawned processes.
-
-    Seed-major (every task's first seed, then every task's second, ...): a run stopped part-way
-    holds about the same number of scenes for every task."""
+def record_demos(
+    specs: Sequence[DemoSpec], out: Path, *, workers: int = 1, ray_address: str | None = None, progress: bool = True
+) -> list[DemoOutcome]:
+    """Record every spec not yet on disk; the outcomes in seed-major order (every task's first
+    seed, then every task's second, ...: a run stopped part-way holds about the same number of
+    scenes for every task). ``workers=1`` without ``ray_address`` records in this process; otherwise
+    on that many Ray environment actors (capped at the specs to record), on an embedded Ray or the
+    cluster at ``ray_address``, handed out in the same order."""
     from tqdm import tqdm
 
+    if workers < 1:
+        raise ValueError(f"workers must be at least 1, got {workers}")
     ordered = sorted(specs, key=lambda s: (s.suite, s.seed, s.task_id))
-    outcomes: list[DemoOutcome] = []
-    bar = tqdm(total=len(ordered), disable=not progress, desc="demos", unit="ep")
-    if workers <= 1:
-        for spec in ordered:
-            outcomes.append(record_demo(spec, out))
-            bar.update()
-    else:
-        with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"), initializer=_worker_init) as pool:
-            futures = [pool.submit(_record_in_worker, spec, str(out)) for spec in ordered]
-            for future in futures:
-                outcomes.append(future.result())
-                bar.update()
-                kept = sum(o.path is not None for o in outcomes)
-                bar.set_postfix(kept=kept, failed=len(outcomes) - kept)
-    bar.close()
-    return outcomes
+    outcomes = {spec: done for spec in ordered if (done := recorded_before(spec, out)) is not None}
+    todo = [spec for spec in ordered if spec not in outcomes]
+    bar = tqdm(total=len(ordered), initial=len(outcomes), disable=not progress, desc="demos", unit="ep")
+
+    def keep(recording: DemoRecording) -> None:
+        outcomes[recording.spec] = save(recording, out)
+        kept = sum(o.path is not None for o in outcomes.values())
+        bar.update()
+        bar.set_postfix(kept=kept, failed=len(outcomes) - kept)
+
+    try:
+        if workers == 1 and ray_address is None:
+            for spec in todo:
+                keep(record_episode(spec))
+        elif todo:
+            _record_on_ray(todo, min(workers, len(todo)), ray_address, keep)
+    finally:
+        bar.close()
+    return [outcomes[spec] for spec in ordered]
 
 
 @dataclass(frozen=True)

@@ -49,8 +49,6 @@ from vla_spec.sim.suites import STEP_BUDGETS
 
 __all__ = ["RunStats", "TaskScheduler", "describe_policy", "policy_groups", "run_episodes", "run_in_log"]
 
-#: How often (seconds) the driver looks up from waiting on Ray (to see Ctrl-C).
-POLL_S = 0.5
 
 
 @dataclass
@@ -253,7 +251,8 @@ def _run_on_ray(
     """``workers`` environment actors and, for a :class:`BatchedPolicy`, policy actors (replicas)
     that answer the running episodes of their groups (:func:`policy_groups`) in one call each."""
     from vla_spec.actors import (
-        ENV_RESTARTS, ENV_WORKER_OPTIONS, POLICY_WORKER_OPTIONS, EnvWorker, PolicyWorker, default_replicas, ray_session,
+        ENV_WORKER_OPTIONS, POLICY_WORKER_OPTIONS, POLL_S, EnvWorker, PolicyWorker, check_resources, default_replicas,
+        env_worker_lost, ray_session,
     )
 
     batched = isinstance(policy, BatchedPolicy)
@@ -264,13 +263,7 @@ def _run_on_ray(
 
         resources = ray.cluster_resources()
         count = min(workers, replicas or default_replicas(resources, on_gpu)) if batched else 0
-        needed = ENV_WORKER_OPTIONS["num_cpus"] * workers + count * POLICY_WORKER_OPTIONS["num_cpus"]
-        if resources.get("CPU", 0) < needed:
-            raise RuntimeError(f"{workers} environment workers and {count} policy replicas need {needed} CPUs in the Ray "
-                               f"cluster, which has {resources.get('CPU', 0):g}; use fewer --workers or --policy-replicas")
-        if on_gpu and resources.get("GPU", 0) < count:
-            raise RuntimeError(f"{count} policy replicas need {count} GPUs in the Ray cluster, which has "
-                               f"{resources.get('GPU', 0):g}; use fewer --policy-replicas")
+        check_resources(resources, workers, count, on_gpu)
         env_actor = ray.remote(EnvWorker).options(**ENV_WORKER_OPTIONS)
         envs = [env_actor.remote(make_policy, record_trace, video_dir) for _ in range(workers)]
         policy_actor = ray.remote(PolicyWorker).options(**POLICY_WORKER_OPTIONS, num_gpus=int(on_gpu))
@@ -317,10 +310,7 @@ def _run_on_ray(
             except ActorUnavailableError:
                 reply = None  # it died in a step; Ray restarts it
             except RayActorError as error:
-                raise RuntimeError(
-                    f"environment worker {worker} " + ("could not start" if error.actor_init_failed else
-                    f"died more than {ENV_RESTARTS} times") + f": {error}; finished episodes are in {log.path}: "
-                    "rerun to resume") from None
+                raise env_worker_lost(worker, error, f"finished episodes are in {log.path}") from None
             if reply is None:  # its actor was restarted during the episode: run the episode again
                 begin(worker, running[worker])
             elif isinstance(reply, EpisodeResult):

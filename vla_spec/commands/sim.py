@@ -173,6 +173,13 @@ def build_specs(
     return [EpisodeSpec(s, t, i, e, c) for s in suites for t in tasks for i in inits for e in seeds for c in cameras]
 
 
+def _add_ray_address(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--ray-address", metavar="ADDRESS",
+        help="join this Ray cluster (auto, or ray://host:port) instead of starting one on 127.0.0.1",
+    )
+
+
 def register(subparsers: Any) -> None:
     """Add ``rollout`` and ``report`` to the ``vla-spec`` parser."""
     rollout = subparsers.add_parser(
@@ -202,10 +209,7 @@ def register(subparsers: Any) -> None:
         help="environment workers, Ray actors with one simulator each (~2 GB RAM each; a model policy gets one "
         "more actor that answers them all in batches); 1 = in this process, no Ray",
     )
-    rollout.add_argument(
-        "--ray-address", metavar="ADDRESS",
-        help="join this Ray cluster (auto, or ray://host:port) instead of starting one on 127.0.0.1",
-    )
+    _add_ray_address(rollout)
     rollout.add_argument(
         "--policy-replicas", type=int, metavar="N",
         help="policy actors of a model policy on Ray, each answering its own share of the environment workers "
@@ -241,7 +245,11 @@ def register(subparsers: Any) -> None:
     demos.add_argument("--tasks", default="0-9", help="task ids (default 0-9)")
     demos.add_argument("--seeds", required=True, help="scene seeds, env.seed(k) before reset, e.g. 1000-1019")
     demos.add_argument("--noise", type=float, default=0.0, help="std of Gaussian noise on the executed arm command")
-    demos.add_argument("--workers", type=int, default=1, help="worker processes (each ~2 GB RAM)")
+    demos.add_argument(
+        "--workers", type=int, default=1,
+        help="environment workers, Ray actors with one simulator each (~2 GB RAM each); 1 = in this process, no Ray",
+    )
+    _add_ray_address(demos)
     demos.add_argument("--out", required=True, type=Path, help="dataset folder (files go under OUT/SUITE/)")
     demos.add_argument("--no-progress", action="store_true", help="no progress bar")
     demos.set_defaults(func=run_demos)
@@ -316,20 +324,12 @@ def _open_log(args: argparse.Namespace, config: Any) -> Any:
         raise CliError(str(error)) from None
 
 
-def _ray_reachable(address: str) -> None:
-    """:func:`vla_spec.actors.check_address` (seconds, no Ray import) as a one-line :class:`CliError`."""
-    from vla_spec.actors import check_address
-
-    try:
-        check_address(address)
-    except ConnectionError as error:
-        raise CliError(f"--ray-address: {error}") from None
-
-
 @contextlib.contextmanager
 def _ray_joined(address: str | None) -> Iterator[None]:
-    """The Ray cluster at ``address`` joined for the whole block (the runner reuses it), or nothing
-    when ``address`` is None; one that cannot be joined is a :class:`CliError` naming the fix."""
+    """The Ray cluster at ``address`` joined for the whole block (the runner reuses the session), or
+    nothing when ``address`` is None. Enter it before the simulator and the policy load and before
+    any file is written: an address that takes no connection is a one-line :class:`CliError`
+    naming the fix within seconds (:func:`vla_spec.actors.check_address`, the only check)."""
     from vla_spec.actors import ray_session
 
     with contextlib.ExitStack() as stack:
@@ -342,11 +342,7 @@ def _ray_joined(address: str | None) -> Iterator[None]:
 
 
 def run_rollout(args: argparse.Namespace) -> int:
-    import sys
-
-    from vla_spec.episodes import LogError, RunConfig, check_log_path, spec_key
-    from vla_spec.runner import run_in_log
-    from vla_spec.sim.libero import SimulatorUnavailable
+    from vla_spec.episodes import LogError, check_log_path
 
     params = _policy_params(args)
     if args.workers < 1:
@@ -363,12 +359,24 @@ def run_rollout(args: argparse.Namespace) -> int:
     tasks, inits = parse_indices(args.tasks, "--tasks"), parse_indices(args.inits, "--inits")
     seeds = parse_indices(args.seeds, "--seeds")
     cameras = parse_cameras(args.cameras)
-    if args.ray_address is not None:
-        _ray_reachable(args.ray_address)  # before the simulator and the policy load
+    with _ray_joined(args.ray_address):
+        return _rollout(args, params, suites, (tasks, inits, seeds, cameras))
+
+
+def _rollout(args: argparse.Namespace, params: Mapping[str, Any], suites: Sequence[str],
+             ranges: tuple[Sequence[int], Sequence[int], Sequence[int], Sequence[str]]) -> int:
+    """``rollout`` once its arguments are parsed (``ranges``: tasks, inits, seeds, cameras) and its
+    Ray cluster, if any, joined."""
+    import sys
+
+    from vla_spec.episodes import RunConfig, spec_key
+    from vla_spec.runner import run_in_log
+    from vla_spec.sim.libero import SimulatorUnavailable
+
     check_suites(suites)
     setup = _policy_setup(args.policy, params, suites)
     try:
-        specs = build_specs(suites, tasks, inits, seeds, cameras)
+        specs = build_specs(suites, *ranges)
     except SimulatorUnavailable as error:
         raise CliError(str(error)) from None
     config = RunConfig(
@@ -376,7 +384,7 @@ def run_rollout(args: argparse.Namespace) -> int:
         video_dir=None if args.video_dir is None else str(args.video_dir), policy_setup=setup,
     )
     plan = _sequential_plan(args, specs) if args.until_decided else None
-    with _ray_joined(args.ray_address), _open_log(args, config) as log:
+    with _open_log(args, config) as log:
         kept = [spec for spec in specs if spec_key(spec) in log.finished]
         try:
             if kept:
@@ -486,13 +494,15 @@ def run_demos(args: argparse.Namespace) -> int:
         raise CliError(f"--workers must be at least 1, got {args.workers}")
     if args.noise < 0:
         raise CliError(f"--noise must be >= 0, got {args.noise}")
-    tasks = parse_indices(args.tasks, "--tasks")
-    build_specs([args.suite], tasks, (0,), (0,))  # checks the suite and task range
-    specs = [DemoSpec(args.suite, t, s, args.noise) for t in tasks for s in parse_indices(args.seeds, "--seeds")]
-    try:
-        outcomes = record_demos(specs, args.out, workers=args.workers, progress=not args.no_progress)
-    except SimulatorUnavailable as error:
-        raise CliError(str(error)) from None
+    tasks, seeds = parse_indices(args.tasks, "--tasks"), parse_indices(args.seeds, "--seeds")
+    with _ray_joined(args.ray_address):
+        build_specs([args.suite], tasks, (0,), (0,))  # checks the suite and task range
+        specs = [DemoSpec(args.suite, t, s, args.noise) for t in tasks for s in seeds]
+        try:
+            outcomes = record_demos(specs, args.out, workers=args.workers, ray_address=args.ray_address,
+                                    progress=not args.no_progress)
+        except SimulatorUnavailable as error:
+            raise CliError(str(error)) from None
     summary = summarize(outcomes)
     print(f"demos: {args.out / args.suite}: {summary['kept']} kept, {summary['failed']} failed, {summary['steps']} steps")
     return 0
