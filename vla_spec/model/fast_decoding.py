@@ -47,12 +47,12 @@ nothing of it waits for the host between the stages.
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
 from vla_spec.model.decoding import GreedyResult, check_decoder_inputs, positions_from_mask, greedy_step
-from vla_spec.model.fast_vision import GraphedVision, has_hooks
+from vla_spec.model.fast_vision import GraphedVision, captured, has_hooks
 from vla_spec.model.network import PrefixLayout
 from vla_spec.model.processor import pixel_values_from_uint8
 from vla_spec.model.static_llama import StaticLlama, sdpa_backend
@@ -69,20 +69,6 @@ def _additive(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """Boolean mask (True = attend) -> additive bias (0 / -inf), built once per call, not per layer."""
     return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill_(~allowed, float("-inf"))
 
-
-
-def _captured(compute: Callable[[], None], warmup: int) -> torch.cuda.CUDAGraph:
-    """``compute`` run ``warmup`` times eagerly on a side stream (compiling, autotuning), then captured."""
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(warmup):
-            compute()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        compute()
-    return graph
 
 
 class _Bucket:
@@ -167,7 +153,7 @@ class _Bucket:
         return out | {"token_ids": self.token_ids, "margins": self.margins, "top_logits": self.top_logits}
 
     def capture(self, warmup: int) -> None:
-        self.graph = _captured(self.compute, warmup)
+        self.graph = captured(self.compute, warmup)[0]
 
     def run(self) -> GreedyResult:
         if self.graph is not None:
@@ -306,7 +292,7 @@ class _CallGraph:
         self.ids = torch.zeros(bucket.batch * bucket.length, dtype=torch.int64, device=device)
         self.index = torch.zeros(bucket.batch, bucket.length, dtype=torch.int64, device=device)
         self.load(pixels, layout)
-        self.graph = _captured(self.compute, warmup)
+        self.graph = captured(self.compute, warmup)[0]
 
     def load(self, pixels: torch.Tensor, layout: PrefixLayout) -> None:
         self.pixels.copy_(pixels)
