@@ -193,7 +193,9 @@ class FastGreedyDecoder:
     the prefill's projections in float8 e4m3 (:func:`vla_spec.model.static_llama.fp8_linear`; a
     float8 copy of those weights, +6.5 GB at 7B); this changes tokens beyond near-ties, so it is
     an option only, measured in benchmarks/README.md. ``attention_backend``: the SDPA kernel
-    (:func:`vla_spec.model.static_llama.sdpa_backend`; None = torch's choice).
+    (:func:`vla_spec.model.static_llama.sdpa_backend`; None = torch's choice). On an H200 torch
+    picks cuDNN's kernel, whose single-query (decode step) attention is not bitwise reproducible;
+    ``"efficient"`` is, at some cost (benchmarks/README.md, session 10).
     """
 
     def __init__(
