@@ -286,6 +286,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host-pixels", action="store_true", help="also ours with float32 pixels made on the host")
     parser.add_argument("--attention-backend", default=None, choices=["default", *SDPA_BACKENDS],
                         help="ours: the SDPA kernel (FastGreedyDecoder(attention_backend=...); default: torch's choice)")
+    parser.add_argument("--step-attention-backend", default=None, choices=["default", *SDPA_BACKENDS],
+                        help="ours: the decode steps' SDPA kernel, if not --attention-backend's")
     parser.add_argument("--one-graph-max-batch", type=int, default=1,
                         help="ours: calls of up to this many rows run as one CUDA graph (accelerate's default: 1)")
     parser.add_argument("--wait-for", type=Path, default=None,
@@ -296,8 +298,8 @@ def main(argv: list[str] | None = None) -> int:
         print("needs a CUDA GPU", file=sys.stderr)
         return 2
     naive_iters = args.naive_iters or args.iters
-    if args.attention_backend == "default":
-        args.attention_backend = None
+    backends = {name: None if name == "default" else name
+                for name in (args.attention_backend, args.step_attention_backend)}
 
     props = torch.cuda.get_device_properties(0)
     env = {
@@ -342,8 +344,9 @@ def main(argv: list[str] | None = None) -> int:
         # per batch: first calls (compile, capture), then (after --wait-for) the timed calls, then every
         # graph of this batch is dropped (as in the earlier runs: keeping all batches' graphs and
         # transformers' cudagraph trees alive together ended in a launch failure at batch 8, run 4)
-        accelerate(model, decoder=FastGreedyDecoder(attention_backend=args.attention_backend),
-                   one_graph_max_batch=args.one_graph_max_batch)
+        decoder = FastGreedyDecoder(attention_backend=backends[args.attention_backend],
+                                    step_attention_backend=backends[args.step_attention_backend])
+        accelerate(model, decoder=decoder, one_graph_max_batch=args.one_graph_max_batch)
         images = [rng.integers(0, 256, (224, 224, 3), dtype=np.uint8) for _ in range(batch)]
         texts = [INSTRUCTION] * batch
         with torch.inference_mode():

@@ -15,7 +15,8 @@ Same inputs, replayed ``--replays`` times on the 7B-shaped OpenVLA of ``bench_pr
    the measured matmul rate");
 4. **decoder variants**, each the same comparison plus device ms and its tokens against the
    default's: without the CUDA graph (eager launches), each SDPA backend
-   (``FastGreedyDecoder(attention_backend=...)``), ``torch.use_deterministic_algorithms(True)``, and
+   (``FastGreedyDecoder(attention_backend=...)``), torch's choice for the prefill with ``efficient``
+   for the steps (``step_attention_backend``), ``torch.use_deterministic_algorithms(True)``, and
    cuBLAS without reduced-precision bf16 reductions;
 5. the prefill alone (1 token) against prefill + 6 steps: the prefill's TFLOP/s and the steps'
    weight-streaming TB/s.
@@ -108,7 +109,8 @@ def decoder_variants(model: Any, prefix: Any, count: int, iters: int, graphs: bo
     lm, out, default_ids = model.language_model, {}, None
     variants: list[tuple[str, dict, str | None]] = [(b, {"attention_backend": None if b == "default" else b}, None)
                                                     for b in BACKENDS]
-    variants += [("default, no CUDA graph", {"use_cuda_graphs": False}, None),
+    variants += [("default prefill, efficient steps", {"step_attention_backend": "efficient"}, None),
+                 ("default, no CUDA graph", {"use_cuda_graphs": False}, None),
                  ("default, deterministic algorithms", {}, "deterministic"),
                  ("default, no reduced-precision bf16 reduction", {}, "no_reduced_precision")]
     for name, options, setting in variants:

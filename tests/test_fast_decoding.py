@@ -222,10 +222,19 @@ def test_stages_and_first_difference():
 
 
 def test_attention_backend_option():
-    """``attention_backend`` picks the SDPA kernel: "math" (torch's reference kernel, on every device)
-    gives the naive tokens; an unknown name fails when the decoder is built, naming the choices."""
-    embeds, mask = left_padded_batch()
-    math = FastGreedyDecoder(attention_backend="math")(tiny_llama(4), embeds, mask, 7)
+    """``attention_backend`` picks the SDPA kernel of every call, ``step_attention_backend`` that of
+    the decode steps: "math" (torch's reference kernel, on every device) gives the naive tokens; on
+    CPU torch has no "efficient" kernel, so asking for it fails in the prefill, or only in the first
+    step when only the steps ask for it; an unknown name fails when the decoder is built."""
+    model, (embeds, mask) = tiny_llama(4), left_padded_batch()
+    math = FastGreedyDecoder(attention_backend="math")(model, embeds, mask, 7)
     assert torch.equal(math.token_ids, naive_decode(4, 7).token_ids)
-    with pytest.raises(ValueError, match="unknown attention_backend 'fast'.*cudnn"):
-        FastGreedyDecoder(attention_backend="fast")
+    assert torch.equal(FastGreedyDecoder(step_attention_backend="math")(model, embeds, mask, 7).token_ids,
+                       math.token_ids)
+    for options in ({"attention_backend": "efficient"}, {"step_attention_backend": "efficient"}):
+        with pytest.raises(RuntimeError, match="No viable backend"):
+            FastGreedyDecoder(**options)(model, embeds, mask, 7)
+    assert FastGreedyDecoder(step_attention_backend="efficient")(model, embeds, mask, 1).token_ids.shape == (3, 1)
+    for options in ({"attention_backend": "fast"}, {"step_attention_backend": "fast"}):
+        with pytest.raises(ValueError, match="unknown attention_backend 'fast'.*cudnn"):
+            FastGreedyDecoder(**options)

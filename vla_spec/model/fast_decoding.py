@@ -195,7 +195,9 @@ class FastGreedyDecoder:
     an option only, measured in benchmarks/README.md. ``attention_backend``: the SDPA kernel
     (:func:`vla_spec.model.static_llama.sdpa_backend`; None = torch's choice). On an H200 torch
     picks cuDNN's kernel, whose single-query (decode step) attention is not bitwise reproducible;
-    ``"efficient"`` is, at some cost (benchmarks/README.md, session 10).
+    ``"efficient"`` is, at some cost (benchmarks/README.md, session 10). ``step_attention_backend``:
+    the decode steps' kernel, if not ``attention_backend``'s (e.g. torch's choice for the prefill,
+    whose cuDNN kernel was reproducible there, and ``"efficient"`` for the steps).
     """
 
     def __init__(
@@ -210,10 +212,11 @@ class FastGreedyDecoder:
         warmup: int = 2,
         fp8: bool = False,
         attention_backend: str | None = None,
+        step_attention_backend: str | None = None,
     ) -> None:
         if pad_multiple < 1 or max_buckets < 1:
             raise ValueError("pad_multiple and max_buckets must be >= 1")
-        sdpa_backend(attention_backend)  # a bad name fails here, not at the first call
+        sdpa_backend(attention_backend), sdpa_backend(step_attention_backend)  # bad names fail here
         self.use_cuda_graphs = use_cuda_graphs
         self.pad_multiple = pad_multiple
         self.max_buckets = max_buckets
@@ -223,6 +226,7 @@ class FastGreedyDecoder:
         self.warmup = warmup
         self.fp8 = fp8
         self.attention_backend = attention_backend
+        self.step_attention_backend = step_attention_backend
         self._llamas: dict[int, StaticLlama] = {}
         self._buckets: OrderedDict[tuple[Any, ...], _Bucket] = OrderedDict()
 
@@ -251,7 +255,8 @@ class FastGreedyDecoder:
             compiled = self.compile if self.compile is not None else device.type == "cuda"
             use_gemv = (self.gemv if self.gemv is not None else True) and device.type == "cuda"
             fused = self.fuse if self.fuse is not None else device.type == "cuda"
-            self._llamas[key] = StaticLlama(language_model, fused, compiled, use_gemv, self.fp8, self.attention_backend)
+            self._llamas[key] = StaticLlama(language_model, fused, compiled, use_gemv, self.fp8, self.attention_backend,
+                                            self.step_attention_backend)
         return self._llamas[key]
 
     @torch.inference_mode()

@@ -18,7 +18,8 @@ Options, per :class:`StaticLlama`:
   products in float8 e4m3 (:func:`fp8_linear`), with per-output-row weight scales (a float8 copy of
   those weights, about 6.5 GB for a 7B Llama) and per-token activation scales computed on the fly;
   the decode steps (one row per sequence, weight-bandwidth bound) stay in the model dtype.
-* ``attention_backend``: the SDPA kernel (:func:`sdpa_backend`; default torch's choice).
+* ``attention_backend``: the SDPA kernel (:func:`sdpa_backend`; default torch's choice);
+  ``step_attention_backend``: the decode steps' (single query row) kernel, if another.
 """
 
 from __future__ import annotations
@@ -256,7 +257,7 @@ class StaticLlama:
 
     def __init__(
         self, language_model: Any, fuse: bool, compiled: bool, use_gemv: bool = False, fp8: bool = False,
-        attention_backend: str | None = None,
+        attention_backend: str | None = None, step_attention_backend: str | None = None,
     ) -> None:
         config = language_model.config
         model = language_model.model
@@ -277,6 +278,7 @@ class StaticLlama:
         self.hidden = int(config.hidden_size)
         self.use_gemv = use_gemv
         self.attention_backend = sdpa_backend(attention_backend)
+        self.step_attention_backend = sdpa_backend(step_attention_backend or attention_backend)
         self.weights = [self._layer_weights(layer, fuse) for layer in model.layers]
         if fp8:
             for w in self.weights:
@@ -339,6 +341,7 @@ class StaticLlama:
         batch, q_len, _ = h.shape
         gemv_rows = self.use_gemv and batch * q_len == 1
         fp8 = w.fp8 if q_len > 1 else None  # float8 for the prefill only
+        attention_backend = self.attention_backend if q_len > 1 else self.step_attention_backend
         q = self.attention_inputs(
             h, w.norm1, w.eps1, w.qkv, w.qkv_bias, cos, sin, k_cache, v_cache, slots,
             self.n_heads, self.n_kv, self.head_dim, gemv_rows, fp8.qkv if fp8 is not None else None,
@@ -351,7 +354,7 @@ class StaticLlama:
         if self.n_kv != self.n_heads:
             rep = self.n_heads // self.n_kv
             keys, values = keys.repeat_interleave(rep, dim=1), values.repeat_interleave(rep, dim=1)
-        with self.attention_backend():
+        with attention_backend():
             out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
         out = out.transpose(1, 2).reshape(batch, q_len, self.n_heads * self.head_dim)
         return self.attention_output_and_mlp(
