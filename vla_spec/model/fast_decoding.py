@@ -61,8 +61,8 @@ __all__ = ["FastGreedyDecoder", "GraphedCall", "accelerate", "restore", "is_acce
 
 
 CACHE_ALIGN = 16
-"""The KV cache's length is a multiple of this: SDPA copies an attention mask whose rows are not
-16-aligned into a padded one (per layer and step, inside the graph)."""
+"""The KV cache's length (and so the attention mask's rows) is a multiple of this: torch pads a mask
+whose last dimension is not 16-aligned, a copy per attention call, before its fused SDPA kernels."""
 
 
 def _additive(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

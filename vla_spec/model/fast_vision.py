@@ -31,8 +31,9 @@ def captured(compute: Callable[[], T], warmup: int) -> tuple[torch.cuda.CUDAGrap
     pool, alive as long as the graph. Otherwise the graph keeps the address of the workspace an
     earlier capture on the same (shared) capture stream allocated, in that capture's pool; once that
     graph is gone and something clears the workspaces (inductor's CUDA graph trees do, e.g. in
-    transformers' static-cache ``generate``), ``empty_cache`` returns the memory to the driver and
-    a replay dies with "unspecified launch failure" (issue 10, H200 runs 4 and s10-1, batch 8)."""
+    transformers' static-cache ``generate``), ``empty_cache`` can return the memory to the driver
+    and a replay runs its GEMMs on freed memory: the cause, by torch's source, of the "unspecified
+    launch failure" of issue 10 (H200, session 9 run 4 and session 10 run 1, batch 8)."""
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):
