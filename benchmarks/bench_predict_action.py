@@ -21,6 +21,9 @@ the model) go through
   :class:`~vla_spec.model.fast_decoding.GraphedCall`, also timed as three graphs);
 * **ours --fp8** (``--fp8``): the same with ``FastGreedyDecoder(fp8=True)`` (float8 e4m3 prefill
   projections), its tokens against ours in bfloat16 and against naive; also on the tiny checkpoint;
+* ``--attention-backend`` / ``--step-attention-backend``: ours with another SDPA kernel (all calls /
+  the decode steps; ``FastGreedyDecoder(attention_backend=..., step_attention_backend=...)``);
+  ``--one-graph-max-batch N``: calls of up to N rows as one CUDA graph;
 * **ours, host pixels** (``--host-pixels``): the same with ``model.pixels_on_device = False``
   (float32 pixel_values made on the CPU and copied over: the input path before the uint8 one);
 
