@@ -21,6 +21,9 @@ the model) go through
   :class:`~vla_spec.model.fast_decoding.GraphedCall`, also timed as three graphs);
 * **ours --fp8** (``--fp8``): the same with ``FastGreedyDecoder(fp8=True)`` (float8 e4m3 prefill
   projections), its tokens against ours in bfloat16 and against naive; also on the tiny checkpoint;
+* ``--attention-backend`` / ``--step-attention-backend``: ours with another SDPA kernel (all calls /
+  the decode steps; ``FastGreedyDecoder(attention_backend=..., step_attention_backend=...)``);
+  ``--one-graph-max-batch N``: calls of up to N rows as one CUDA graph;
 * **ours, host pixels** (``--host-pixels``): the same with ``model.pixels_on_device = False``
   (float32 pixel_values made on the CPU and copied over: the input path before the uint8 one);
 
@@ -64,6 +67,7 @@ from vla_spec.model.agreement import near_tie_divergences, near_ties  # noqa: E4
 from vla_spec.model.config import OpenVLAConfig  # noqa: E402
 from vla_spec.model.fast_decoding import FastGreedyDecoder, accelerate, restore  # noqa: E402
 from vla_spec.model.modeling import OpenVLA  # noqa: E402
+from vla_spec.model.static_llama import SDPA_BACKENDS  # noqa: E402
 
 TINY = ROOT / "golden" / "tiny-openvla"
 INSTRUCTION = "put the bowl on the plate"
@@ -283,6 +287,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tiny-fp8", action="store_true",
                         help="first, the tiny checkpoint's tokens with a float8 prefill against bfloat16 and naive")
     parser.add_argument("--host-pixels", action="store_true", help="also ours with float32 pixels made on the host")
+    parser.add_argument("--attention-backend", default=None, choices=["default", *SDPA_BACKENDS],
+                        help="ours: the SDPA kernel (FastGreedyDecoder(attention_backend=...); default: torch's choice)")
+    parser.add_argument("--step-attention-backend", default=None, choices=["default", *SDPA_BACKENDS],
+                        help="ours: the decode steps' SDPA kernel, if not --attention-backend's")
+    parser.add_argument("--one-graph-max-batch", type=int, default=1,
+                        help="ours: calls of up to this many rows run as one CUDA graph (accelerate's default: 1)")
     parser.add_argument("--wait-for", type=Path, default=None,
                         help="after each batch's first (compiling) calls, wait until this file exists "
                              "(so that a job beside the benchmark, e.g. the gpu tier, finishes before timing)")
@@ -291,6 +301,8 @@ def main(argv: list[str] | None = None) -> int:
         print("needs a CUDA GPU", file=sys.stderr)
         return 2
     naive_iters = args.naive_iters or args.iters
+    backends = {name: None if name == "default" else name
+                for name in (args.attention_backend, args.step_attention_backend)}
 
     props = torch.cuda.get_device_properties(0)
     env = {
@@ -335,7 +347,9 @@ def main(argv: list[str] | None = None) -> int:
         # per batch: first calls (compile, capture), then (after --wait-for) the timed calls, then every
         # graph of this batch is dropped (as in the earlier runs: keeping all batches' graphs and
         # transformers' cudagraph trees alive together ended in a launch failure at batch 8, run 4)
-        accelerate(model)
+        decoder = FastGreedyDecoder(attention_backend=backends[args.attention_backend],
+                                    step_attention_backend=backends[args.step_attention_backend])
+        accelerate(model, decoder=decoder, one_graph_max_batch=args.one_graph_max_batch)
         images = [rng.integers(0, 256, (224, 224, 3), dtype=np.uint8) for _ in range(batch)]
         texts = [INSTRUCTION] * batch
         with torch.inference_mode():

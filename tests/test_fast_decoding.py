@@ -191,3 +191,50 @@ def test_prefix_layout_padding():
     assert torch.equal(wide.attention_mask[:, 3:], tight.attention_mask) and not wide.attention_mask[:, :3].any()
     with pytest.raises(ValueError, match="too small"):
         model.prefix_layout(ids, tight.index.shape[1] - 1)
+
+
+def test_stages_and_first_difference():
+    """A bucket's stages come in the order a run writes them (prefill K/V per layer, each step's K/V
+    per layer, then ids, margins, top-1 logits); two CPU runs on one prefix are bitwise equal, and a
+    one-bit change in one stage is found there and nowhere earlier. The cache's length is 16-aligned
+    (L 13 + 6 steps = 19 -> 32) and the positions no step writes stay zero."""
+    from vla_spec.model.fast_decoding import CACHE_ALIGN, first_difference
+
+    model = tiny_llama(4)
+    embeds, mask = left_padded_batch()
+    decoder = FastGreedyDecoder(pad_multiple=1)
+    decoder(model, embeds, mask, 7)
+    bucket = decoder.bucket(decoder.buckets[0])
+    assert bucket.cache_len == 32 and bucket.cache_len % CACHE_ALIGN == 0 and not bucket.k_cache[0][:, :, 19:].any()
+    stages = bucket.stages()
+    names = list(stages)
+    assert names[:3] == ["prefill layer 0 K", "prefill layer 0 V", "prefill layer 1 K"]
+    assert names[4] == "step 1 layer 0 K" and names[-3:] == ["token_ids", "margins", "top_logits"]
+    assert len(names) == 2 * 2 * 7 + 3 and stages["step 1 layer 0 K"].shape == (3, 4, 1, 16)
+    reference = {name: t.clone() for name, t in stages.items()}
+    decoder(model, embeds, mask, 7)
+    assert first_difference(reference, bucket.stages()) is None
+    changed = dict(reference)
+    bits = changed["step 3 layer 1 V"].clone()
+    bits.view(torch.int32)[0, 0, 0, 0] ^= 1  # one ulp of one element
+    changed["step 3 layer 1 V"] = bits
+    assert first_difference(reference, changed) == "step 3 layer 1 V"
+
+
+def test_attention_backend_option():
+    """``attention_backend`` picks the SDPA kernel of every call, ``step_attention_backend`` that of
+    the decode steps: "math" (torch's reference kernel, on every device) gives the naive tokens; on
+    CPU torch has no "efficient" kernel, so asking for it fails in the prefill, or only in the first
+    step when only the steps ask for it; an unknown name fails when the decoder is built."""
+    model, (embeds, mask) = tiny_llama(4), left_padded_batch()
+    math = FastGreedyDecoder(attention_backend="math")(model, embeds, mask, 7)
+    assert torch.equal(math.token_ids, naive_decode(4, 7).token_ids)
+    assert torch.equal(FastGreedyDecoder(step_attention_backend="math")(model, embeds, mask, 7).token_ids,
+                       math.token_ids)
+    for options in ({"attention_backend": "efficient"}, {"step_attention_backend": "efficient"}):
+        with pytest.raises(RuntimeError, match="No viable backend"):
+            FastGreedyDecoder(**options)(model, embeds, mask, 7)
+    assert FastGreedyDecoder(step_attention_backend="efficient")(model, embeds, mask, 1).token_ids.shape == (3, 1)
+    for options in ({"attention_backend": "fast"}, {"step_attention_backend": "fast"}):
+        with pytest.raises(ValueError, match="unknown attention_backend 'fast'.*cudnn"):
+            FastGreedyDecoder(**options)

@@ -7,11 +7,12 @@ top-1 minus top-2 margin per step.
 
 How it is fast
 --------------
-* **Static KV cache.** One preallocated K and V buffer per layer, [B, kv_heads, L + n - 1, head_dim],
-  written in place (prefill writes ``[:L]``, decode step j writes position ``L + j - 1``), by the
-  Llama forward of :mod:`vla_spec.model.static_llama` over the model's own weights. The additive
-  mask (causal AND key is real; a padded query also sees itself, so pad rows stay finite) is built
-  once per call.
+* **Static KV cache.** One preallocated K and V buffer per layer, [B, kv_heads, T, head_dim] with
+  T = L + n - 1 rounded up to a multiple of :data:`CACHE_ALIGN`, written in place (prefill writes
+  ``[:L]``, decode step j writes position ``L + j - 1``), by the Llama forward of
+  :mod:`vla_spec.model.static_llama` over the model's own weights. Every attention call reads the
+  whole cache (no copies of a slice) under an additive mask over all T keys (causal AND key is
+  real AND written; a padded query also sees itself, so pad rows stay finite), built once per call.
 * **One CUDA graph per (batch, padded prefix length, n_tokens) bucket** holding the whole decode:
   the prefill, the first argmax, and the ``n - 1`` single-token steps unrolled (embedding lookup
   of the previous argmax, 32 layers, argmax + margin). A call copies the prefix into the graph's
@@ -46,17 +47,22 @@ nothing of it waits for the host between the stages.
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
 from vla_spec.model.decoding import GreedyResult, check_decoder_inputs, positions_from_mask, greedy_step
-from vla_spec.model.fast_vision import GraphedVision, has_hooks
+from vla_spec.model.fast_vision import GraphedVision, captured, has_hooks
 from vla_spec.model.network import PrefixLayout
 from vla_spec.model.processor import pixel_values_from_uint8
-from vla_spec.model.static_llama import StaticLlama
+from vla_spec.model.static_llama import StaticLlama, sdpa_backend
 
-__all__ = ["FastGreedyDecoder", "GraphedCall", "accelerate", "restore", "is_accelerated"]
+__all__ = ["FastGreedyDecoder", "GraphedCall", "accelerate", "restore", "is_accelerated", "first_difference"]
+
+
+CACHE_ALIGN = 16
+"""The KV cache's length (and so the attention mask's rows) is a multiple of this: torch pads a mask
+whose last dimension is not 16-aligned, a copy per attention call, before its fused SDPA kernels."""
 
 
 def _additive(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -65,37 +71,24 @@ def _additive(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 
 
 
-def _captured(compute: Callable[[], None], warmup: int) -> torch.cuda.CUDAGraph:
-    """``compute`` run ``warmup`` times eagerly on a side stream (compiling, autotuning), then captured."""
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(warmup):
-            compute()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        compute()
-    return graph
-
-
 class _Bucket:
     """Static buffers (and, on CUDA, the captured graph) for one (B, L, n_tokens) shape."""
 
     def __init__(self, llama: StaticLlama, batch: int, length: int, n_tokens: int, dtype: torch.dtype, device: torch.device):
         self.llama, self.batch, self.length, self.n_tokens = llama, batch, length, n_tokens
         total = length + n_tokens - 1
+        self.cache_len = -(-total // CACHE_ALIGN) * CACHE_ALIGN
         self.embeds = torch.zeros(batch, length, llama.hidden, dtype=dtype, device=device)
         self.mask = torch.zeros(batch, length, dtype=torch.long, device=device)
-        cache_shape = (batch, llama.n_kv, total, llama.head_dim)
+        cache_shape = (batch, llama.n_kv, self.cache_len, llama.head_dim)
         self.k_cache = [torch.zeros(cache_shape, dtype=dtype, device=device) for _ in range(llama.n_layers)]
         self.v_cache = [torch.zeros(cache_shape, dtype=dtype, device=device) for _ in range(llama.n_layers)]
-        self.causal = torch.ones(length, length, dtype=torch.bool, device=device).tril_()
-        self.eye = torch.eye(length, dtype=torch.bool, device=device)
+        self.causal = torch.ones(length, self.cache_len, dtype=torch.bool, device=device).tril_()  # [L, T]
+        self.eye = torch.eye(length, self.cache_len, dtype=torch.bool, device=device)
         self.token_ids = torch.zeros(batch, n_tokens, dtype=torch.int64, device=device)
         self.margins = torch.zeros(batch, n_tokens, dtype=torch.float32, device=device)
         self.top_logits = torch.zeros(batch, n_tokens, dtype=torch.float32, device=device)
-        self.slots = torch.arange(total, device=device)  # cache positions: prefill [:length], step j [length + j - 1]
+        self.slots = torch.arange(self.cache_len, device=device)  # prefill [:length], step j [length + j - 1]
         self.graph: torch.cuda.CUDAGraph | None = None
 
     def load(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor) -> None:
@@ -108,11 +101,16 @@ class _Bucket:
 
     def compute(self) -> None:
         """Prefill + n_tokens greedy steps over the static buffers (eager; captured on CUDA)."""
-        llama, n_layers = self.llama, self.llama.n_layers
+        llama, n_layers, dtype = self.llama, self.llama.n_layers, self.embeds.dtype
         valid = self.mask.bool()
         positions = positions_from_mask(self.mask)
-        allowed = ((self.causal[None] & valid[:, None, :]) | self.eye[None])[:, None]  # [B, 1, L, L]
-        mask = _additive(allowed, self.embeds.dtype)
+        # every attention call reads the whole cache [B, kv, T, d] (a slice of it would be copied
+        # for SDPA), with the keys not yet written (or padding) masked out
+        written = self.n_tokens - 1
+        keys_valid = torch.cat([valid, valid.new_ones(self.batch, written),
+                                valid.new_zeros(self.batch, self.cache_len - self.length - written)], dim=1)  # [B, T]
+        allowed = ((self.causal[None] & keys_valid[:, None, :]) | self.eye[None])[:, None]  # [B, 1, L, T]
+        mask = _additive(allowed, dtype)
         h = self.embeds
         cos, sin = llama.rotary(h, positions)
         prefill_slots = self.slots[: self.length]
@@ -124,16 +122,15 @@ class _Bucket:
         self.token_ids[:, 0].copy_(token)
         self.margins[:, 0].copy_(margin)
         self.top_logits[:, 0].copy_(top)
-        key_valid = _additive(
-            torch.cat([valid, valid.new_ones(self.batch, self.n_tokens - 1)], dim=1)[:, None, None, :], self.embeds.dtype
-        )
+        step_slots = self.slots[self.length : self.length + written]  # step j writes (and sees up to) slot L + j - 1
+        seen = self.slots[None, :] <= step_slots[:, None]  # [n - 1, T]
+        step_masks = _additive(keys_valid[None] & seen[:, None, :], dtype)[:, :, None, None, :]  # [n - 1, B, 1, 1, T]
         last = positions[:, -1:]
         for step in range(1, self.n_tokens):
-            start = self.length + step - 1
             h = llama.embed(token[:, None])
             cos, sin = llama.rotary(h, last + step)
-            step_mask = key_valid[..., : start + 1]
-            step_slot = self.slots[start : start + 1]
+            step_mask = step_masks[step - 1]
+            step_slot = step_slots[step - 1 : step]
             for i in range(n_layers):
                 h = llama.layer(i, h, cos, sin, self.k_cache[i], self.v_cache[i], step_slot, step_mask)
             token, margin, top = greedy_step(llama.logits_last(h))
@@ -141,8 +138,22 @@ class _Bucket:
             self.margins[:, step].copy_(margin)
             self.top_logits[:, step].copy_(top)
 
+    def stages(self) -> dict[str, torch.Tensor]:
+        """The buffers a run writes, as views, in the order it writes them: per layer the prefill's
+        K and V [B, kv, L, d]; per decode step and layer the step's K and V [B, kv, 1, d]; then the
+        ids, margins and top-1 logits (what :func:`first_difference` compares between replays)."""
+        out: dict[str, torch.Tensor] = {}
+        positions = [("prefill", slice(0, self.length))] + [
+            (f"step {j}", slice(self.length + j - 1, self.length + j)) for j in range(1, self.n_tokens)
+        ]
+        for name, at in positions:
+            for i in range(self.llama.n_layers):
+                out[f"{name} layer {i} K"] = self.k_cache[i][:, :, at]
+                out[f"{name} layer {i} V"] = self.v_cache[i][:, :, at]
+        return out | {"token_ids": self.token_ids, "margins": self.margins, "top_logits": self.top_logits}
+
     def capture(self, warmup: int) -> None:
-        self.graph = _captured(self.compute, warmup)
+        self.graph = captured(self.compute, warmup)[0]
 
     def run(self) -> GreedyResult:
         if self.graph is not None:
@@ -155,6 +166,15 @@ class _Bucket:
         return GreedyResult(
             token_ids=self.token_ids.clone(), margins=self.margins.clone(), top_logits=self.top_logits.clone()
         )
+
+
+def first_difference(reference: dict[str, torch.Tensor], current: dict[str, torch.Tensor]) -> str | None:
+    """The first stage, in ``reference``'s order, whose tensor in ``current`` differs bitwise (NaN
+    payloads included); None when all are equal."""
+    def raw(t: torch.Tensor) -> torch.Tensor:
+        return t.contiguous().view(torch.uint8)
+
+    return next((name for name, t in reference.items() if not torch.equal(raw(t), raw(current[name]))), None)
 
 
 class FastGreedyDecoder:
@@ -172,7 +192,12 @@ class FastGreedyDecoder:
     instead of cuBLAS (None = on CUDA; the kernel autotunes on first use). ``fp8`` (default off):
     the prefill's projections in float8 e4m3 (:func:`vla_spec.model.static_llama.fp8_linear`; a
     float8 copy of those weights, +6.5 GB at 7B); this changes tokens beyond near-ties, so it is
-    an option only, measured in benchmarks/README.md.
+    an option only, measured in benchmarks/README.md. ``attention_backend``: the SDPA kernel
+    (:func:`vla_spec.model.static_llama.sdpa_backend`; None = torch's choice). On an H200 torch
+    picks cuDNN's kernel, whose single-query (decode step) attention is not bitwise reproducible;
+    ``"efficient"`` is, at some cost (benchmarks/README.md, session 10). ``step_attention_backend``:
+    the decode steps' kernel, if not ``attention_backend``'s (e.g. torch's choice for the prefill,
+    whose cuDNN kernel was reproducible there, and ``"efficient"`` for the steps).
     """
 
     def __init__(
@@ -186,9 +211,12 @@ class FastGreedyDecoder:
         gemv: bool | None = None,
         warmup: int = 2,
         fp8: bool = False,
+        attention_backend: str | None = None,
+        step_attention_backend: str | None = None,
     ) -> None:
         if pad_multiple < 1 or max_buckets < 1:
             raise ValueError("pad_multiple and max_buckets must be >= 1")
+        sdpa_backend(attention_backend), sdpa_backend(step_attention_backend)  # bad names fail here
         self.use_cuda_graphs = use_cuda_graphs
         self.pad_multiple = pad_multiple
         self.max_buckets = max_buckets
@@ -197,8 +225,14 @@ class FastGreedyDecoder:
         self.gemv = gemv
         self.warmup = warmup
         self.fp8 = fp8
+        self.attention_backend = attention_backend
+        self.step_attention_backend = step_attention_backend
         self._llamas: dict[int, StaticLlama] = {}
         self._buckets: OrderedDict[tuple[Any, ...], _Bucket] = OrderedDict()
+
+    def bucket(self, key: tuple[Any, ...]) -> _Bucket:
+        """The captured shape ``key`` (one of :attr:`buckets`): its buffers and :meth:`_Bucket.stages`."""
+        return self._buckets[key]
 
     @property
     def buckets(self) -> list[tuple[Any, ...]]:
@@ -221,7 +255,8 @@ class FastGreedyDecoder:
             compiled = self.compile if self.compile is not None else device.type == "cuda"
             use_gemv = (self.gemv if self.gemv is not None else True) and device.type == "cuda"
             fused = self.fuse if self.fuse is not None else device.type == "cuda"
-            self._llamas[key] = StaticLlama(language_model, fused, compiled, use_gemv, self.fp8)
+            self._llamas[key] = StaticLlama(language_model, fused, compiled, use_gemv, self.fp8, self.attention_backend,
+                                            self.step_attention_backend)
         return self._llamas[key]
 
     @torch.inference_mode()
@@ -264,7 +299,7 @@ class _CallGraph:
         self.ids = torch.zeros(bucket.batch * bucket.length, dtype=torch.int64, device=device)
         self.index = torch.zeros(bucket.batch, bucket.length, dtype=torch.int64, device=device)
         self.load(pixels, layout)
-        self.graph = _captured(self.compute, warmup)
+        self.graph = captured(self.compute, warmup)[0]
 
     def load(self, pixels: torch.Tensor, layout: PrefixLayout) -> None:
         self.pixels.copy_(pixels)

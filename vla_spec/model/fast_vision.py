@@ -13,12 +13,39 @@ path runs so that the hooks see their calls.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, TypeVar
 
 import torch
 
 
+T = TypeVar("T")
+
 _HOOKED = ("vision_backbone.featurizer", "vision_backbone.fused_featurizer", "projector")
+
+
+def captured(compute: Callable[[], T], warmup: int) -> tuple[torch.cuda.CUDAGraph, T]:
+    """``compute`` run ``warmup`` times eagerly on a side stream (compiling, autotuning), then captured
+    into a new CUDA graph: the graph and what the captured run returned (its static outputs).
+
+    The cuBLAS workspaces are dropped first, so the capture allocates its own in the graph's private
+    pool, alive as long as the graph. Otherwise the graph keeps the address of the workspace an
+    earlier capture on the same (shared) capture stream allocated, in that capture's pool; once that
+    graph is gone and something clears the workspaces (inductor's CUDA graph trees do, e.g. in
+    transformers' static-cache ``generate``), ``empty_cache`` can return the memory to the driver
+    and a replay runs its GEMMs on freed memory: the cause, by torch's source, of the "unspecified
+    launch failure" of issue 10 (H200, session 9 run 4 and session 10 run 1, batch 8)."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(warmup):
+            compute()
+    torch.cuda.current_stream().wait_stream(side)
+    torch.cuda.synchronize()
+    torch._C._cuda_clearCublasWorkspaces()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = compute()
+    return graph, out
 
 
 def has_hooks(model: Any) -> bool:
@@ -85,15 +112,7 @@ class GraphedVision:
                 self.side_stream = torch.cuda.Stream()
             side = self.side_stream if batch < self.two_streams_below else None
             static_in = pixel_values.clone()
-            warm = torch.cuda.Stream()
-            warm.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(warm):
-                for _ in range(self.warmup):
-                    self.encode(static_in, side)
-            torch.cuda.current_stream().wait_stream(warm)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                static_out = self.encode(static_in, side)
+            graph, static_out = captured(lambda: self.encode(static_in, side), self.warmup)
             self.graphs[batch] = (graph, static_in, static_out)
         graph, static_in, static_out = self.graphs[batch]
         static_in.copy_(pixel_values)

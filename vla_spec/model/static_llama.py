@@ -18,12 +18,16 @@ Options, per :class:`StaticLlama`:
   products in float8 e4m3 (:func:`fp8_linear`), with per-output-row weight scales (a float8 copy of
   those weights, about 6.5 GB for a 7B Llama) and per-token activation scales computed on the fly;
   the decode steps (one row per sequence, weight-bandwidth bound) stay in the model dtype.
+* ``attention_backend``: the SDPA kernel (:func:`sdpa_backend`; default torch's choice);
+  ``step_attention_backend``: the decode steps' (single query row) kernel, if another.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, Callable, ContextManager, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -178,6 +182,23 @@ def _attention_output_and_mlp(
     return h + _linear(F.silu(gate) * up, down_weight, down_bias, use_gemv, fp8.down if fp8 is not None else None)
 
 
+SDPA_BACKENDS = ("cudnn", "efficient", "flash", "math")
+
+
+def sdpa_backend(name: str | None) -> Callable[[], ContextManager[None]]:
+    """A context for the SDPA calls: ``None`` lets torch pick the kernel; a name in
+    :data:`SDPA_BACKENDS` allows that backend only (``torch.nn.attention.sdpa_kernel``)."""
+    if name is None:
+        return contextlib.nullcontext
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    backends = {"cudnn": SDPBackend.CUDNN_ATTENTION, "efficient": SDPBackend.EFFICIENT_ATTENTION,
+                "flash": SDPBackend.FLASH_ATTENTION, "math": SDPBackend.MATH}
+    if name not in backends:
+        raise ValueError(f"unknown attention_backend {name!r}: use None (torch's choice) or one of {SDPA_BACKENDS}")
+    return functools.partial(sdpa_kernel, backends[name])
+
+
 def _raise_recompile_limit(at_least: int = 64) -> None:
     """One compiled graph per (dtype, fused or not, GEMV or not, prefill or decode, static or dynamic
     batch): more than dynamo's default 8 entries per function, after which it silently runs eager."""
@@ -235,7 +256,8 @@ class StaticLlama:
     """
 
     def __init__(
-        self, language_model: Any, fuse: bool, compiled: bool, use_gemv: bool = False, fp8: bool = False
+        self, language_model: Any, fuse: bool, compiled: bool, use_gemv: bool = False, fp8: bool = False,
+        attention_backend: str | None = None, step_attention_backend: str | None = None,
     ) -> None:
         config = language_model.config
         model = language_model.model
@@ -255,6 +277,8 @@ class StaticLlama:
         self.head_dim = int(getattr(config, "head_dim", None) or config.hidden_size // self.n_heads)
         self.hidden = int(config.hidden_size)
         self.use_gemv = use_gemv
+        self.attention_backend = sdpa_backend(attention_backend)
+        self.step_attention_backend = sdpa_backend(step_attention_backend or attention_backend)
         self.weights = [self._layer_weights(layer, fuse) for layer in model.layers]
         if fp8:
             for w in self.weights:
@@ -306,8 +330,9 @@ class StaticLlama:
         last_only: bool = False,
     ) -> torch.Tensor:
         """One decoder layer on h [B, q, H]; writes K/V to the caches at positions ``slots`` [q]
-        (consecutive, ``start .. start + q - 1``) and attends to cache[:, :, :start + q] under
-        ``mask`` [B, 1, q, start + q] (additive: 0 = attend, -inf = masked).
+        (consecutive, ``start .. start + q - 1``) and attends to cache[:, :, :S] under ``mask``
+        [B, 1, q, S] (additive: 0 = attend, -inf = masked). With S the cache's whole length the keys
+        and values go to SDPA as they are (a shorter slice is not contiguous and SDPA copies it).
 
         ``last_only``: after the K/V writes, only the last query position goes on (attention, o_proj,
         MLP): what the last layer of a prefill needs, since only its last position reaches lm_head.
@@ -316,6 +341,7 @@ class StaticLlama:
         batch, q_len, _ = h.shape
         gemv_rows = self.use_gemv and batch * q_len == 1
         fp8 = w.fp8 if q_len > 1 else None  # float8 for the prefill only
+        attention_backend = self.attention_backend if q_len > 1 else self.step_attention_backend
         q = self.attention_inputs(
             h, w.norm1, w.eps1, w.qkv, w.qkv_bias, cos, sin, k_cache, v_cache, slots,
             self.n_heads, self.n_kv, self.head_dim, gemv_rows, fp8.qkv if fp8 is not None else None,
@@ -328,7 +354,8 @@ class StaticLlama:
         if self.n_kv != self.n_heads:
             rep = self.n_heads // self.n_kv
             keys, values = keys.repeat_interleave(rep, dim=1), values.repeat_interleave(rep, dim=1)
-        out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
+        with attention_backend():
+            out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
         out = out.transpose(1, 2).reshape(batch, q_len, self.n_heads * self.head_dim)
         return self.attention_output_and_mlp(
             h, out, w.o, w.o_bias, w.norm2, w.eps2, w.gate_up, w.gate_up_bias, w.down, w.down_bias, gemv_rows, fp8,
