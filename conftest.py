@@ -70,22 +70,59 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 # The cpu tier alone (``pytest -m cpu``, no ``-n`` given) runs on up to CPU_TIER_WORKERS pytest-xdist
-# workers, one per available core: its tests are many and short, and each worker pays the imports
-# (torch, transformers) once. Other tiers run in one process (the sim tier's LIBERO processes and Ray
-# cluster are sized for the whole machine); ``-n 0`` turns it off.
+# workers, one per available core: its tests are many and short. Other tiers run in one process (the
+# sim tier's LIBERO processes and Ray cluster are sized for the whole machine); ``-n 0`` turns it off.
 CPU_TIER_WORKERS = 4
+
+# The cpu tests that import torch (and with it transformers, timm and torchvision: about 6 s of CPU),
+# as node id prefixes (a module ``path::`` or one test). Under the distributed cpu tier they all run
+# on one worker, as one unit, first; the other workers take the rest and never import torch, and
+# that worker joins them when it is done. A cpu test outside this list that imports torch fails and
+# says so (``_torch_stays_on_its_worker``): add it here, or keep torch out of it.
+TORCH_TESTS = (
+    "tests/test_conformance.py::",
+    "tests/test_fast_decoding.py::",
+    "tests/test_liveness.py::",
+    "tests/test_model_golden.py::",
+    "tests/test_model_hf_parity.py::",
+    "tests/test_model_loading.py::",
+    "tests/test_processor.py::",
+    "tests/test_prompt_tokens.py::",
+    "tests/test_cli_mistakes.py::test_cuda_without_cuda_fails_before_any_episode",
+    "tests/test_runner.py::test_a_batch_of_episodes_gets_the_answers_of_single_calls",
+    "tests/test_serve.py::test_serve_and_conform_mistakes_are_one_line_and_exit_2",
+    "tests/test_tokens.py::test_torch_in_torch_out_same_device",
+)
+_TORCH_GROUP = pytest.StashKey[bool]()
 
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_cmdline_main(config: pytest.Config) -> None:
-    """``-m cpu`` alone: distribute over the available cores (before xdist reads ``-n``; not with
-    ``--collect-only`` or ``--pdb``)."""
+    """``-m cpu`` alone: distribute over the available cores, TORCH_TESTS on one worker (before
+    xdist reads ``-n``; not with ``--collect-only`` or ``--pdb``)."""
     if hasattr(config, "workerinput") or getattr(config.option, "numprocesses", 0) is not None:
         return  # an xdist worker, -n given, or xdist disabled (-p no:xdist)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     runs_tests = not config.getoption("collectonly") and not config.getoption("usepdb")
     if (config.getoption("markexpr") or "").strip() == "cpu" and cores > 1 and runs_tests:
         config.option.numprocesses = min(cores, CPU_TIER_WORKERS)
+        config.stash[_TORCH_GROUP] = True
+
+
+@pytest.hookimpl(tryfirst=True, optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log):  # type: ignore[no-untyped-def]
+    """The distributed cpu tier's scheduler: TORCH_TESTS are one unit of work, every other test
+    its own (xdist's ``loadgroup`` would do this from marks, but it loses them under pytest 9.2:
+    pytest-dev/pytest-xdist#1386)."""
+    if not config.stash.get(_TORCH_GROUP, False):
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class TorchGroupScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return "torch" if nodeid.startswith(TORCH_TESTS) else nodeid
+
+    return TorchGroupScheduling(config, log)
 
 
 def _missing_tier_requirement(tier: str) -> str | None:
@@ -106,10 +143,12 @@ def _missing_tier_requirement(tier: str) -> str | None:
     return None
 
 
+@pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Skip the tests of a tier that cannot run here, with the reason; but a run that asked for
     exactly one tier (``-m gpu``) and cannot run it at all is a usage error (exit status 4), not a
-    green run of skips."""
+    green run of skips. (Last, after ``-m`` has deselected: only the tiers that run are checked, so
+    ``-m cpu`` does not import torch to ask about CUDA.)"""
     asked = (config.getoption("markexpr") or "").strip()
     if asked in TIERS:
         reason = _missing_tier_requirement(asked)
