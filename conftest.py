@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -70,22 +71,101 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 # The cpu tier alone (``pytest -m cpu``, no ``-n`` given) runs on up to CPU_TIER_WORKERS pytest-xdist
-# workers, one per available core: its tests are many and short, and each worker pays the imports
-# (torch, transformers) once. Other tiers run in one process (the sim tier's LIBERO processes and Ray
-# cluster are sized for the whole machine); ``-n 0`` turns it off.
+# workers, one per available core: its tests are many and short. Other tiers run in one process (the
+# sim tier's LIBERO processes and Ray cluster are sized for the whole machine); ``-n 0`` turns it off.
 CPU_TIER_WORKERS = 4
+
+# The cpu tests that import torch (and with it transformers, timm and torchvision: about 6 s of CPU),
+# as node id prefixes (a module ``path::`` or one test). Under the distributed cpu tier they all run
+# on one worker, as one unit, first; the other workers take the rest and never import torch, and
+# that worker joins them when it is done. The test modules import torch inside their tests, so that
+# collecting them does not; a cpu test outside this list that imports torch fails at its teardown,
+# and under ``-m cpu`` a test module that imports torch when collected is a collection error.
+TORCH_TESTS = (
+    "tests/test_conformance.py::",
+    "tests/test_fast_decoding.py::",
+    "tests/test_liveness.py::",
+    "tests/test_model_golden.py::",
+    "tests/test_model_hf_parity.py::",
+    "tests/test_model_loading.py::",
+    "tests/test_processor.py::",
+    "tests/test_prompt_tokens.py::",
+    "tests/test_cli_mistakes.py::test_cuda_without_cuda_fails_before_any_episode",
+    "tests/test_cli_mistakes.py::test_the_openvla_policy_records_its_checkpoint_dtype_device_and_key",
+    "tests/test_cli_mistakes.py::test_check_setup_resolves_the_key_as_reset_does",
+    "tests/test_cli_mistakes.py::test_the_header_records_the_checkpoint_and_a_mismatch_names_the_field",
+    "tests/test_runner.py::test_a_batch_of_episodes_gets_the_answers_of_single_calls",
+    "tests/test_serve.py::test_serve_and_conform_mistakes_are_one_line_and_exit_2",
+    "tests/test_sim_cli.py::test_bad_input_is_one_line_and_exit_2",  # its openvla setup errors check the checkpoint
+    "tests/test_tokens.py::test_torch_in_torch_out_same_device",
+)
+_TORCH_GROUP = pytest.StashKey[bool]()
+_TORCH_BEFORE = pytest.StashKey[bool]()
 
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_cmdline_main(config: pytest.Config) -> None:
-    """``-m cpu`` alone: distribute over the available cores (before xdist reads ``-n``; not with
-    ``--collect-only`` or ``--pdb``)."""
+    """``-m cpu`` alone: distribute over the available cores, TORCH_TESTS on one worker (before
+    xdist reads ``-n``; not with ``--collect-only`` or ``--pdb``)."""
     if hasattr(config, "workerinput") or getattr(config.option, "numprocesses", 0) is not None:
         return  # an xdist worker, -n given, or xdist disabled (-p no:xdist)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     runs_tests = not config.getoption("collectonly") and not config.getoption("usepdb")
     if (config.getoption("markexpr") or "").strip() == "cpu" and cores > 1 and runs_tests:
         config.option.numprocesses = min(cores, CPU_TIER_WORKERS)
+        config.stash[_TORCH_GROUP] = True
+
+
+@pytest.hookimpl(tryfirst=True, optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log):  # type: ignore[no-untyped-def]
+    """The distributed cpu tier's scheduler: TORCH_TESTS are one unit of work, every other test
+    its own (xdist's ``loadgroup`` would do this from marks, but it loses them under pytest 9.2:
+    pytest-dev/pytest-xdist#1386)."""
+    if not config.stash.get(_TORCH_GROUP, False):
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class TorchGroupScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return "torch" if nodeid.startswith(TORCH_TESTS) else nodeid
+
+    return TorchGroupScheduling(config, log)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_make_collect_report(collector: pytest.Collector):  # type: ignore[no-untyped-def]
+    """Under ``-m cpu``, a test module that imports torch when collected is a collection error: every
+    xdist worker collects every module, so each would import torch."""
+    before = "torch" in sys.modules
+    report = yield
+    asked = (collector.config.getoption("markexpr") or "").strip()
+    if isinstance(collector, pytest.Module) and asked == "cpu" and not before and "torch" in sys.modules and report.passed:
+        report.outcome = "failed"
+        report.longrepr = (
+            f"{collector.nodeid} imports torch when collected: every cpu-tier worker would pay that import "
+            "(seconds); import torch and the modules of vla_spec.model inside the tests that need them"
+        )
+    return report
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item: pytest.Item):  # type: ignore[no-untyped-def]
+    item.stash[_TORCH_BEFORE] = "torch" in sys.modules
+    return (yield)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None):  # type: ignore[no-untyped-def]
+    """A cpu test that imports torch must be in TORCH_TESTS (after the fixtures are torn down)."""
+    result = yield
+    imported = not item.stash.get(_TORCH_BEFORE, True) and "torch" in sys.modules
+    if imported and item.get_closest_marker("cpu") and not item.nodeid.startswith(TORCH_TESTS):
+        pytest.fail(
+            f"{item.nodeid} imported torch but is not in conftest.TORCH_TESTS, so the distributed cpu tier "
+            "may run it on a worker that would pay torch's import (seconds): add it there, or keep torch out of it",
+            pytrace=False,
+        )
+    return result
 
 
 def _missing_tier_requirement(tier: str) -> str | None:
@@ -106,10 +186,12 @@ def _missing_tier_requirement(tier: str) -> str | None:
     return None
 
 
+@pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Skip the tests of a tier that cannot run here, with the reason; but a run that asked for
     exactly one tier (``-m gpu``) and cannot run it at all is a usage error (exit status 4), not a
-    green run of skips."""
+    green run of skips. (Last, after ``-m`` has deselected: only the tiers that run are checked, so
+    ``-m cpu`` does not import torch to ask about CUDA.)"""
     asked = (config.getoption("markexpr") or "").strip()
     if asked in TIERS:
         reason = _missing_tier_requirement(asked)

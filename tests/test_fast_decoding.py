@@ -8,19 +8,20 @@ from __future__ import annotations
 
 import copy
 from functools import cache
+from typing import TYPE_CHECKING
 
 import pytest
-import torch
 
-from vla_spec.model.decoding import GreedyResult, greedy_decode
-from vla_spec.model.fast_decoding import FastGreedyDecoder, accelerate, is_accelerated, restore
+if TYPE_CHECKING:
+    from vla_spec.model.decoding import GreedyResult
 
-pytestmark = pytest.mark.cpu
+pytestmark = pytest.mark.cpu  # torch is imported by the tests, not at collection (conftest.TORCH_TESTS)
 
 
 @cache
 def tiny_llama(kv_heads: int):
     """One per kv_heads for the module (decoders read it, never change it)."""
+    import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(kv_heads)
@@ -37,11 +38,15 @@ def tiny_llama(kv_heads: int):
 @cache
 def naive_decode(kv_heads: int, n_tokens: int, seed: int = 0) -> GreedyResult:
     """The naive decoder's result on :func:`left_padded_batch` (computed once per case)."""
+    from vla_spec.model.decoding import greedy_decode
+
     embeds, mask = left_padded_batch(seed)
     return greedy_decode(tiny_llama(kv_heads), embeds, mask, n_tokens)
 
 
 def left_padded_batch(seed: int = 0):
+    import torch
+
     generator = torch.Generator().manual_seed(seed)
     embeds = torch.randn(3, 13, 64, generator=generator)
     mask = torch.ones(3, 13, dtype=torch.long)
@@ -55,6 +60,11 @@ def left_padded_batch(seed: int = 0):
 @pytest.mark.parametrize("fuse", [False, True])
 @pytest.mark.parametrize("pad_multiple", [1, 8])
 def test_static_cache_equals_dynamic_cache(kv_heads, fuse, pad_multiple):
+    import torch
+
+    from vla_spec.model.decoding import GreedyResult
+    from vla_spec.model.fast_decoding import FastGreedyDecoder
+
     model = tiny_llama(kv_heads)
     embeds, mask = left_padded_batch()
     naive = naive_decode(kv_heads, 7)
@@ -70,6 +80,10 @@ def test_static_cache_equals_dynamic_cache(kv_heads, fuse, pad_multiple):
 
 
 def test_padded_row_equals_its_single_call():
+    import torch
+
+    from vla_spec.model.fast_decoding import FastGreedyDecoder
+
     model = tiny_llama(4)
     embeds, mask = left_padded_batch()
     batch = FastGreedyDecoder()(model, embeds, mask, 7)
@@ -79,6 +93,10 @@ def test_padded_row_equals_its_single_call():
 
 @pytest.mark.parametrize("n_tokens", [1, 2, 9])
 def test_token_counts(n_tokens):
+    import torch
+
+    from vla_spec.model.fast_decoding import FastGreedyDecoder
+
     model = tiny_llama(4)
     embeds, mask = left_padded_batch(1)
     naive = naive_decode(4, n_tokens, seed=1)
@@ -87,6 +105,8 @@ def test_token_counts(n_tokens):
 
 
 def test_bad_inputs_and_lru():
+    from vla_spec.model.fast_decoding import FastGreedyDecoder
+
     model = tiny_llama(4)
     embeds, mask = left_padded_batch()
     decoder = FastGreedyDecoder(max_buckets=2, pad_multiple=1)
@@ -102,6 +122,7 @@ def test_bad_inputs_and_lru():
 def test_accelerate_tiny_openvla_on_cpu():
     """On CPU, accelerate() swaps in the fast decoder (eager static cache) with the same tokens."""
     from tests.goldens import GOLDEN_UNNORM_KEY, golden_cases, load_image, load_tiny
+    from vla_spec.model.fast_decoding import accelerate, is_accelerated, restore
 
     model = copy.copy(load_tiny())  # shallow: accelerate() sets attributes on the copy only
     cases = golden_cases()[::4]
@@ -122,6 +143,8 @@ def test_vision_runner_is_explicit():
     """``vision_runner`` replaces the eager towers + projector when set (no patched method); a
     :class:`GraphedVision` without graphs (CPU) gives the eager patches. Its CUDA graphs and the
     hook fallback are checked in the gpu tier."""
+    import torch
+
     from tests.goldens import load_image, load_tiny
     from vla_spec.model.fast_vision import GraphedVision
     from vla_spec.model.processor import process_images
@@ -142,6 +165,8 @@ def test_fp8_linear_within_e4m3_rounding(seed):
     """float8 e4m3 keeps 3 fraction bits: each quantized factor is within 2**-4 of its value (relative)
     or half a subnormal step (2**-10 of its row's scale), so a product's error is bounded by the
     sum of |x| |w| times ~2 * 2**-4. The negative control: a bfloat16-sized bound (2**-8) fails."""
+    import torch
+
     from vla_spec.model.static_llama import FP8_MAX, Fp8Weight, fp8_linear, fp8_rows
 
     generator = torch.Generator().manual_seed(seed)
@@ -160,7 +185,10 @@ def test_fp8_linear_within_e4m3_rounding(seed):
 def test_fp8_decoder_option_on_cpu():
     """``FastGreedyDecoder(fp8=True)`` runs the prefill's projections in float8 (the margins move) and,
     on this model whose margins are O(1), keeps the naive tokens wherever the naive margin is >= 0.5."""
+    import torch
+
     from vla_spec.model.agreement import near_tie_divergences
+    from vla_spec.model.fast_decoding import FastGreedyDecoder
 
     model = tiny_llama(4)
     embeds, mask = left_padded_batch()
@@ -177,6 +205,8 @@ def test_fp8_decoder_option_on_cpu():
 def test_prefix_layout_padding():
     """A layout padded to a longer length and more token rows gives the same prefix, left-padded with
     zero rows and masked; too short a length is refused."""
+    import torch
+
     from tests.goldens import load_tiny
 
     model = load_tiny()

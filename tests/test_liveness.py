@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import copy
+from typing import TYPE_CHECKING
 
 import pytest
-import torch
 
-from vla_spec.model import OpenVLA
-from vla_spec.model.liveness import HOOKED_MODULES, check_liveness
 from tests.goldens import load_tiny
+
+if TYPE_CHECKING:  # torch and the model are imported by the tests, not at collection (conftest.TORCH_TESTS)
+    from vla_spec.model import OpenVLA
+
 
 @pytest.fixture(scope="module")
 def tiny() -> OpenVLA:
@@ -18,6 +20,8 @@ def tiny() -> OpenVLA:
 
 def without_vision(model: OpenVLA, mode: str) -> OpenVLA:
     """A broken copy sharing the weights: the image never reaches the LLM (issue #346 failure modes)."""
+    import torch
+
     broken = copy.copy(model)  # shallow: same submodules, own __dict__ for its vision runner
     if mode == "skipped":  # vision path not run at all; patch slots left as zeros
         broken.vision_runner = lambda pixel_values: torch.zeros(
@@ -30,6 +34,8 @@ def without_vision(model: OpenVLA, mode: str) -> OpenVLA:
 
 @pytest.mark.cpu
 def test_tiny_model_is_live(tiny):
+    from vla_spec.model.liveness import HOOKED_MODULES, check_liveness
+
     report = check_liveness(tiny)
     assert report.ok, report.problems
     assert report.calls == {name: 1 for name in HOOKED_MODULES}
@@ -39,6 +45,8 @@ def test_tiny_model_is_live(tiny):
 @pytest.mark.cpu
 @pytest.mark.parametrize("mode", ["skipped", "zeroed"])
 def test_liveness_check_catches_a_model_that_ignores_the_image(tiny, mode):
+    from vla_spec.model.liveness import HOOKED_MODULES, check_liveness
+
     report = check_liveness(without_vision(tiny, mode))
     assert not report.ok
     assert report.image_delta == 0.0
@@ -50,6 +58,8 @@ def test_liveness_check_catches_a_model_that_ignores_the_image(tiny, mode):
 
 @pytest.mark.cpu
 def test_liveness_check_catches_a_model_that_ignores_the_instruction(tiny):
+    from vla_spec.model.liveness import check_liveness
+
     broken = copy.copy(tiny)
     broken.processor = lambda images, instructions: tiny.processor(images, ["put the bowl on the stove"] * len(instructions))
     report = check_liveness(broken)
@@ -60,6 +70,9 @@ def test_liveness_check_catches_a_model_that_ignores_the_instruction(tiny):
 @pytest.mark.gpu
 def test_real_checkpoint_is_live(openvla_path):
     """The issue-346 invariant on real weights (bfloat16, CUDA)."""
+    import torch
+
+    from vla_spec.model.liveness import check_liveness
     from vla_spec.model.loading import load_cached
 
     report = check_liveness(load_cached(str(openvla_path), torch.bfloat16, "cuda"))

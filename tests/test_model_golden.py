@@ -7,15 +7,17 @@ recorded margin was a near-tie in the less precise dtype: see vla_spec.model.agr
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
 import pytest
 
-from vla_spec.model import OpenVLA
-from vla_spec.model.loading import load_cached
 from tests.goldens import GOLDEN_INSTRUCTIONS, golden_cases, golden_record, load_image
 from tests.goldens import load_tiny
 from vla_spec.prompt import SPECIAL_EMPTY_TOKEN_ID
+
+if TYPE_CHECKING:  # torch and the model are imported by the tests, not at collection (conftest.TORCH_TESTS)
+    from vla_spec.model import OpenVLA
 
 
 @pytest.fixture(scope="module")
@@ -94,6 +96,8 @@ def test_prefix_layout(tiny):
 @pytest.mark.cpu
 def test_decoder_is_swappable(tiny, record):
     """``predict_action(..., decoder=f)`` hands f the prefix and uses f's tokens and margins."""
+    import torch
+
     from vla_spec.model.decoding import GreedyResult
 
     seen = []
@@ -156,6 +160,10 @@ def test_a_legacy_golden_margin_of_0_1_is_a_near_tie(image, flag):
 @pytest.mark.gpu
 def test_real_checkpoint_golden(openvla_path, golden):
     """Real weights (bfloat16 on CUDA): record with --openvla-path DIR --snapshot-update."""
+    import torch
+
+    from vla_spec.model.loading import load_cached
+
     model = load_cached(str(openvla_path), torch.bfloat16, "cuda")
     key = "libero_spatial" if "libero_spatial" in model.norm_stats else None
     record = {"checkpoint": openvla_path.name, **golden_record(model, unnorm_key=key)}
@@ -165,6 +173,8 @@ def test_real_checkpoint_golden(openvla_path, golden):
 
 @pytest.mark.cpu
 def test_bad_inputs_are_refused_with_the_fix(tiny):
+    import torch
+
     from vla_spec.normalization import UnnormKeyError
 
     image = load_image("black")

@@ -17,24 +17,28 @@ Run: ``pytest -m gpu``. Record the CUDA golden once per device class with ``--sn
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
-import torch
 
 from vla_spec.model.agreement import near_tie_divergences, near_ties
 from tests.goldens import GOLDEN_INSTRUCTIONS, GOLDEN_UNNORM_KEY, golden_cases, golden_record, load_image
-from vla_spec.model.liveness import HOOKED_MODULES, check_liveness
+
+if TYPE_CHECKING:  # torch is imported by the tests, not when -m cpu collects this module
+    import torch
 
 pytestmark = pytest.mark.gpu
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+DTYPES = ("float32", "bfloat16")
 GOLDEN_DIR = Path(__file__).resolve().parents[1] / "golden" / Path(__file__).stem
 
 
 @pytest.fixture(scope="module", autouse=True)
 def exact_float32():
     """float32 means float32: no TF32 in matmuls or in the patch-embedding convolutions."""
+    import torch
+
     saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     yield
@@ -55,10 +59,12 @@ def cpu_record() -> dict:
     return golden_record(load_tiny())
 
 
-@pytest.fixture(scope="module", params=list(DTYPES))
+@pytest.fixture(scope="module", params=DTYPES)
 def cuda_model(request):
     """The tiny model on CUDA with the naive decoder (one per dtype; not accelerated)."""
-    return _load(DTYPES[request.param], "cuda")
+    import torch
+
+    return _load(getattr(torch, request.param), "cuda")
 
 
 @pytest.fixture(scope="module")
@@ -85,6 +91,8 @@ def _margins(record: dict) -> np.ndarray:
 def _ties(result, dtype: torch.dtype, float32_floor: float = 0.0) -> np.ndarray:
     """Near-ties of a reference result (``ActionPrediction`` or ``GreedyResult``) for a decoding in
     ``dtype``: bfloat16 by the dtype-aware rule; float32 only below ``float32_floor`` (exact: none)."""
+    import torch
+
     margins, top = (np.asarray(torch.as_tensor(v).cpu()) for v in (result.margins, result.top_logits))
     if dtype == torch.float32:
         return near_ties(margins, top_logits=top, dtype="float32", floor=float32_floor)
@@ -110,6 +118,8 @@ def legacy_view(record: dict) -> dict:
 
 def test_cuda_matches_cpu_golden(cuda_model, cuda_record, cpu_record):
     """float32: the CPU tokens exactly; bfloat16: the CPU tokens except at CPU near-ties."""
+    import torch
+
     assert cuda_record["device_class"] == f"cuda-{str(cuda_model.dtype).removeprefix('torch.')}"
     cpu_ids, got = _ids(cpu_record), _ids(cuda_record)
     if cuda_model.dtype == torch.float32:
@@ -129,6 +139,8 @@ def test_cuda_matches_cpu_golden(cuda_model, cuda_record, cpu_record):
 
 def test_batch_equals_single_calls_on_cuda(cuda_model, cuda_record):
     """A left-padded batch gives each row's single-call tokens (prompts of different lengths)."""
+    import torch
+
     by_case = {(c["image"], c["instruction"]): c for c in cuda_record["cases"]}
     for image, text in [golden_cases()[0], golden_cases()[4], golden_cases()[-1]]:
         single = cuda_model.predict_action(load_image(image), text, GOLDEN_UNNORM_KEY)
@@ -141,6 +153,8 @@ def test_batch_equals_single_calls_on_cuda(cuda_model, cuda_record):
 
 
 def test_tiny_model_is_live_on_cuda(cuda_model):
+    from vla_spec.model.liveness import HOOKED_MODULES, check_liveness
+
     report = check_liveness(cuda_model)
     assert report.ok, report.problems
     assert report.calls == {name: 1 for name in HOOKED_MODULES}
@@ -148,6 +162,8 @@ def test_tiny_model_is_live_on_cuda(cuda_model):
 
 def test_accelerated_model_is_live(fast_model):
     """Hooks on the towers force the eager vision path, so the liveness check still sees the calls."""
+    from vla_spec.model.liveness import HOOKED_MODULES, check_liveness
+
     report = check_liveness(fast_model)
     assert report.ok, report.problems
     assert report.calls == {name: 1 for name in HOOKED_MODULES}
@@ -155,6 +171,8 @@ def test_accelerated_model_is_live(fast_model):
 
 def test_fast_decoder_equals_naive(cuda_model, cuda_record, fast_model):
     """Same tokens as the naive decoder (float32: exactly; bfloat16: up to naive near-ties)."""
+    import torch
+
     from vla_spec.model.fast_decoding import FastGreedyDecoder
 
     fast_record = golden_record(fast_model)
@@ -175,6 +193,8 @@ def test_fast_decoder_equals_naive(cuda_model, cuda_record, fast_model):
 @pytest.mark.parametrize("batch", [1, 2, 5])
 def test_fast_decoder_shapes(cuda_model, batch):
     """Other batch sizes / prefix lengths / token counts: static cache == dynamic cache."""
+    import torch
+
     from vla_spec.model.decoding import greedy_decode
     from vla_spec.model.fast_decoding import FastGreedyDecoder
 
@@ -214,6 +234,8 @@ def test_fused_projections_and_lru(cuda_model):
 
 
 def test_graphed_vision_equals_eager(cuda_model, fast_model):
+    import torch
+
     from vla_spec.model.processor import process_images
     from vla_spec.model.fast_vision import TWO_STREAMS_BELOW
 
@@ -234,6 +256,8 @@ def test_graphed_vision_equals_eager(cuda_model, fast_model):
 def test_uint8_pixels_on_the_gpu_equal_host_pixels(cuda_model):
     """The uint8 input path (normalized on the GPU, in the model dtype) gives the host float32
     ``pixel_values`` exactly (rounded once to the model dtype), and so the same tokens."""
+    import torch
+
     cases = golden_cases()[:4]
     images, texts = [load_image(i) for i, _ in cases], [t for _, t in cases]
     inputs = cuda_model.processor(images, texts)
@@ -253,6 +277,8 @@ def test_uint8_pixels_on_the_gpu_equal_host_pixels(cuda_model):
 
 def test_compiled_vision_option(cuda_model):
     """``accelerate(..., compile_vision=True)``: torch.compile inside the per-batch CUDA graph."""
+    import torch
+
     if cuda_model.dtype != torch.bfloat16:
         pytest.skip("compiled once, in bfloat16 (the speed dtype), to keep the tier fast")
     from vla_spec.model.fast_decoding import accelerate
@@ -264,6 +290,8 @@ def test_compiled_vision_option(cuda_model):
 
 
 def _device_key(model) -> str:
+    import torch
+
     major, minor = torch.cuda.get_device_capability(model.device)
     return f"sm{major}{minor}-{str(model.dtype).removeprefix('torch.')}"
 
@@ -289,13 +317,15 @@ def test_tiny_golden_cuda(cuda_model, cuda_record, golden, request):
 @pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
 def test_triton_gemv_matches_linear(dtype):
     """The batch-1 decode GEMV kernel (``gemv=True``) against F.linear, ragged shapes and bias."""
+    import torch
+
     from vla_spec.model.triton_gemv import gemv
 
     generator = torch.Generator(device="cuda").manual_seed(0)
     for rows, cols, bias in [(4096, 4096, False), (11008, 4096, True), (4096, 11008, False), (37, 1000, True)]:
-        x = torch.randn(1, 1, cols, device="cuda", generator=generator).to(DTYPES[dtype])
-        w = (torch.randn(rows, cols, device="cuda", generator=generator) / cols**0.5).to(DTYPES[dtype])
-        b = torch.randn(rows, device="cuda", generator=generator).to(DTYPES[dtype]) if bias else None
+        x = torch.randn(1, 1, cols, device="cuda", generator=generator).to(getattr(torch, dtype))
+        w = (torch.randn(rows, cols, device="cuda", generator=generator) / cols**0.5).to(getattr(torch, dtype))
+        b = torch.randn(rows, device="cuda", generator=generator).to(getattr(torch, dtype)) if bias else None
         got = gemv(x, w, b)
         want = torch.nn.functional.linear(x.double(), w.double(), None if b is None else b.double())
         assert got.shape == (1, 1, rows) and got.dtype == x.dtype
@@ -321,6 +351,8 @@ def test_one_graph_call_equals_three_graphs(cuda_model, fast_model):
     """At batch 1 ``accelerate`` runs the whole call as one CUDA graph (``call_runner``): the same
     kernels as the towers' graph + the decoder's graph, so bitwise the same tokens and margins, and
     in float32 the naive tokens."""
+    import torch
+
     from vla_spec.model.fast_decoding import GraphedCall
 
     runner = fast_model.call_runner
@@ -343,6 +375,8 @@ def test_one_graph_call_equals_three_graphs(cuda_model, fast_model):
 def test_fp8_prefill_option(cuda_model):
     """``FastGreedyDecoder(fp8=True)`` (bfloat16 models): float8 prefill products on the tensor cores
     within e4m3's rounding of the bfloat16 ones, captured in the decoder's graph."""
+    import torch
+
     if cuda_model.dtype != torch.bfloat16:
         pytest.skip("float8 with bfloat16 activations only")
     from vla_spec.model.fast_decoding import FastGreedyDecoder

@@ -14,15 +14,19 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
-from vla_spec.model import from_pretrained
 from vla_spec.model.agreement import near_tie_divergences, near_ties
 from tests.goldens import load_image
+
+# torch and the model are imported by the tests, not at collection (conftest.TORCH_TESTS)
 
 
 @pytest.mark.cpu
 def test_native_matches_recorded_reference(reference_answers):
+    import torch
+
+    from vla_spec.model import from_pretrained
+
     answers = json.loads(reference_answers.read_text(encoding="utf-8"))
     device = "cuda" if answers["dtype"] == "bfloat16" else "cpu"  # the recording's own dtype: bfloat16 on CUDA
     native = from_pretrained(answers["checkpoint"], dtype=getattr(torch, answers["dtype"]), device=device)
@@ -52,10 +56,14 @@ class _FakeRemote:
         self.input_ids: list[list[int]] = []
 
     def processor(self, prompt, image):
+        import torch
+
         self.prompts.append(prompt)
         return _FakeInputs(input_ids=torch.tensor([[1, 5, 6]]), pixel_values=torch.zeros(1, 6, 224, 224))
 
     def generate(self, input_ids, pixel_values, max_new_tokens, do_sample, output_scores, return_dict_in_generate):
+        import torch
+
         assert not do_sample and output_scores and return_dict_in_generate
         self.input_ids.append(input_ids[0].tolist())
         scores = []
@@ -70,7 +78,7 @@ class _FakeRemote:
 @pytest.mark.cpu
 def test_hf_remote_adapter_mirrors_reference_predict_action():
     """Appends 29871, greedy-generates 7 tokens, decodes against 32000, unnormalizes, margins."""
-    import numpy as np
+    import torch
 
     from vla_spec.model.hf_remote import HFRemoteOpenVLA
     from vla_spec.normalization import shipped_norm_stats, unnormalize

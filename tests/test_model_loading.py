@@ -6,14 +6,16 @@ import json
 import re
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
-import torch
 
-from vla_spec.model import CheckpointError, OpenVLA, OpenVLAConfig, from_pretrained
-from vla_spec.model.config import CheckpointConfigError, OVERRIDES_KEY
+from vla_spec.model.config import CheckpointConfigError, OVERRIDES_KEY, OpenVLAConfig
 from tests.goldens import TINY_CHECKPOINT, load_tiny
 from vla_spec.model.tokenizer import MissingTokenizerError
+
+if TYPE_CHECKING:  # torch and the model are imported by the tests, not at collection (conftest.TORCH_TESTS)
+    from vla_spec.model import OpenVLA
 
 pytestmark = pytest.mark.cpu
 
@@ -97,6 +99,10 @@ def test_real_openvla_7b_shapes_on_meta_device():
     """The official config builds the official shapes (no memory: meta tensors).
 
     Its text_config is a diff against LlamaConfig defaults; the reference's defaults are pinned."""
+    import torch
+
+    from vla_spec.model import OpenVLA
+
     raw = json.loads((TINY_CHECKPOINT / "config.json").read_text())
     raw.pop(OVERRIDES_KEY)
     raw["text_config"] = {"model_type": "llama", "pad_token_id": 32000, "torch_dtype": "bfloat16", "vocab_size": 32064}
@@ -120,13 +126,20 @@ def test_real_openvla_7b_shapes_on_meta_device():
 
 
 def test_loads_bfloat16_as_released(checkpoint):
+    import torch
+
+    from vla_spec.model import from_pretrained
+
     model = from_pretrained(checkpoint, dtype=torch.bfloat16)
     assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
     assert model.language_model.model.rotary_emb.inv_freq.device.type == "cpu"
 
 
 def test_single_file_weights_load_the_same(checkpoint, tiny):
+    import torch
     from safetensors.torch import load_file, save_file
+
+    from vla_spec.model import from_pretrained
 
     merged = {**load_file(str(checkpoint / SHARD_1)), **load_file(str(checkpoint / SHARD_2))}
     for name in (SHARD_1, SHARD_2, "model.safetensors.index.json"):
@@ -138,12 +151,16 @@ def test_single_file_weights_load_the_same(checkpoint, tiny):
 
 
 def test_missing_shard(checkpoint):
+    from vla_spec.model import CheckpointError, from_pretrained
+
     (checkpoint / SHARD_2).unlink()
     with pytest.raises(CheckpointError, match=rf"missing shard .*{SHARD_2}.*model.safetensors.index.json"):
         from_pretrained(checkpoint)
 
 
 def test_missing_tensor(checkpoint):
+    from vla_spec.model import CheckpointError, from_pretrained
+
     name = "language_model.model.norm.weight"
     rewrite_shard(checkpoint, SHARD_2, lambda t: t.pop(name))
     with pytest.raises(CheckpointError, match=rf"{SHARD_2} lacks tensor '{re.escape(name)}'"):
@@ -156,6 +173,10 @@ def test_missing_tensor(checkpoint):
 
 
 def test_unexpected_tensor(checkpoint):
+    import torch
+
+    from vla_spec.model import CheckpointError, from_pretrained
+
     name = "vision_backbone.featurizer.blocks.0.ls1.gamma"  # the un-renamed LayerScale name
     rewrite_shard(checkpoint, SHARD_1, lambda t: t.__setitem__(name, torch.ones(32, dtype=torch.bfloat16)))
     with pytest.raises(CheckpointError, match=rf"unexpected tensor '{re.escape(name)}' in .*{SHARD_1}"):
@@ -163,6 +184,10 @@ def test_unexpected_tensor(checkpoint):
 
 
 def test_wrong_shape(checkpoint):
+    import torch
+
+    from vla_spec.model import CheckpointError, from_pretrained
+
     name = "projector.fc3.bias"
     rewrite_shard(checkpoint, SHARD_1, lambda t: t.__setitem__(name, torch.zeros(7, dtype=torch.bfloat16)))
     with pytest.raises(CheckpointError, match=rf"'{re.escape(name)}' in .*{SHARD_1} has shape \[7\], but config.json implies \[32\]"):
@@ -170,6 +195,8 @@ def test_wrong_shape(checkpoint):
 
 
 def test_missing_weights_and_config(checkpoint):
+    from vla_spec.model import CheckpointError, from_pretrained
+
     for name in (SHARD_1, SHARD_2, "model.safetensors.index.json"):
         (checkpoint / name).unlink()
     with pytest.raises(CheckpointError, match="no weights: expected model.safetensors or model.safetensors.index.json"):
@@ -180,12 +207,18 @@ def test_missing_weights_and_config(checkpoint):
 
 
 def test_missing_tokenizer(checkpoint):
+    from vla_spec.model import from_pretrained
+
     (checkpoint / "tokenizer.json").unlink()
     with pytest.raises(MissingTokenizerError, match="no tokenizer: expected one of tokenizer.json, tokenizer.model"):
         from_pretrained(checkpoint)
 
 
 def test_dataset_statistics_file_overrides_config(checkpoint, tiny):
+    import torch
+
+    from vla_spec.model import from_pretrained
+
     raw = json.loads((TINY_CHECKPOINT / "config.json").read_text())["norm_stats"]
     entry = raw["libero_goal"]
     (checkpoint / "dataset_statistics.json").write_text(json.dumps({"my_robot": entry}))
@@ -207,6 +240,8 @@ def test_config_errors_name_the_problem():
 
 
 def test_unknown_backend_is_refused():
+    from vla_spec.model import from_pretrained
+
     with pytest.raises(ValueError, match="unknown backend 'onnx'"):
         from_pretrained(TINY_CHECKPOINT, backend="onnx")
 

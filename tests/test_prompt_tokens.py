@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 
-from vla_spec.model.export import write_llama_tokenizer
 from vla_spec.model.tokenizer import load_tokenizer, prompt_ids
 from vla_spec.prompt import BOS_TOKEN_ID, SPECIAL_EMPTY_TOKEN_ID, build_prompt
 
@@ -16,6 +15,8 @@ INSTRUCTION = "put the apple in the bowl"
 @pytest.fixture(scope="module")
 def real_tokenizer(llama_tokenizer_path: Path, tmp_path_factory: pytest.TempPathFactory):
     """Llama-2's tokenizer.model laid out as in a real OpenVLA checkpoint folder, loaded by our loader."""
+    from vla_spec.model.export import write_llama_tokenizer  # imports torch: not at collection (conftest.TORCH_TESTS)
+
     source = llama_tokenizer_path / "tokenizer.model" if llama_tokenizer_path.is_dir() else llama_tokenizer_path
     folder = tmp_path_factory.mktemp("openvla-tokenizer")
     write_llama_tokenizer(source, folder)

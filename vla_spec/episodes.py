@@ -45,6 +45,7 @@ import subprocess
 import tomllib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cache, lru_cache
 from importlib import metadata
 from pathlib import Path
 from typing import IO, Any
@@ -116,19 +117,32 @@ def _canonical_name(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
+@lru_cache(maxsize=4)
+def _locked_versions(raw: bytes) -> dict[str, set[str]]:
+    """A uv.lock's ``{canonical name: versions}`` (parsed once per content: uv.lock is about 0.7 MB)."""
+    locked: dict[str, set[str]] = {}
+    for package in tomllib.loads(raw.decode()).get("package", ()):
+        locked.setdefault(_canonical_name(package["name"]), set()).add(package.get("version"))
+    return locked
+
+
+@cache
+def _installed_versions() -> tuple[tuple[str, str], ...]:
+    """``(canonical name, version)`` of every installed distribution, as this process found them on
+    first use (each read parses one METADATA file per distribution)."""
+    metas = (dist.metadata for dist in metadata.distributions())
+    return tuple((_canonical_name(meta["Name"]), meta["Version"]) for meta in metas)
+
+
 def stack_name(lock: Path = LOCK_FILE) -> str:
     """The stack's name: ``"uv.lock 0123456789ab"`` (the lock file's hash) when every installed
     distribution the lock pins has its locked version; otherwise the versions that differ follow."""
     if not lock.is_file():
         return f"unlocked (no {lock.name} beside the vla_spec package)"
     raw = lock.read_bytes()
-    locked: dict[str, set[str]] = {}
-    for package in tomllib.loads(raw.decode()).get("package", ()):
-        locked.setdefault(_canonical_name(package["name"]), set()).add(package.get("version"))
+    locked = _locked_versions(raw)
     changed = sorted(
-        f"{name} {dist.version}"
-        for dist in metadata.distributions()
-        if (name := _canonical_name(dist.metadata["Name"])) in locked and dist.version not in locked[name]
+        f"{name} {version}" for name, version in _installed_versions() if name in locked and version not in locked[name]
     )
     name = f"{lock.name} {hashlib.sha256(raw).hexdigest()[:12]}"
     return f"{name} + {len(changed)} other version(s): {', '.join(changed)}" if changed else name
