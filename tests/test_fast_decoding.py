@@ -228,7 +228,9 @@ def test_stages_and_first_difference():
     per layer, then ids, margins, top-1 logits); two CPU runs on one prefix are bitwise equal, and a
     one-bit change in one stage is found there and nowhere earlier. The cache's length is 16-aligned
     (L 13 + 6 steps = 19 -> 32) and the positions no step writes stay zero."""
-    from vla_spec.model.fast_decoding import CACHE_ALIGN, first_difference
+    import torch
+
+    from vla_spec.model.fast_decoding import CACHE_ALIGN, FastGreedyDecoder, first_difference
 
     model = tiny_llama(4)
     embeds, mask = left_padded_batch()
@@ -256,6 +258,10 @@ def test_attention_backend_option():
     the decode steps: "math" (torch's reference kernel, on every device) gives the naive tokens; on
     CPU torch has no "efficient" kernel, so asking for it fails in the prefill, or only in the first
     step when only the steps ask for it; an unknown name fails when the decoder is built."""
+    import torch
+
+    from vla_spec.model.fast_decoding import FastGreedyDecoder
+
     model, (embeds, mask) = tiny_llama(4), left_padded_batch()
     math = FastGreedyDecoder(attention_backend="math")(model, embeds, mask, 7)
     assert torch.equal(math.token_ids, naive_decode(4, 7).token_ids)
