@@ -16,8 +16,10 @@
 
 from __future__ import annotations
 
+import functools
 import io
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -37,15 +39,23 @@ def frame_name(suite: str, task_id: int, init: int) -> str:
     return f"{suite}-task{task_id}-init{init}"
 
 
-def render_frame(suite: str, task_id: int, init: int) -> np.ndarray:
-    """The raw agentview frame (H x W x 3 uint8, upside down) at the first policy step of the episode."""
+@functools.cache
+def first_observation(suite: str, task_id: int, init: int, camera: str) -> dict[str, Any]:
+    """The observation at the first policy step of the episode (LIBERO's two cameras; agentview moved
+    by the camera variation ``camera``), made once per process: the sim tier's drift goldens
+    (``tests/test_sim_drift.py``) look at the same frames as this module's. Treat it as read-only;
+    pass the arguments by position (the cache's key is the call as written)."""
     from vla_spec.rollout import start_episode
     from vla_spec.sim import suites
     from vla_spec.sim.env import LIBERO_CAMERAS, get_env
 
     env = get_env(suite, task_id, cameras=LIBERO_CAMERAS)
-    obs = start_episode(env, suites.init_states(suite, task_id)[init])
-    return np.ascontiguousarray(obs["agentview_image"], dtype=np.uint8)
+    return start_episode(env, suites.init_states(suite, task_id)[init], camera=camera)
+
+
+def render_frame(suite: str, task_id: int, init: int) -> np.ndarray:
+    """The raw agentview frame (H x W x 3 uint8, upside down) at the first policy step of the episode."""
+    return np.ascontiguousarray(first_observation(suite, task_id, init, "none")["agentview_image"], dtype=np.uint8).copy()
 
 
 def png_path(stage: str, name: str) -> Path:

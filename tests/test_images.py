@@ -167,6 +167,23 @@ def test_resize_to_the_same_size_keeps_the_image(image):
     assert np.array_equal(im.resize_lanczos(pixels, 16), pixels)
 
 
+def test_resize_pixels_do_not_depend_on_the_blas_thread_count():
+    """The resize's products run on one BLAS thread whatever the process allows: on two threads
+    OpenBLAS sums them in another order (the control: the same products, unpinned, differ in float32),
+    and on this frame one value then rounds to the other grey level (unpinned, this test fails)."""
+    from threadpoolctl import threadpool_limits
+
+    image = np.random.default_rng(4).integers(0, 256, (256, 256, 3), dtype=np.uint8)
+    weights, flat = im.lanczos3_weights(256, 224), image.astype(np.float32).reshape(256, 256 * 3)
+    outputs, products = [], []
+    for threads in (1, 2):
+        with threadpool_limits(limits=threads, user_api="blas"):
+            outputs.append(im.resize_lanczos(image))
+            products.append(weights @ flat)
+    assert np.array_equal(outputs[0], outputs[1])
+    assert not np.array_equal(products[0], products[1]), "control: two BLAS threads no longer change the sums"
+
+
 def test_jpeg_decode_fast_and_accurate_idct(fixtures):
     """``fast_idct=False`` decodes exactly as PIL (the accurate IDCT); the fast IDCT (TF's default) differs."""
     from PIL import Image

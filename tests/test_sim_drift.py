@@ -22,9 +22,8 @@ import numpy as np
 import pytest
 
 from tests.goldens import GOLDEN_DIR
-from vla_spec.rollout import start_episode
+from tests.reference_images import first_observation
 from vla_spec.sim import suites
-from vla_spec.sim.env import LIBERO_CAMERAS, get_env
 from vla_spec.sim.fingerprint import average_hash, image_mean, object_poses
 from vla_spec.sim.interface import policy_image
 
@@ -39,9 +38,9 @@ CASES = [(suite, task_id) for suite in suites.EVAL_SUITES for task_id in range(s
 
 def first_view(suite: str, task_id: int, camera: str = "none") -> dict[str, object]:
     """The fingerprint of the first policy observation of ``init_states[INIT_INDEX]`` (agentview
-    moved by the camera variation ``camera``)."""
-    env = get_env(suite, task_id, cameras=LIBERO_CAMERAS)
-    obs = start_episode(env, suites.init_states(suite, task_id)[INIT_INDEX], camera=camera)
+    moved by the camera variation ``camera``); the observation is shared with
+    ``tests/test_images_reference.py``, which renders the same frames."""
+    obs = first_observation(suite, task_id, INIT_INDEX, camera)
     image = policy_image(obs)
     return {
         "object_poses": object_poses(obs),

@@ -68,9 +68,30 @@ def test_instructions_are_task_language(golden) -> None:  # type: ignore[no-unty
     assert instructions == golden
 
 
-def test_camera_env_images_and_the_180_degree_rotation() -> None:
+def _protocol_written_out(env, init_state: np.ndarray) -> dict:  # type: ignore[no-untyped-def]
+    """``run_libero_eval.py``'s episode start, every wait step rendered."""
+    env.seed(suites.ENV_SEED)
+    env.reset()
+    obs = env.set_init_state(init_state)
+    for _ in range(suites.NUM_STEPS_WAIT):
+        obs, _reward, _done, _info = env.step(list(suites.WAIT_ACTION))
+    return obs
+
+
+def test_camera_env_images_and_the_180_degree_rotation(monkeypatch: pytest.MonkeyPatch) -> None:
     env = get_env("libero_object", 0, cameras=LIBERO_CAMERAS)
+    written_out = _protocol_written_out(env, suites.init_states("libero_object", 0)[0])
+    renders, simulator = [], type(env.env.sim)  # reset builds a new simulator: count on the class
+    render = simulator.render
+    monkeypatch.setattr(simulator, "render", lambda *args, **kwargs: renders.append(kwargs["camera_name"]) or render(*args, **kwargs))
     obs = start_episode(env, suites.init_states("libero_object", 0)[0])
+    monkeypatch.undo()
+    # start_episode renders only the last wait step's frames (after reset's own: 14 per camera written
+    # out) and gives the protocol's observation bit for bit: the images, the robot and object states
+    assert renders[-len(LIBERO_CAMERAS) :] == list(LIBERO_CAMERAS) and len(renders) < 6 * len(LIBERO_CAMERAS)
+    assert obs.keys() == written_out.keys()
+    for key, value in written_out.items():
+        np.testing.assert_array_equal(obs[key], value, err_msg=key)
     for key in ("agentview_image", "robot0_eye_in_hand_image"):
         assert obs[key].shape == (suites.CAMERA_SIZE, suites.CAMERA_SIZE, 3)
         assert obs[key].dtype == np.uint8
@@ -122,10 +143,17 @@ def test_success_is_the_done_flag_and_run_episode_agrees() -> None:
 
 
 def test_step_beyond_the_horizon_raises() -> None:
+    """Each ``env.step`` counts one toward the horizon (the wait steps count 10), the horizon-th step
+    ends the episode (robosuite's ``done``; LIBERO returns success as ``done``) and the next one raises. The counter is moved to the horizon's last
+    step rather than stepped there: 980 more steps would check nothing else (about 20 CPU-seconds)."""
     env = get_env("libero_object", 0, cameras=())
     start_episode(env, suites.init_states("libero_object", 0)[0])
-    for _ in range(suites.ENV_HORIZON - suites.NUM_STEPS_WAIT):
-        env.step(list(suites.WAIT_ACTION))
+    assert env.env.timestep == suites.NUM_STEPS_WAIT and env.env.horizon == suites.ENV_HORIZON
+    env.step(list(suites.WAIT_ACTION))
+    assert not env.env.done
+    env.env.timestep = suites.ENV_HORIZON - 1
+    env.step(list(suites.WAIT_ACTION))
+    assert env.env.done
     with pytest.raises(ValueError, match="executing action in terminated episode"):
         env.step(list(suites.WAIT_ACTION))
 

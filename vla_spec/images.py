@@ -2,7 +2,7 @@
 
 Conventions: images are numpy ``uint8`` arrays of shape H x W x 3 (RGB, row 0 = top of the image
 as stored). The model's own processor (bicubic resize, per-tower normalization, ``pixel_values``)
-runs after this path: :mod:`vla_spec.model.processor`. numpy, PIL and simplejpeg, no torch.
+runs after this path: :mod:`vla_spec.model.processor`. numpy, PIL, simplejpeg and threadpoolctl, no torch.
 
 **LIBERO path** (:func:`libero_image`, openvla ``experiments/robot/libero/libero_utils.py`` and
 ``openvla_utils.py``), applied to ``obs["agentview_image"]`` (256 x 256, upside down). It reproduces
@@ -126,14 +126,27 @@ def lanczos3_weights(in_size: int, out_size: int) -> np.ndarray:
     return matrix
 
 
+@functools.cache
+def _thread_pools() -> Any:
+    """The process's native thread pools (BLAS among them), found once (``threadpoolctl``)."""
+    from threadpoolctl import ThreadpoolController
+
+    return ThreadpoolController()
+
+
 def resize_lanczos(image: np.ndarray, size: int = MODEL_IMAGE_SIZE) -> np.ndarray:
     """TF's ``resize(method="lanczos3", antialias=True)`` to ``size`` x ``size`` in float32, rows then
-    columns, then ``round`` (half to even) and ``clip(0, 255)``; uint8 in and out."""
+    columns, then ``round`` (half to even) and ``clip(0, 255)``; uint8 in and out.
+
+    The two matrix products run on one BLAS thread: OpenBLAS splits them differently on two threads
+    and a few sums then round to the other grey level (measured: 2 of 1.2 M values on random frames),
+    so the pixels would depend on the machine's core count; one thread is also 10x less CPU here."""
     pixels = check_rgb_uint8(image).astype(np.float32)
     height, width, channels = pixels.shape
-    rows = (lanczos3_weights(height, size) @ pixels.reshape(height, width * channels)).reshape(size, width, channels)
-    by_column = rows.transpose(1, 0, 2).reshape(width, size * channels)
-    resized = (lanczos3_weights(width, size) @ by_column).reshape(size, size, channels).transpose(1, 0, 2)
+    with _thread_pools().limit(limits=1, user_api="blas"):
+        rows = (lanczos3_weights(height, size) @ pixels.reshape(height, width * channels)).reshape(size, width, channels)
+        by_column = rows.transpose(1, 0, 2).reshape(width, size * channels)
+        resized = (lanczos3_weights(width, size) @ by_column).reshape(size, size, channels).transpose(1, 0, 2)
     return np.clip(np.round(resized), 0, 255).astype(np.uint8)
 
 
@@ -157,18 +170,37 @@ def _sample_coords(start: float, end: float, in_size: int, out_size: int) -> tup
 
 
 def center_crop(image: np.ndarray, area: float = CENTER_CROP_AREA, size: int = MODEL_IMAGE_SIZE) -> np.ndarray:
-    """Crop the centred ``area`` box and resize it to ``size`` x ``size`` bilinearly (uint8 in and out)."""
-    pixels = check_rgb_uint8(image).astype(np.float32) * np.float32(1.0 / 255.0)
+    """Crop the centred ``area`` box and resize it to ``size`` x ``size`` bilinearly (uint8 in and out).
+
+    In float32 as ``crop_and_resize``: each sample is ``x / 255`` of its four neighbours, lerped along x
+    (``left + (right - left) * x_lerp``), then along y, clipped to [0, 1]; out ``trunc(v * 255.5)``.
+    The neighbours are picked as uint8 and converted after (the same values, a quarter of the bytes
+    moved), the arithmetic done in place."""
+    pixels = check_rgb_uint8(image)
     y1, x1, y2, x2 = center_crop_box(area)
     top, bottom, y_lerp = _sample_coords(y1, y2, pixels.shape[0], size)
     left, right, x_lerp = _sample_coords(x1, x2, pixels.shape[1], size)
-    x_w = x_lerp[None, :, None]
-    top_left, top_right = pixels[top][:, left], pixels[top][:, right]
-    bottom_left, bottom_right = pixels[bottom][:, left], pixels[bottom][:, right]
-    upper = top_left + (top_right - top_left) * x_w
-    lower = bottom_left + (bottom_right - bottom_left) * x_w
-    cropped = np.clip(upper + (lower - upper) * y_lerp[:, None, None], 0.0, 1.0)
-    return np.clip(np.trunc(cropped * np.float32(255.5)), 0, 255).astype(np.uint8)
+    to_unit, x_weight = np.float32(1.0 / 255.0), x_lerp[None, :, None]
+
+    def lerp_along_x(rows: np.ndarray) -> np.ndarray:
+        picked = pixels[rows]
+        low = picked[:, left].astype(np.float32)
+        low *= to_unit
+        high = picked[:, right].astype(np.float32)
+        high *= to_unit
+        high -= low
+        high *= x_weight
+        high += low
+        return high
+
+    upper = lerp_along_x(top)
+    cropped = lerp_along_x(bottom)
+    cropped -= upper
+    cropped *= y_lerp[:, None, None]
+    cropped += upper
+    np.clip(cropped, 0.0, 1.0, out=cropped)
+    cropped *= np.float32(255.5)
+    return np.clip(np.trunc(cropped), 0, 255).astype(np.uint8)
 
 
 def model_image(upright: np.ndarray, *, center_crop_enabled: bool = True) -> np.ndarray:

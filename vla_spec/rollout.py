@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from vla_spec.sim.cameras import DEFAULT_VARIATION, apply_variation
-from vla_spec.sim.env import POLICY_CAMERAS, drop_env, get_env
+from vla_spec.sim.env import POLICY_CAMERAS, drop_env, frames_unrendered, get_env
 from vla_spec.sim.interface import (
     Observation,
     Policy,
@@ -94,13 +94,16 @@ def video_path_for(video_dir: Path | None, spec: EpisodeSpec) -> Path | None:
 
 def start_episode(env: Any, init_state: np.ndarray, *, env_seed: int = ENV_SEED, camera: str = DEFAULT_VARIATION) -> dict[str, Any]:
     """Seed, reset, move the camera (variation ``camera``), set the initial state and run the wait
-    steps; return the last observation."""
+    steps; return the last observation. Only the last wait step renders its frame
+    (:func:`~vla_spec.sim.env.frames_unrendered`): the earlier ones are never read."""
     env.seed(env_seed)
     env.reset()
     apply_variation(env, camera)
-    obs = env.set_init_state(init_state)
-    for _ in range(NUM_STEPS_WAIT):
-        obs, _reward, _done, _info = env.step(list(WAIT_ACTION))
+    with frames_unrendered(env):
+        env.set_init_state(init_state)
+        for _ in range(NUM_STEPS_WAIT - 1):
+            env.step(list(WAIT_ACTION))
+    obs, _reward, _done, _info = env.step(list(WAIT_ACTION))
     return obs
 
 
