@@ -130,7 +130,8 @@ def test_the_openvla_policy_records_its_checkpoint_dtype_device_and_key() -> Non
 @pytest.mark.cpu
 def test_a_checkpoint_is_hashed_once_per_version_of_its_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The log's ``checkpoint_sha256``: SHA-256 over ``name NUL sha256(content)`` of each file in name
-    order (FIPS 180-2's example: sha256(b"abc") = ba7816bf...); each file is read again only when
+    order (FIPS 180-2's example: sha256(b"abc") = ba7816bf...), the model card and the evaluation
+    record (which names the digest) left out; each file is read again only when
     its size or modification time changes, not at every rollout."""
     import hashlib
 
@@ -142,6 +143,7 @@ def test_a_checkpoint_is_hashed_once_per_version_of_its_files(tmp_path: Path, mo
     folder.mkdir()
     (folder / "model.safetensors").write_bytes(b"abc")
     (folder / "README.md").write_text("not hashed")
+    (folder / "evaluation.json").write_text('{"checkpoint_sha256_prefix": "not hashed"}')
     abc = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
     expected = hashlib.sha256(b"model.safetensors\0" + bytes.fromhex(abc)).hexdigest()
     assert checkpoint_sha256(folder) == expected

@@ -42,13 +42,18 @@ DTYPES = ("float32", "bfloat16")
 IMAGE_SOURCES = ("camera", "black")
 
 
+EVALUATION_RECORD = "evaluation.json"  # a checkpoint's measured results, written after the run it records
+
+
 def checkpoint_sha256(folder: Path) -> str:
-    """SHA-256 over the names and contents of the checkpoint's files (all but hidden and ``*.md``
-    files), in name order: two checkpoints that load alike hash alike. Each file's own digest is
-    read through :func:`file_sha256`, so a checkpoint is read in full once, not at every rollout."""
+    """SHA-256 over the names and contents of the checkpoint's files (all but hidden files, ``*.md``
+    and the evaluation record ``evaluation.json``, which a checkpoint gains after it is measured and
+    which names this digest), in name order: two checkpoints that load alike hash alike. Each file's
+    own digest is read through :func:`file_sha256`, so a checkpoint is read in full once, not at
+    every rollout."""
     digest = hashlib.sha256()
     for path in sorted(folder.iterdir()):
-        if path.is_file() and not path.name.startswith(".") and path.suffix != ".md":
+        if path.is_file() and not path.name.startswith(".") and path.suffix != ".md" and path.name != EVALUATION_RECORD:
             digest.update(path.name.encode() + b"\0")
             digest.update(bytes.fromhex(file_sha256(path)))
     return digest.hexdigest()
