@@ -50,7 +50,6 @@ from vla_spec.sim.suites import STEP_BUDGETS
 __all__ = ["RunStats", "TaskScheduler", "describe_policy", "policy_groups", "run_episodes", "run_in_log"]
 
 
-
 @dataclass
 class RunStats:
     """What a run measured, filled in by :func:`run_in_log`: policy steps of the episodes run, and

@@ -118,12 +118,12 @@ def frames_unrendered(env: Any) -> Iterator[None]:
     from robosuite.utils.observables import sensor
 
     cameras = [observable for observable in env.env._observables.values() if observable.modality == "image"]
-    sensors = [observable._sensor for observable in cameras]
+    rendering = [observable._sensor for observable in cameras]
     for observable in cameras:
         black = np.zeros(observable._data_shape, np.uint8)
         observable._sensor = sensor(modality="image")(lambda _cache, black=black: black)
     try:
         yield
     finally:
-        for observable, sensor in zip(cameras, sensors):
-            observable._sensor = sensor
+        for observable, original in zip(cameras, rendering):
+            observable._sensor = original
