@@ -220,17 +220,24 @@ def test_a_ray_address_that_does_not_answer_fails_in_one_line_before_anything_is
 
 
 @pytest.mark.sim
-def test_a_ray_session_already_joined_is_reused_without_another_check(ray_cluster) -> None:  # type: ignore[no-untyped-def]
-    """``rollout --ray-address`` joins (and checks) the cluster once, early; the runner's
-    ``ray_session`` then reuses that session: an address that takes no connection passes here,
-    where without a session it fails in one line (the cpu test above, the negative control)."""
+def test_a_ray_session_already_joined_is_reused_and_an_address_is_still_checked(ray_cluster) -> None:  # type: ignore[no-untyped-def]
+    """``rollout --ray-address`` joins the cluster early; the runner's ``ray_session`` then reuses
+    that session (no second start, no shutdown). The address is checked every time, so an address
+    that takes no connection fails in one line even where this process already has a session (the
+    cpu test above gives the same line without one), and the same port listening passes (the
+    negative control)."""
     import socket
 
     from vla_spec.actors import ray_session
 
-    with socket.socket() as closed:
-        closed.bind(("127.0.0.1", 0))
-        with ray_session(f"127.0.0.1:{closed.getsockname()[1]}") as ray:
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        address = f"127.0.0.1:{server.getsockname()[1]}"
+        with pytest.raises(ConnectionError, match=f"cannot join the Ray cluster at {address!r} \\(no answer on "):
+            with ray_session(address):
+                pass
+        server.listen()
+        with ray_session(address) as ray:
             assert ray is ray_cluster and ray.is_initialized()
     assert ray_cluster.is_initialized(), "a reused session is not shut down"
 

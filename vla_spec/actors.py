@@ -16,8 +16,8 @@ policy actors (a batched policy each), and the Ray session they live in.
   asked again item by item: a batch of N gives the tokens of N single calls, so the answers are
   the same).
 * :func:`ray_session`: joins the cluster at an address (``"auto"``, ``"ray://host:port"``; one
-  that takes no connection fails in seconds, :func:`check_address`), reuses a Ray already started
-  in this process (a test session), or starts an embedded one bound to 127.0.0.1 with no
+  that takes no connection fails in seconds, :func:`check_address`, even where a session exists),
+  reuses a Ray already started in this process (a test session), or starts an embedded one bound to 127.0.0.1 with no
   dashboard and a small object store, shut down when the run ends.
 
 Restarts are Ray's: an environment actor restarts up to :data:`ENV_RESTARTS` times; a call that
@@ -218,19 +218,20 @@ def check_address(address: str) -> None:
 @contextmanager
 def ray_session(address: str | None, num_cpus: int | None = None) -> Iterator[Any]:
     """Ray for one run (see the module docstring), yielding the ``ray`` module; ``num_cpus`` sizes
-    an embedded cluster (default: this machine's cores). A Ray already initialized in this process
-    (a caller joined ``address`` earlier, a test session) is reused as it is: no check, no start,
-    no shutdown. Ray imported (elsewhere) before an embedded start listens on all interfaces.
-    Raises ``ConnectionError`` (one line, with the fix) when the cluster at ``address`` cannot be
-    joined (:func:`check_address`, once)."""
+    an embedded cluster (default: this machine's cores). ``address`` is checked first, every time
+    (:func:`check_address`: one TCP connection), so an address that takes no connection fails the
+    same whatever else this process did. A Ray already initialized in this process (a caller joined
+    ``address`` earlier, a test session) is then reused as it is: no start, no shutdown. Ray
+    imported (elsewhere) before an embedded start listens on all interfaces. Raises
+    ``ConnectionError`` (one line, with the fix) when the cluster at ``address`` cannot be joined."""
+    if address is not None:
+        check_address(address)
     joined = sys.modules.get("ray")
-    if joined is not None and joined.is_initialized():  # the caller's session: its address was checked when it began
+    if joined is not None and joined.is_initialized():  # the caller's session
         yield joined
         return
     if address is None:
         os.environ.setdefault(LOOPBACK_ONLY, "0")
-    else:
-        check_address(address)
     import ray
 
     if address is None:

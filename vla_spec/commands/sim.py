@@ -329,7 +329,7 @@ def _ray_joined(address: str | None) -> Iterator[None]:
     """The Ray cluster at ``address`` joined for the whole block (the runner reuses the session), or
     nothing when ``address`` is None. Enter it before the simulator and the policy load and before
     any file is written: an address that takes no connection is a one-line :class:`CliError`
-    naming the fix within seconds (:func:`vla_spec.actors.check_address`, the only check)."""
+    naming the fix within seconds (:func:`vla_spec.actors.check_address`)."""
     from vla_spec.actors import ray_session
 
     with contextlib.ExitStack() as stack:
