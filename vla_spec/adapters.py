@@ -72,7 +72,7 @@ class NativeImpl:
     def __init__(
         self, checkpoint: str = DEFAULT_CHECKPOINT, *, dtype: str = "float32", device: str = "cpu", model: Any = None
     ) -> None:
-        from vla_spec.model.loading import read_config
+        from vla_spec.model.checkpoint import read_config
         from vla_spec.model.tiny import resolve_checkpoint
         from vla_spec.tokens import ActionTokenizer
 

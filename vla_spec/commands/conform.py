@@ -58,7 +58,7 @@ def read_stats(path: str | None) -> Any:
         return None
     from pathlib import Path
 
-    from vla_spec.model.loading import read_config
+    from vla_spec.model.checkpoint import read_config
     from vla_spec.model.tiny import resolve_checkpoint
     from vla_spec.normalization import read_norm_stats_file
 

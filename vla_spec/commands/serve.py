@@ -45,9 +45,10 @@ def register(subparsers: Any) -> None:
 
 
 def load_model(args: argparse.Namespace) -> Any:
-    """The model to serve, checked as the rollout's OpenVLA policy checks it; :class:`CliError` if unusable."""
-    import torch
-
+    """The model to serve, checked as the rollout's OpenVLA policy checks it; :class:`CliError` if
+    unusable (the device, threads and checkpoint name are checked before torch is imported)."""
+    from vla_spec.model.checkpoint import CheckpointError
+    from vla_spec.model.tiny import resolve_checkpoint
     from vla_spec.sim import PolicySetupError
     from vla_spec.sim.openvla_policy import check_device
 
@@ -55,16 +56,20 @@ def load_model(args: argparse.Namespace) -> Any:
         check_device(args.device)
     except PolicySetupError as error:
         raise CliError(f"--device: {error}") from None
-    if args.threads is not None:
-        if args.threads < 1:
-            raise CliError(f"--threads must be at least 1, got {args.threads}")
-        torch.set_num_threads(args.threads)
-    from vla_spec.model.loading import CheckpointError, from_pretrained
-    from vla_spec.model.tiny import resolve_checkpoint
-
+    if args.threads is not None and args.threads < 1:
+        raise CliError(f"--threads must be at least 1, got {args.threads}")
     try:
         folder = resolve_checkpoint(args.checkpoint)
-        backend = "hf-remote" if args.trust_remote_code else "native"
+    except FileNotFoundError as error:
+        raise CliError(f"CHECKPOINT: {error}") from None
+    import torch
+
+    from vla_spec.model.loading import from_pretrained
+
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    backend = "hf-remote" if args.trust_remote_code else "native"
+    try:
         return from_pretrained(folder, dtype=getattr(torch, args.dtype), device=args.device, backend=backend)
     except (FileNotFoundError, CheckpointError) as error:
         raise CliError(f"CHECKPOINT: {error}") from None

@@ -1,8 +1,8 @@
 """Native OpenVLA in PyTorch: config, towers, projector, Llama, decoding, loading.
 
-The names below load on first use (PEP 562), so ``vla_spec.model.agreement`` and
-``vla_spec.model.tiny`` import without torch; torch, timm and transformers load with the modules
-that need them.
+The names below load on first use (PEP 562), so ``vla_spec.model.agreement``,
+``vla_spec.model.checkpoint`` and ``vla_spec.model.tiny`` import without torch; torch, timm and
+transformers load with the modules that need them.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from importlib import import_module
 from typing import Any
 
 _HOMES = {
-    "CheckpointError": "vla_spec.model.loading",
+    "CheckpointError": "vla_spec.model.checkpoint",
     "GreedyResult": "vla_spec.model.decoding",
     "OpenVLA": "vla_spec.model.modeling",
     "OpenVLAConfig": "vla_spec.model.config",

@@ -92,6 +92,8 @@ def file_sha256(path: Path) -> str:
 
 def check_device(device: str) -> None:
     """Raise :class:`PolicySetupError` unless ``device`` names a torch device usable here."""
+    if device == "cpu":  # always usable: no need to pay torch's import (seconds) to say so
+        return
     import torch
 
     try:
@@ -150,7 +152,7 @@ class OpenVLAPolicy:
     def check_setup(self, suites: Sequence[str]) -> dict[str, Any]:
         """Check the device, the checkpoint's files and the ``unnorm_key`` for each suite without
         loading the weights; return what the log header records. Raises :class:`PolicySetupError`."""
-        from vla_spec.model.loading import CheckpointError, read_config, weight_files
+        from vla_spec.model.checkpoint import CheckpointError, read_config, weight_files
         from vla_spec.model.tokenizer import MissingTokenizerError, require_tokenizer_files
 
         check_device(self.device)
