@@ -2,7 +2,8 @@
 
 One episode per ``(suite, task_id, seed)``: ``env.seed(seed)``; ``env.reset()`` (LIBERO places the
 objects at random from the task's init regions, the distribution the 50 official init states were
-drawn from, so none of the official states is seen in training); the protocol's 10 wait steps;
+drawn from, so none of the official states is seen in training); the protocol's 10 wait steps
+(:func:`vla_spec.rollout.start_episode` without an init state);
 then :class:`vla_spec.sim.expert.PickPlaceExpert` until ``done`` or the suite's step budget.
 Only successful episodes are kept.
 
@@ -115,17 +116,15 @@ def record_episode(spec: DemoSpec) -> DemoRecording:
 
     from vla_spec.gripper import env_to_training
     from vla_spec.images import model_image
+    from vla_spec.rollout import start_episode
     from vla_spec.sim.env import POLICY_CAMERAS, get_env
     from vla_spec.sim.expert import PickPlaceExpert
     from vla_spec.sim.interface import TaskContext, make_observation
-    from vla_spec.sim.suites import NUM_STEPS_WAIT, WAIT_ACTION, task_info
+    from vla_spec.sim.suites import task_info
 
     info = task_info(spec.suite, spec.task_id)
     env = get_env(spec.suite, spec.task_id, cameras=POLICY_CAMERAS)
-    env.seed(spec.seed)
-    obs = env.reset()
-    for _ in range(NUM_STEPS_WAIT):
-        obs, _reward, _done, _info = env.step(list(WAIT_ACTION))
+    obs = start_episode(env, None, env_seed=spec.seed)
     expert = PickPlaceExpert()
     context = TaskContext(  # init_index -1: a fresh seeded scene, not one of the official init states
         suite=spec.suite, task_id=spec.task_id, instruction=info.instruction, init_index=-1, max_steps=info.max_steps, env=env

@@ -92,15 +92,19 @@ def video_path_for(video_dir: Path | None, spec: EpisodeSpec) -> Path | None:
     return Path(video_dir) / f"{spec.suite}_task{spec.task_id:02d}_init{spec.init_index:02d}_seed{spec.env_seed}{camera}.mp4"
 
 
-def start_episode(env: Any, init_state: np.ndarray, *, env_seed: int = ENV_SEED, camera: str = DEFAULT_VARIATION) -> dict[str, Any]:
+def start_episode(
+    env: Any, init_state: np.ndarray | None, *, env_seed: int = ENV_SEED, camera: str = DEFAULT_VARIATION
+) -> dict[str, Any]:
     """Seed, reset, move the camera (variation ``camera``), set the initial state and run the wait
-    steps; return the last observation. Only the last wait step renders its frame
+    steps; return the last observation. ``init_state`` None keeps the scene the seeded reset drew
+    (the demonstrations' fresh scenes). Only the last wait step renders its frame
     (:func:`~vla_spec.sim.env.frames_unrendered`): the earlier ones are never read."""
     env.seed(env_seed)
     env.reset()
     apply_variation(env, camera)
     with frames_unrendered(env):
-        env.set_init_state(init_state)
+        if init_state is not None:
+            env.set_init_state(init_state)
         for _ in range(NUM_STEPS_WAIT - 1):
             env.step(list(WAIT_ACTION))
     obs, _reward, _done, _info = env.step(list(WAIT_ACTION))
