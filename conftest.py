@@ -2,7 +2,7 @@
 
 Tiers (markers, enforced with --strict-markers; every test carries exactly one):
   cpu  fast, no simulator, no GPU          pytest -m cpu    needs .[model]  (on pytest-xdist workers)
-  sim  the real LIBERO simulator on CPU    pytest -m sim    needs .[model,sim]
+  sim  the real LIBERO simulator on CPU    pytest -m sim    needs .[model,sim]  (on 2 pytest-xdist workers)
   gpu  a CUDA GPU                          pytest -m gpu    needs .[model] and CUDA
 """
 
@@ -79,9 +79,20 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 # The cpu tier alone (``pytest -m cpu``, no ``-n`` given) runs on up to CPU_TIER_WORKERS pytest-xdist
-# workers, one per available core: its tests are many and short. Other tiers run in one process (the
-# sim tier's LIBERO processes and Ray cluster are sized for the whole machine); ``-n 0`` turns it off.
+# workers, one per available core: its tests are many and short. A run with the sim tier (``-m sim``,
+# ``-m "cpu or sim"``) runs on up to SIM_TIER_WORKERS: each worker holds a simulator (about 2.5 GB)
+# and the Ray-based modules start their own embedded cluster, so two workers keep both cores busy
+# where one Ray run or one simulator alone leaves a core idle. The gpu tier runs in one process;
+# ``-n 0`` turns distribution off.
 CPU_TIER_WORKERS = 4
+SIM_TIER_WORKERS = 2
+DISTRIBUTED_RUNS = {"cpu": CPU_TIER_WORKERS, "sim": SIM_TIER_WORKERS, "cpu or sim": SIM_TIER_WORKERS}
+
+# The sim modules that run many closed-loop episodes, longest first (measured on 2 cores: the
+# closed loop's 24 episodes about 1500 s, the expert's controls 90 episodes about 550 s, the
+# runner's about 270 s, the demos about 90 s). A distributed run starts them first, each module one
+# unit of work (its module fixtures are shared), so the short tests fill the other worker around them.
+LONG_SIM_MODULES = ("tests/test_closed_loop.py", "tests/test_sim_controls.py", "tests/test_runner.py", "tests/test_demos.py")
 
 # The cpu tests that import torch (and with it transformers, timm and torchvision: about 6 s of CPU),
 # as node id prefixes (a module ``path::`` or one test). Under the distributed cpu tier they all run
@@ -102,37 +113,46 @@ TORCH_TESTS = (
     "tests/test_runner.py::test_a_batch_of_episodes_gets_the_answers_of_single_calls",
     "tests/test_tokens.py::test_torch_in_torch_out_same_device",
 )
-_TORCH_GROUP = pytest.StashKey[bool]()
+_DISTRIBUTED = pytest.StashKey[bool]()
 _TORCH_BEFORE = pytest.StashKey[bool]()
 
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_cmdline_main(config: pytest.Config) -> None:
-    """``-m cpu`` alone: distribute over the available cores, TORCH_TESTS on one worker (before
-    xdist reads ``-n``; not with ``--collect-only`` or ``--pdb``)."""
+    """``-m cpu``, ``-m sim`` or ``-m "cpu or sim"``: distribute over the available cores (before
+    xdist reads ``-n``; not with ``--collect-only`` or ``--pdb``), with the scheduler below."""
     if hasattr(config, "workerinput") or getattr(config.option, "numprocesses", 0) is not None:
         return  # an xdist worker, -n given, or xdist disabled (-p no:xdist)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     runs_tests = not config.getoption("collectonly") and not config.getoption("usepdb")
-    if (config.getoption("markexpr") or "").strip() == "cpu" and cores > 1 and runs_tests:
-        config.option.numprocesses = min(cores, CPU_TIER_WORKERS)
-        config.stash[_TORCH_GROUP] = True
+    asked = (config.getoption("markexpr") or "").strip()
+    if asked in DISTRIBUTED_RUNS and cores > 1 and runs_tests:
+        config.option.numprocesses = min(cores, DISTRIBUTED_RUNS[asked])
+        # the cpu tier alone: the biggest unit (TORCH_TESTS) first; with the sim tier: collection order
+        config.option.loadscopereorder = asked == "cpu"
+        config.stash[_DISTRIBUTED] = True
 
 
 @pytest.hookimpl(tryfirst=True, optionalhook=True)
 def pytest_xdist_make_scheduler(config: pytest.Config, log):  # type: ignore[no-untyped-def]
-    """The distributed cpu tier's scheduler: TORCH_TESTS are one unit of work, every other test
-    its own (xdist's ``loadgroup`` would do this from marks, but it loses them under pytest 9.2:
-    pytest-dev/pytest-xdist#1386)."""
-    if not config.stash.get(_TORCH_GROUP, False):
+    """The distributed run's scheduler. The cpu tier alone: TORCH_TESTS one unit of work, every other
+    test its own. With the sim tier: a module is one unit (its module fixtures, a simulator's first
+    observations or a closed-loop run, are shared), handed out in collection order, which puts
+    LONG_SIM_MODULES first. (xdist's ``loadgroup`` would group by marks, but it loses them under
+    pytest 9.2: pytest-dev/pytest-xdist#1386.)"""
+    if not config.stash.get(_DISTRIBUTED, False):
         return None
     from xdist.scheduler import LoadScopeScheduling
 
-    class TorchGroupScheduling(LoadScopeScheduling):
-        def _split_scope(self, nodeid: str) -> str:
-            return "torch" if nodeid.startswith(TORCH_TESTS) else nodeid
+    cpu_tier_alone = (config.getoption("markexpr") or "").strip() == "cpu"
 
-    return TorchGroupScheduling(config, log)
+    class TierScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            if cpu_tier_alone:
+                return "torch" if nodeid.startswith(TORCH_TESTS) else nodeid
+            return nodeid.partition("::")[0]
+
+    return TierScheduling(config, log)
 
 
 # A test module's own tier line: ``pytestmark = pytest.mark.sim`` (or the first of a list).
@@ -216,7 +236,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     """Skip the tests of a tier that cannot run here, with the reason; but a run that asked for
     exactly one tier (``-m gpu``) and cannot run it at all is a usage error (exit status 4), not a
     green run of skips. (Last, after ``-m`` has deselected: only the tiers that run are checked, so
-    ``-m cpu`` does not import torch to ask about CUDA.)"""
+    ``-m cpu`` does not import torch to ask about CUDA.) A run with the sim tier puts
+    LONG_SIM_MODULES first."""
     asked = (config.getoption("markexpr") or "").strip()
     if asked in TIERS:
         reason = _missing_tier_requirement(asked)
@@ -226,6 +247,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         judged = [item for item in items if "impl" in getattr(item, "fixturenames", ())]
         config.hook.pytest_deselected(items=[item for item in items if item not in judged])
         items[:] = judged
+    if asked in ("sim", "cpu or sim"):  # LONG_SIM_MODULES first, longest first (a stable sort)
+        items.sort(key=lambda item: _long_sim_rank(item.nodeid))
     reasons: dict[str, str | None] = {}
     for item in items:
         tiers = [tier for tier in TIERS if item.get_closest_marker(tier)]
@@ -236,6 +259,28 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             reasons[tier] = _missing_tier_requirement(tier)
         if reasons[tier]:
             item.add_marker(pytest.mark.skip(reason=reasons[tier]))
+
+
+def _long_sim_rank(nodeid: str) -> int:
+    module = nodeid.partition("::")[0]
+    return LONG_SIM_MODULES.index(module) if module in LONG_SIM_MODULES else len(LONG_SIM_MODULES)
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:  # type: ignore[no-untyped-def]
+    """The figures that tests measure and record (``record_property("result", line)``: success rates
+    and their intervals), printed after the run whatever the capture mode or number of workers."""
+    lines = [
+        f"{report.nodeid}: {value}"
+        for outcome in ("passed", "failed")
+        for report in terminalreporter.stats.get(outcome, [])
+        if report.when == "call"
+        for name, value in report.user_properties
+        if name == "result"
+    ]
+    if lines:
+        terminalreporter.section("measured results")
+        for line in lines:
+            terminalreporter.write_line(line)
 
 
 def _existing_path(config: pytest.Config, option: str, what: str) -> Path:

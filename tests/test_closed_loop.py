@@ -50,12 +50,14 @@ def _run(folder: Path, name: str, specs: list[EpisodeSpec], **policy_options: ob
     results = run_episodes(
         functools.partial(OpenVLAPolicy, **options), specs, folder / f"{name}.jsonl", workers=WORKERS, progress=False
     )
-    wins = sum(r.success for r in results)
-    interval = wilson_interval(wins, len(results))
-    print(f"\n{name} {policy_options}: {wins}/{len(results)} succeeded, Wilson 95% [{interval.low:.3f}, {interval.high:.3f}]")
     errors = [f"{r.suite}/{r.task_id}/{r.init_index}: {r.error}" for r in results if r.error]
     assert not errors, f"episodes raised: {errors}"
     return results
+
+
+def summary(name: str, results: list[EpisodeResult]) -> str:
+    """``name: 5/20 (25.0 %), Wilson 95 % [11.2 %, 46.9 %]``: what a run shows, for the run's summary."""
+    return f"{name}: {wilson_interval(sum(r.success for r in results), len(results))}"
 
 
 def model_card_result() -> PublishedResult:
@@ -74,11 +76,12 @@ def positive(ray_cluster, tmp_path_factory: pytest.TempPathFactory) -> list[Epis
 
 
 @pytest.mark.sim
-def test_trained_tiny_vla_earns_the_threshold(positive: list[EpisodeResult]) -> None:
+def test_trained_tiny_vla_earns_the_threshold(positive: list[EpisodeResult], record_property: pytest.RecordProperty) -> None:
+    record_property("result", summary("held out", positive))
     wins = sum(r.success for r in positive)
     assert wins >= MIN_SUCCESSES, f"{wins}/{len(positive)} episodes solved, fewer than the measured {MIN_SUCCESSES}"
     verdict = compare_to_published(SUITE, wins, len(positive), published=model_card_result())
-    print(verdict.reason)
+    record_property("result", verdict.reason)
     assert verdict.verdict != "below", verdict.reason
 
 
@@ -88,17 +91,21 @@ def test_trained_tiny_vla_earns_the_threshold(positive: list[EpisodeResult]) -> 
     [("image_blind", {"image": "black"}), ("wrong_unnorm_key", {"unnorm_key": "bridge_orig"})],
 )
 def test_controls_fail_the_solved_episodes(
-    ray_cluster, tmp_path: Path, positive: list[EpisodeResult], name: str, options: dict  # type: ignore[no-untyped-def]
+    ray_cluster, tmp_path: Path, positive: list[EpisodeResult], name: str, options: dict,  # type: ignore[no-untyped-def]
+    record_property: pytest.RecordProperty,
 ) -> None:
     solved = [EpisodeSpec(r.suite, r.task_id, r.init_index, r.env_seed) for r in positive if r.success][:CONTROL_EPISODES]
     assert solved, "the positive run solved no episode: nothing to control"
     results = _run(tmp_path, name, solved, checkpoint=CHECKPOINT, **options)
+    record_property("result", summary(f"{name} {options}", results))
     assert [r.success for r in results] == [False] * len(solved)
 
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("suite", ["libero_spatial", "libero_object", "libero_goal", "libero_10"])
-def test_real_checkpoint_against_published(openvla_path: Path, pytestconfig: pytest.Config, tmp_path: Path, suite: str) -> None:
+def test_real_checkpoint_against_published(
+    openvla_path: Path, pytestconfig: pytest.Config, tmp_path: Path, suite: str, record_property: pytest.RecordProperty
+) -> None:
     pytest.importorskip("libero", reason="the closed-loop gpu test also needs the simulator: pip install -e '.[sim]'")
     from vla_spec.model.config import OpenVLAConfig
     from vla_spec.normalization import UnnormKeyError, libero_unnorm_key
@@ -118,6 +125,7 @@ def test_real_checkpoint_against_published(openvla_path: Path, pytestconfig: pyt
     )
     errors = [f"{r.task_id}/{r.init_index}: {r.error}" for r in results if r.error]
     assert not errors, f"episodes raised: {errors}"
+    record_property("result", summary(f"{openvla_path.name} on {suite}", results))
     verdict = compare_to_published(suite, sum(r.success for r in results), len(results))
-    print(verdict.reason)
+    record_property("result", verdict.reason)
     assert verdict.verdict != "below", verdict.reason

@@ -35,6 +35,7 @@ from vla_spec.rollout import EpisodeResult, EpisodeSpec
 from vla_spec.runner import run_episodes
 from vla_spec.sim.expert import PickPlaceExpert
 from vla_spec.statistics import wilson_interval
+from tests.test_closed_loop import summary
 
 pytestmark = [pytest.mark.sim, pytest.mark.usefixtures("ray_cluster")]  # one Ray start for the module's 2-worker runs
 
@@ -61,9 +62,6 @@ def _run(tmp_path: Path, name: str, specs: list[EpisodeSpec], **expert_knobs: ob
         record_trace=True,
         progress=False,
     )
-    wins = sum(r.success for r in results)
-    interval = wilson_interval(wins, len(results))
-    print(f"{name} {expert_knobs}: {wins}/{len(results)} succeeded, Wilson 95% [{interval.low:.3f}, {interval.high:.3f}]")
     errors = [f"{r.suite}/{r.task_id}/{r.init_index}: {r.error}" for r in results if r.error]
     assert not errors, f"episodes raised: {errors}"
     return results
@@ -80,8 +78,9 @@ def positive(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[Episode
 
 
 @pytest.mark.parametrize("suite", ["libero_object", "libero_spatial"])
-def test_expert_solves_the_suite(positive: dict[str, list[EpisodeResult]], suite: str) -> None:
+def test_expert_solves_the_suite(positive: dict[str, list[EpisodeResult]], suite: str, record_property: pytest.RecordProperty) -> None:
     results = positive[suite]
+    record_property("result", summary(f"expert on {suite}", results))
     wins = sum(r.success for r in results)
     interval = wilson_interval(wins, len(results))
     failed = [(r.task_id, r.init_index) for r in results if not r.success]
@@ -90,8 +89,9 @@ def test_expert_solves_the_suite(positive: dict[str, list[EpisodeResult]], suite
     assert _max_abs_xyz(results) >= 0.5
 
 
-def test_wrong_unnorm_key_makes_tiny_actions_and_fails(tmp_path: Path) -> None:
+def test_wrong_unnorm_key_makes_tiny_actions_and_fails(tmp_path: Path, record_property: pytest.RecordProperty) -> None:
     results = _run(tmp_path, "bridge", BRIDGE_SPECS, unnorm_key="bridge_orig")
+    record_property("result", summary("expert decoded with bridge_orig", results))
     bridge = load_norm_stats("bridge_orig")
     bridge_limit = float(np.max(np.abs([bridge.q01[:3], bridge.q99[:3]])))
     assert bridge_limit == pytest.approx(0.0417, abs=1e-4)
@@ -103,8 +103,9 @@ def test_wrong_unnorm_key_makes_tiny_actions_and_fails(tmp_path: Path) -> None:
     assert interval.high <= NEGATIVE_MAX_UPPER_BOUND, f"bridge_orig decoding still succeeds: {wins}/{len(results)} {interval}"
 
 
-def test_skipping_the_gripper_inversion_fails(tmp_path: Path) -> None:
+def test_skipping_the_gripper_inversion_fails(tmp_path: Path, record_property: pytest.RecordProperty) -> None:
     results = _run(tmp_path, "no_invert", NO_INVERT_SPECS, invert_gripper=False)
+    record_property("result", summary("expert without the gripper inversion", results))
     # the expert starts with an open gripper (env -1 = training 1.0); without inversion it closes
     assert all(r.trace[0]["action"][6] == 1.0 for r in results)
     wins = sum(r.success for r in results)

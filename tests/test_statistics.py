@@ -57,6 +57,12 @@ def test_wilson_matches_published_values(successes: int, n: int, low: float, hig
     assert (interval.low, interval.high) == pytest.approx((low, high), abs=5e-5)
 
 
+def test_a_proportion_reads_as_counts_rate_and_interval() -> None:
+    """The line the closed-loop tests print: 5 of 20 is [11.2 %, 46.9 %] (Wilson, 95 %; the model card's figure)."""
+    assert str(wilson_interval(5, 20)) == "5/20 (25.0 %), Wilson 95 % [11.2 %, 46.9 %]"
+    assert str(wilson_interval(0, 2)) == "0/2 (0.0 %), Wilson 95 % [0.0 %, 65.8 %]"
+
+
 def test_wilson_closed_forms_at_the_edges_and_the_middle() -> None:
     # 0/n: [0, z²/(n+z²)]; n/n mirrors it; 10/20 is symmetric about 1/2.
     assert (wilson_interval(0, 20).low, wilson_interval(0, 20).high) == (0.0, pytest.approx(Z95**2 / (20 + Z95**2), abs=1e-12))

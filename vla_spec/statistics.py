@@ -33,6 +33,11 @@ class Proportion:
     def rate(self) -> float:
         return self.successes / self.n
 
+    def __str__(self) -> str:
+        """``5/20 (25.0 %), Wilson 95 % [11.2 %, 46.9 %]``."""
+        return (f"{self.successes}/{self.n} ({percent(self.rate)}), Wilson {percent(self.confidence, 0)} "
+                f"[{percent(self.low)}, {percent(self.high)}]")
+
 
 @dataclass(frozen=True)
 class PublishedResult:
