@@ -8,71 +8,35 @@ official init states 0-1 of every task (20 held-out episodes). The threshold is 
 measured (the model card): at least :data:`MIN_SUCCESSES` of the 20, and the Wilson interval must
 not lie wholly below the rate the model card reports (:func:`compare_to_published`, the function
 the gpu tier uses against OpenVLA's published numbers). Episodes are deterministic (fixed init
-states, float32 on one CPU thread), so a drop below the threshold is a regression, not noise.
-
-Negative controls, paired: the first :data:`CONTROL_EPISODES` episodes the positive run solved
-(one round of the workers) are run again with a constant black image (image-blind) and with the
-wrong ``unnorm_key`` (``bridge_orig``: well-formed tokens decoded at WidowX scale); each must fail
-every one of them (the model card reports both controls on every solved episode). An episode solved with the camera and
-the right statistics but not without them is a success that came from the pixels and the action
-path, not from luck of the scene.
+states, float32 on one CPU thread), so a drop below the threshold is a regression, not noise. Its
+paired negative controls (image-blind, wrong ``unnorm_key``) are in
+``tests/test_closed_loop_controls.py``, a module of their own so that a distributed run does them
+beside this one.
 
 Gpu tier: with ``--openvla-path`` a real checkpoint runs ``--episodes-per-task`` init states of
 every task of each suite it has statistics for, on CUDA in bfloat16 (``--rollout-workers N``: N
 simulators on Ray feeding one batched policy actor on the GPU); the test fails when OpenVLA's
-published rate for that suite lies above the whole Wilson interval.
+published rate lies above the whole Wilson interval.
 """
 
 from __future__ import annotations
 
 import functools
-import json
 from pathlib import Path
 
 import pytest
 
+from tests.closed_loop import SUITE, model_card_result, run_tiny_vla, summary
 from vla_spec.rollout import EpisodeResult, EpisodeSpec
-from vla_spec.statistics import PublishedResult, compare_to_published, wilson_interval
+from vla_spec.statistics import compare_to_published
 
-CHECKPOINT = "tiny-vla-libero-object"
-SUITE = "libero_object"
-WORKERS = 2
 POSITIVE_SPECS = [EpisodeSpec(SUITE, task, init) for task in range(10) for init in (0, 1)]
 MIN_SUCCESSES = 5  # of the 20: measured 5 (tasks 3, 7, 9) with the TF-exact image path it was trained on (model card)
-CONTROL_EPISODES = WORKERS  # solved episodes each control replays: each control is one round of the workers
-
-
-def _run(folder: Path, name: str, specs: list[EpisodeSpec], **policy_options: object) -> list[EpisodeResult]:
-    from vla_spec.runner import run_episodes
-    from vla_spec.sim.openvla_policy import OpenVLAPolicy
-
-    options = {"threads": 1, **policy_options}
-    results = run_episodes(
-        functools.partial(OpenVLAPolicy, **options), specs, folder / f"{name}.jsonl", workers=WORKERS, progress=False
-    )
-    errors = [f"{r.suite}/{r.task_id}/{r.init_index}: {r.error}" for r in results if r.error]
-    assert not errors, f"episodes raised: {errors}"
-    return results
-
-
-def summary(name: str, results: list[EpisodeResult]) -> str:
-    """``name: 5/20 (25.0 %), Wilson 95 % [11.2 %, 46.9 %]``: what a run shows, for the run's summary."""
-    return f"{name}: {wilson_interval(sum(r.success for r in results), len(results))}"
-
-
-def model_card_result() -> PublishedResult:
-    """The checkpoint's reported libero_object result (``evaluation.json`` beside its weights)."""
-    from vla_spec.model.tiny import resolve_checkpoint
-
-    record = json.loads((resolve_checkpoint(CHECKPOINT) / "evaluation.json").read_text(encoding="utf-8"))
-    held_out = record["held_out"]
-    rate = 100.0 * held_out["successes"] / held_out["episodes"]
-    return PublishedResult(CHECKPOINT, rate, 0.0, 1, held_out["episodes"], f"model card: {held_out['command']}")
 
 
 @pytest.fixture(scope="module")
 def positive(ray_cluster, tmp_path_factory: pytest.TempPathFactory) -> list[EpisodeResult]:  # type: ignore[no-untyped-def]
-    return _run(tmp_path_factory.mktemp("closed_loop"), "held_out", POSITIVE_SPECS, checkpoint=CHECKPOINT)
+    return run_tiny_vla(tmp_path_factory.mktemp("closed_loop"), "held_out", POSITIVE_SPECS)
 
 
 @pytest.mark.sim
@@ -83,22 +47,6 @@ def test_trained_tiny_vla_earns_the_threshold(positive: list[EpisodeResult], rec
     verdict = compare_to_published(SUITE, wins, len(positive), published=model_card_result())
     record_property("result", verdict.reason)
     assert verdict.verdict != "below", verdict.reason
-
-
-@pytest.mark.sim
-@pytest.mark.parametrize(
-    ("name", "options"),
-    [("image_blind", {"image": "black"}), ("wrong_unnorm_key", {"unnorm_key": "bridge_orig"})],
-)
-def test_controls_fail_the_solved_episodes(
-    ray_cluster, tmp_path: Path, positive: list[EpisodeResult], name: str, options: dict,  # type: ignore[no-untyped-def]
-    record_property: pytest.RecordProperty,
-) -> None:
-    solved = [EpisodeSpec(r.suite, r.task_id, r.init_index, r.env_seed) for r in positive if r.success][:CONTROL_EPISODES]
-    assert solved, "the positive run solved no episode: nothing to control"
-    results = _run(tmp_path, name, solved, checkpoint=CHECKPOINT, **options)
-    record_property("result", summary(f"{name} {options}", results))
-    assert [r.success for r in results] == [False] * len(solved)
 
 
 @pytest.mark.gpu

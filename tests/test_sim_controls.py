@@ -6,20 +6,19 @@ and libero_spatial: Wilson 95 % lower bound >= 70 % over 20 libero_object episod
 states 0-1) and 30 libero_spatial episodes (10 tasks x init states 0-2; the expert cannot reach
 the bowl in the drawer of task 4, so 20 episodes could not clear the bound).
 
-Negative, the same expert and path with one knob changed, 20 episodes each (every failed episode
-runs its full step budget, so each costs about 7 CPU-seconds):
-* ``unnorm_key="bridge_orig"`` (libero_object and libero_spatial tasks 0-9, init state 0): tokens are well formed but
+Negative, paired: the same expert and path with one knob changed replays the first
+:data:`CONTROL_EPISODES` episodes that the positive run solved in each suite named, and must fail
+every one (episodes are fixed, task x init state, so each pair is deterministic; an episode solved
+with the knob right and failed with it wrong is the knob's doing, as in the closed loop's controls):
+* ``unnorm_key="bridge_orig"`` (libero_object and libero_spatial): tokens are well formed but
   decode to WidowX-scale deltas (|xyz| <= 0.042 controller units instead of up to 0.94), so the
   arm barely moves;
-* ``invert_gripper=False`` (libero_object tasks 0-9, init states 0-1): the gripper closes when the
-  expert means open and vice versa, so it never holds the object. Not on libero_spatial: there the
-  closed fingers enter the bowl and the "close" command spreads them against its inner wall, which
-  lifts the bowl (3 of 5 tasks still succeeded when tried), so the closed-loop expert is no control
-  of the gripper sign on bowls.
-Both must fail: Wilson 95 % upper bound <= 17 % (0/20 gives 16.1 %; 35 episodes would be needed for 10 %).
-
-Episodes are fixed (task x init state), so each control is deterministic; run through the
-episode runner with 2 worker processes.
+* ``invert_gripper=False`` (libero_object): the gripper closes when the expert means open and vice
+  versa, so it never holds the object. Not on libero_spatial: there the closed fingers enter the
+  bowl and the "close" command spreads them against its inner wall, which lifts the bowl (3 of 5
+  tasks still succeeded when tried), so the closed-loop expert is no control of the gripper sign on
+  bowls.
+All runs go through the episode runner with 2 workers on Ray.
 """
 
 from __future__ import annotations
@@ -35,22 +34,28 @@ from vla_spec.rollout import EpisodeResult, EpisodeSpec
 from vla_spec.runner import run_episodes
 from vla_spec.sim.expert import PickPlaceExpert
 from vla_spec.statistics import wilson_interval
-from tests.test_closed_loop import summary
+from tests.closed_loop import summary
 
 pytestmark = [pytest.mark.sim, pytest.mark.usefixtures("ray_cluster")]  # one Ray start for the module's 2-worker runs
 
 WORKERS = 2
 POSITIVE_INITS = {"libero_object": (0, 1), "libero_spatial": (0, 1, 2)}  # x 10 tasks each
 POSITIVE_MIN_LOWER_BOUND = 0.70
-NEGATIVE_MAX_UPPER_BOUND = 0.17
+CONTROL_EPISODES = WORKERS  # solved episodes per suite that each control replays: one round of the workers
 
 
 def _specs(suite: str, inits: tuple[int, ...], tasks: range = range(10)) -> list[EpisodeSpec]:
     return [EpisodeSpec(suite, task_id, init_index) for task_id in tasks for init_index in inits]
 
 
-BRIDGE_SPECS = _specs("libero_object", (0,)) + _specs("libero_spatial", (0,))
-NO_INVERT_SPECS = _specs("libero_object", (0, 1))
+def _solved(positive: dict[str, list[EpisodeResult]], *suites: str) -> list[EpisodeSpec]:
+    """The first CONTROL_EPISODES episodes of each suite that the positive run solved."""
+    pairs = [
+        [EpisodeSpec(r.suite, r.task_id, r.init_index, r.env_seed) for r in positive[suite] if r.success][:CONTROL_EPISODES]
+        for suite in suites
+    ]
+    assert all(len(solved) == CONTROL_EPISODES for solved in pairs), "the positive run solved too few episodes to control"
+    return [spec for solved in pairs for spec in solved]
 
 
 def _run(tmp_path: Path, name: str, specs: list[EpisodeSpec], **expert_knobs: object) -> list[EpisodeResult]:
@@ -89,25 +94,27 @@ def test_expert_solves_the_suite(positive: dict[str, list[EpisodeResult]], suite
     assert _max_abs_xyz(results) >= 0.5
 
 
-def test_wrong_unnorm_key_makes_tiny_actions_and_fails(tmp_path: Path, record_property: pytest.RecordProperty) -> None:
-    results = _run(tmp_path, "bridge", BRIDGE_SPECS, unnorm_key="bridge_orig")
-    record_property("result", summary("expert decoded with bridge_orig", results))
+def test_wrong_unnorm_key_makes_tiny_actions_and_fails(
+    positive: dict[str, list[EpisodeResult]], tmp_path: Path, record_property: pytest.RecordProperty
+) -> None:
+    solved = _solved(positive, "libero_object", "libero_spatial")
+    results = _run(tmp_path, "bridge", solved, unnorm_key="bridge_orig")
+    record_property("result", summary(f"expert decoded with bridge_orig, on {len(solved)} solved episodes", results))
     bridge = load_norm_stats("bridge_orig")
     bridge_limit = float(np.max(np.abs([bridge.q01[:3], bridge.q99[:3]])))
     assert bridge_limit == pytest.approx(0.0417, abs=1e-4)
     # decoded with bridge_orig, no arm command exceeds bridge's own q01/q99 range: about 2.1 mm
     # commanded per step (0.0417 x 0.05 m), against up to 0.9375 (47 mm) with the LIBERO statistics
     assert _max_abs_xyz(results) <= bridge_limit
-    wins = sum(r.success for r in results)
-    interval = wilson_interval(wins, len(results))
-    assert interval.high <= NEGATIVE_MAX_UPPER_BOUND, f"bridge_orig decoding still succeeds: {wins}/{len(results)} {interval}"
+    assert [r.success for r in results] == [False] * len(solved), "bridge_orig decoding still solves a paired episode"
 
 
-def test_skipping_the_gripper_inversion_fails(tmp_path: Path, record_property: pytest.RecordProperty) -> None:
-    results = _run(tmp_path, "no_invert", NO_INVERT_SPECS, invert_gripper=False)
-    record_property("result", summary("expert without the gripper inversion", results))
+def test_skipping_the_gripper_inversion_fails(
+    positive: dict[str, list[EpisodeResult]], tmp_path: Path, record_property: pytest.RecordProperty
+) -> None:
+    solved = _solved(positive, "libero_object")
+    results = _run(tmp_path, "no_invert", solved, invert_gripper=False)
+    record_property("result", summary(f"expert without the gripper inversion, on {len(solved)} solved episodes", results))
     # the expert starts with an open gripper (env -1 = training 1.0); without inversion it closes
     assert all(r.trace[0]["action"][6] == 1.0 for r in results)
-    wins = sum(r.success for r in results)
-    interval = wilson_interval(wins, len(results))
-    assert interval.high <= NEGATIVE_MAX_UPPER_BOUND, f"uninverted gripper still succeeds: {wins}/{len(results)} {interval}"
+    assert [r.success for r in results] == [False] * len(solved), "the uninverted gripper still solves a paired episode"
