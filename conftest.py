@@ -88,13 +88,13 @@ CPU_TIER_WORKERS = 4
 SIM_TIER_WORKERS = 2
 DISTRIBUTED_RUNS = {"cpu": CPU_TIER_WORKERS, "sim": SIM_TIER_WORKERS, "cpu or sim": SIM_TIER_WORKERS}
 
-# The sim modules that run many closed-loop episodes, longest first (measured on 2 cores in one
-# process, session 11: the closed loop's 20 episodes about 1250 s, the expert's controls about 550 s,
-# the runner's about 270 s, the closed loop's paired controls about 280 s, the demos about 90 s). A
-# distributed run starts them first, each module one unit of work (its module fixtures are shared):
-# the 20-episode run takes one worker, and the rest fill the other around it.
+# The sim modules that run many episodes, longest first (measured on this 2-core machine in a
+# distributed run, session 11: the closed loop's 20 episodes 1375 s, the expert's controls about
+# 400 s, the runner's about 370 s, the closed loop's paired controls about 250 s, the demos about
+# 95 s). A distributed run starts them first, each module one unit of work (its module fixtures are
+# shared): the 20-episode run takes one worker, and the rest fill the other around it.
 LONG_SIM_MODULES = (
-    "tests/test_closed_loop.py", "tests/test_sim_controls.py", "tests/test_closed_loop_controls.py", "tests/test_runner.py",
+    "tests/test_closed_loop.py", "tests/test_sim_controls.py", "tests/test_runner.py", "tests/test_closed_loop_controls.py",
     "tests/test_demos.py",
 )
 
