@@ -81,12 +81,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 # The cpu tier alone (``pytest -m cpu``, no ``-n`` given) runs on up to CPU_TIER_WORKERS pytest-xdist
 # workers, one per available core: its tests are many and short. A run with the sim tier (``-m sim``,
 # ``-m "cpu or sim"``) runs on up to SIM_TIER_WORKERS: each worker holds a simulator (about 2.5 GB)
-# and the Ray-based modules start their own embedded cluster, so two workers keep both cores busy
-# where one Ray run or one simulator alone leaves a core idle. The gpu tier runs in one process;
+# and the Ray-based modules start their own embedded cluster, so the single-process sim modules run
+# beside the Ray-based ones instead of after them. The gpu tier runs in one process;
 # ``-n 0`` turns distribution off.
 CPU_TIER_WORKERS = 4
 SIM_TIER_WORKERS = 2
-DISTRIBUTED_RUNS = {"cpu": CPU_TIER_WORKERS, "sim": SIM_TIER_WORKERS, "cpu or sim": SIM_TIER_WORKERS}
+SIM_RUNS = ("sim", "cpu or sim")
+DISTRIBUTED_RUNS = {"cpu": CPU_TIER_WORKERS} | dict.fromkeys(SIM_RUNS, SIM_TIER_WORKERS)
 
 # The sim modules that run many episodes, longest first (measured on this 2-core machine in a
 # distributed run, session 11: the closed loop's 20 episodes 1375 s, the expert's controls about
@@ -121,6 +122,11 @@ _DISTRIBUTED = pytest.StashKey[bool]()
 _TORCH_BEFORE = pytest.StashKey[bool]()
 
 
+def _asked(config: pytest.Config) -> str:
+    """The run's marker expression (``-m``), stripped: ``"cpu"``, ``"cpu or sim"``, or ``""``."""
+    return (config.getoption("markexpr") or "").strip()
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_cmdline_main(config: pytest.Config) -> None:
     """``-m cpu``, ``-m sim`` or ``-m "cpu or sim"``: distribute over the available cores (before
@@ -129,7 +135,7 @@ def pytest_cmdline_main(config: pytest.Config) -> None:
         return  # an xdist worker, -n given, or xdist disabled (-p no:xdist)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     runs_tests = not config.getoption("collectonly") and not config.getoption("usepdb")
-    asked = (config.getoption("markexpr") or "").strip()
+    asked = _asked(config)
     if asked in DISTRIBUTED_RUNS and cores > 1 and runs_tests:
         config.option.numprocesses = min(cores, DISTRIBUTED_RUNS[asked])
         # the cpu tier alone: the biggest unit (TORCH_TESTS) first; with the sim tier: collection order
@@ -148,7 +154,7 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log):  # type: ignore[no-
         return None
     from xdist.scheduler import LoadScopeScheduling
 
-    cpu_tier_alone = (config.getoption("markexpr") or "").strip() == "cpu"
+    cpu_tier_alone = _asked(config) == "cpu"
 
     class TierScheduling(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
@@ -168,7 +174,7 @@ def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool 
     imported: none of them can be a cpu test (each test has exactly one tier), and every cpu worker
     would import and assertion-rewrite it for nothing (0.37 s of a worker's 2.5 s collection)."""
     name = collection_path.name
-    if (config.getoption("markexpr") or "").strip() != "cpu" or not (name.startswith("test_") and name.endswith(".py")):
+    if _asked(config) != "cpu" or not (name.startswith("test_") and name.endswith(".py")):
         return None
     tier = _MODULE_TIER.search(collection_path.read_text(encoding="utf-8"))
     return True if tier and tier.group(1) != "cpu" else None
@@ -180,7 +186,7 @@ def pytest_make_collect_report(collector: pytest.Collector):  # type: ignore[no-
     xdist worker collects every module, so each would import torch."""
     before = "torch" in sys.modules
     report = yield
-    asked = (collector.config.getoption("markexpr") or "").strip()
+    asked = _asked(collector.config)
     if isinstance(collector, pytest.Module) and asked == "cpu" and not before and "torch" in sys.modules and report.passed:
         report.outcome = "failed"
         report.longrepr = (
@@ -242,7 +248,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     green run of skips. (Last, after ``-m`` has deselected: only the tiers that run are checked, so
     ``-m cpu`` does not import torch to ask about CUDA.) A run with the sim tier puts
     LONG_SIM_MODULES first."""
-    asked = (config.getoption("markexpr") or "").strip()
+    asked = _asked(config)
     if asked in TIERS:
         reason = _missing_tier_requirement(asked)
         if reason:
@@ -251,7 +257,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         judged = [item for item in items if "impl" in getattr(item, "fixturenames", ())]
         config.hook.pytest_deselected(items=[item for item in items if item not in judged])
         items[:] = judged
-    if asked in ("sim", "cpu or sim"):  # LONG_SIM_MODULES first, longest first (a stable sort)
+    if asked in SIM_RUNS:  # LONG_SIM_MODULES first, longest first (a stable sort)
         items.sort(key=lambda item: _long_sim_rank(item.nodeid))
     reasons: dict[str, str | None] = {}
     for item in items:

@@ -29,9 +29,14 @@ def run_tiny_vla(folder: Path, name: str, specs: list[EpisodeSpec], **policy_opt
     results = run_episodes(
         functools.partial(OpenVLAPolicy, **options), specs, folder / f"{name}.jsonl", workers=WORKERS, progress=False
     )
+    assert_no_errors(results)
+    return results
+
+
+def assert_no_errors(results: list[EpisodeResult]) -> None:
+    """An episode that raised is a bug in the run, not a failed episode: the test fails, naming each."""
     errors = [f"{r.suite}/{r.task_id}/{r.init_index}: {r.error}" for r in results if r.error]
     assert not errors, f"episodes raised: {errors}"
-    return results
 
 
 def summary(name: str, results: list[EpisodeResult]) -> str:

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.closed_loop import SUITE, model_card_result, run_tiny_vla, summary
+from tests.closed_loop import SUITE, assert_no_errors, model_card_result, run_tiny_vla, summary
 from vla_spec.rollout import EpisodeResult, EpisodeSpec
 from vla_spec.statistics import compare_to_published
 
@@ -71,8 +71,7 @@ def test_real_checkpoint_against_published(
         functools.partial(OpenVLAPolicy, str(openvla_path), device="cuda", dtype="bfloat16"), specs, tmp_path / f"{suite}.jsonl",
         workers=pytestconfig.getoption("rollout_workers"), progress=False,
     )
-    errors = [f"{r.task_id}/{r.init_index}: {r.error}" for r in results if r.error]
-    assert not errors, f"episodes raised: {errors}"
+    assert_no_errors(results)
     record_property("result", summary(f"{openvla_path.name} on {suite}", results))
     verdict = compare_to_published(suite, sum(r.success for r in results), len(results))
     record_property("result", verdict.reason)

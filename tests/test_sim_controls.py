@@ -34,7 +34,7 @@ from vla_spec.rollout import EpisodeResult, EpisodeSpec
 from vla_spec.runner import run_episodes
 from vla_spec.sim.expert import PickPlaceExpert
 from vla_spec.statistics import wilson_interval
-from tests.closed_loop import summary
+from tests.closed_loop import assert_no_errors, summary
 
 pytestmark = [pytest.mark.sim, pytest.mark.usefixtures("ray_cluster")]  # one Ray start for the module's 2-worker runs
 
@@ -67,8 +67,7 @@ def _run(tmp_path: Path, name: str, specs: list[EpisodeSpec], **expert_knobs: ob
         record_trace=True,
         progress=False,
     )
-    errors = [f"{r.suite}/{r.task_id}/{r.init_index}: {r.error}" for r in results if r.error]
-    assert not errors, f"episodes raised: {errors}"
+    assert_no_errors(results)
     return results
 
 
