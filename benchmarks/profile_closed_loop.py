@@ -102,6 +102,9 @@ def instrument(stages: Stages) -> None:
     stages.wrap(decoding, "greedy_decode", "decode")
     modeling.greedy_decode = decoding.greedy_decode  # the default decoder, looked up at OpenVLA.__init__
     stages.wrap(LlamaForCausalLM, "forward", llama_stage)
+    from vla_spec.model.fast_decoding import FastGreedyDecoder
+
+    stages.wrap(FastGreedyDecoder, "__call__", "fast decode")  # static cache: prefill and steps in one stage
 
 
 def main() -> None:
@@ -112,6 +115,7 @@ def main() -> None:
     parser.add_argument("--init", type=int, default=0)
     parser.add_argument("--steps", type=int, help="policy steps to time (default: the whole episode)")
     parser.add_argument("--threads", default="1")
+    parser.add_argument("--decoder", default="fast", help="the policy's decoder: fast (default) or naive")
     parser.add_argument("--cprofile", type=Path, help="also write a cProfile (process-time clock) here")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
@@ -122,7 +126,7 @@ def main() -> None:
 
     stages = Stages()
     instrument(stages)
-    policy = OpenVLAPolicy(args.checkpoint, threads=args.threads)
+    policy = OpenVLAPolicy(args.checkpoint, threads=args.threads, decoder=args.decoder)
     spec = EpisodeSpec(args.suite, args.task, args.init)
     episode = Episode(spec, needs_camera=True, record_trace=True)
     policy.reset(episode.start())  # builds the env, loads the model: not timed

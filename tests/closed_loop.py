@@ -1,6 +1,6 @@
 """Test support for the closed loop: the trained tiny VLA (``tiny-vla-libero-object``), its model
 card's record (``evaluation.json`` beside the weights), a run of it through :class:`OpenVLAPolicy`
-and the normal episode runner (2 workers on Ray, float32, one torch thread each), and the one-line
+and the normal episode runner (by default 2 workers on Ray, float32, one torch thread each), and the one-line
 summary of a run that the tests record (``record_property("result", ...)``, printed after the run
 by ``conftest.pytest_terminal_summary``)."""
 
@@ -19,15 +19,18 @@ SUITE = "libero_object"
 WORKERS = 2
 
 
-def run_tiny_vla(folder: Path, name: str, specs: list[EpisodeSpec], **policy_options: object) -> list[EpisodeResult]:
+def run_tiny_vla(
+    folder: Path, name: str, specs: list[EpisodeSpec], workers: int = WORKERS, **policy_options: object
+) -> list[EpisodeResult]:
     """``specs`` run closed loop by the trained tiny VLA (``policy_options`` change it: ``image``,
-    ``unnorm_key``), logged to ``folder/name.jsonl``; an episode that raised fails the test."""
+    ``unnorm_key``) on ``workers`` environment workers (1: in this process), logged to
+    ``folder/name.jsonl``; an episode that raised fails the test."""
     from vla_spec.runner import run_episodes
     from vla_spec.sim.openvla_policy import OpenVLAPolicy
 
     options = {"checkpoint": CHECKPOINT, "threads": 1, **policy_options}
     results = run_episodes(
-        functools.partial(OpenVLAPolicy, **options), specs, folder / f"{name}.jsonl", workers=WORKERS, progress=False
+        functools.partial(OpenVLAPolicy, **options), specs, folder / f"{name}.jsonl", workers=workers, progress=False
     )
     assert_no_errors(results)
     return results

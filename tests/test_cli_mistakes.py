@@ -54,6 +54,8 @@ def test_setup_errors_fail_before_the_log_is_opened(tmp_path: Path, monkeypatch:
         "vla-spec rollout: error: --unnorm-key: unknown unnorm_key 'nope'; valid keys: bridge_orig, "
         "fractal20220817_data, libero_10, libero_goal, libero_object, libero_spatial\n",
     )
+    assert in_process(*ROLLOUT, "--policy", "openvla", "--checkpoint", "tiny-openvla", "--decoder", "fastest", "--log", "x.jsonl",
+                      capsys=capsys) == (2, "vla-spec rollout: error: --decoder: 'fastest' is not a decoder; choose fast or naive\n")
     (tmp_path / "runs").mkdir()
     assert in_process(*ROLLOUT, "--policy", "wait", "--log", "runs", capsys=capsys) == (
         2,
@@ -121,6 +123,7 @@ def test_the_openvla_policy_records_its_checkpoint_dtype_device_and_key() -> Non
         "checkpoint_sha256": checkpoint_sha256(folder),
         "dtype": "float32",
         "device": "cpu",
+        "decoder": "fast",
         "image": "camera",
         "unnorm_key": {"libero_object": "libero_object"},
     }

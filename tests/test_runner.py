@@ -182,6 +182,42 @@ def test_a_batch_of_episodes_gets_the_answers_of_single_calls() -> None:
 
 
 @pytest.mark.cpu
+def test_the_policy_decodes_fast_by_default_and_naive_on_request_with_the_same_answers() -> None:
+    """``decoder="fast"`` (the default: the static-cache decoder) runs over the same weights in memory
+    as ``"naive"`` (the reference's loop) and, on these frames, gives the same tokens and commands."""
+    from tests.goldens import load_image
+    from vla_spec.model.fast_decoding import is_accelerated
+
+    assert OpenVLAPolicy("tiny-openvla").decoder == "fast"
+    policies = {name: OpenVLAPolicy("tiny-openvla", decoder=name) for name in ("fast", "naive")}
+    task = TaskContext("libero_spatial", 0, "put the bowl on the stove", 0, 220)
+    items = [BatchItem(task, i, load_image(name)) for i, name in enumerate(["scene", "gradient", "marker"])]
+    answers = {name: [(s.tokens, s.action.tolist()) for s in policy.act_batch(items)] for name, policy in policies.items()}
+    fast, naive = policies["fast"]._model, policies["naive"]._model
+    assert is_accelerated(fast) and not is_accelerated(naive)
+    assert fast.language_model is naive.language_model, "one copy of the weights"
+    assert answers["fast"] == answers["naive"]
+    assert len({tokens for tokens, _ in answers["fast"]}) > 1, "the frames must get different answers"
+
+
+@pytest.mark.cpu
+def test_the_image_blind_policy_needs_no_camera_and_sees_what_a_black_frame_becomes() -> None:
+    """``image="black"`` asks for no rendering; its model input is what the evaluation's image path
+    makes of a black camera frame (all zeros)."""
+    import numpy as np
+
+    from vla_spec.images import model_image
+    from vla_spec.sim.interface import Observation
+
+    blind, seeing = OpenVLAPolicy("tiny-openvla", image="black"), OpenVLAPolicy("tiny-openvla")
+    assert (blind.needs_camera, seeing.needs_camera) == (False, True)
+    black_frame = np.zeros((256, 256, 3), dtype=np.uint8)  # the agentview camera's size
+    assert np.array_equal(blind.model_input(Observation({}, None, 0)), model_image(black_frame))
+    with pytest.raises(RuntimeError, match="needs a camera observation"):
+        seeing.model_input(Observation({}, None, 0))
+
+
+@pytest.mark.cpu
 def test_a_ray_address_that_does_not_answer_fails_in_one_line_before_anything_is_written(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

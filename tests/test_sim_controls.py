@@ -2,9 +2,10 @@
 
 Positive: the scripted privileged expert, its commands squeezed through OpenVLA's action path
 (suite stats -> 7 tokens -> decode -> unnormalize -> gripper post-processing), solves libero_object
-and libero_spatial: Wilson 95 % lower bound >= 70 % over 20 libero_object episodes (10 tasks x init
-states 0-1) and 30 libero_spatial episodes (10 tasks x init states 0-2; the expert cannot reach
-the bowl in the drawer of task 4, so 20 episodes could not clear the bound).
+and libero_spatial: Wilson 95 % lower bound >= 55 % over init state 0 of the 10 tasks of each suite
+(9 of 10 clear it, 8 do not; the expert cannot reach the bowl in the drawer of libero_spatial task
+4). With ``--all-tasks``: init states 0-1 of libero_object and 0-2 of libero_spatial, 50 episodes
+(measured in session 11: 20/20 and 27/30, lower bounds 83.9 % and 74.4 %).
 
 Negative, paired: the same expert and path with one knob changed replays the first
 :data:`CONTROL_EPISODES` episodes that the positive run solved in each suite named, and must fail
@@ -39,8 +40,9 @@ from tests.closed_loop import assert_no_errors, summary
 pytestmark = [pytest.mark.sim, pytest.mark.usefixtures("ray_cluster")]  # one Ray start for the module's 2-worker runs
 
 WORKERS = 2
-POSITIVE_INITS = {"libero_object": (0, 1), "libero_spatial": (0, 1, 2)}  # x 10 tasks each
-POSITIVE_MIN_LOWER_BOUND = 0.70
+POSITIVE_INITS = {"libero_object": (0,), "libero_spatial": (0,)}  # x 10 tasks each
+ALL_TASKS_INITS = {"libero_object": (0, 1), "libero_spatial": (0, 1, 2)}  # with --all-tasks
+POSITIVE_MIN_LOWER_BOUND = 0.55
 CONTROL_EPISODES = WORKERS  # solved episodes per suite that each control replays: one round of the workers
 
 
@@ -76,9 +78,10 @@ def _max_abs_xyz(results: list[EpisodeResult]) -> float:
 
 
 @pytest.fixture(scope="module")
-def positive(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[EpisodeResult]]:
+def positive(pytestconfig: pytest.Config, tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[EpisodeResult]]:
     folder = tmp_path_factory.mktemp("positive")
-    return {suite: _run(folder, suite, _specs(suite, inits)) for suite, inits in POSITIVE_INITS.items()}
+    inits = ALL_TASKS_INITS if pytestconfig.getoption("all_tasks") else POSITIVE_INITS
+    return {suite: _run(folder, suite, _specs(suite, suite_inits)) for suite, suite_inits in inits.items()}
 
 
 @pytest.mark.parametrize("suite", ["libero_object", "libero_spatial"])

@@ -56,6 +56,7 @@ POLICY_OPTIONS: dict[str, tuple[str, str]] = {
     "threads": ("--threads", "torch CPU threads per process (default: torch's; 1 suits one per worker)"),
     "device": ("--device", "torch device for the model, e.g. cpu or cuda (default: cpu)"),
     "dtype": ("--dtype", "float32 or bfloat16 (default: float32)"),
+    "decoder": ("--decoder", "fast (default: static KV cache, CUDA graphs on a GPU) or naive (the reference's loop)"),
     "url": ("--url", "policy server in the reference REST protocol, http://HOST:PORT (--policy http://HOST:PORT is short for it)"),
 }
 
@@ -70,7 +71,7 @@ POLICIES: dict[str, PolicyEntry] = {
         "vla_spec.sim.openvla_policy:OpenVLAPolicy",
         "an OpenVLA checkpoint (vla_spec.sim.openvla_policy; camera on): the evaluation's image path "
         "in, its action path out; --unnorm-key defaults to the suite (or {suite}_no_noops)",
-        ("checkpoint", "unnorm_key", "device", "dtype", "image", "threads"),
+        ("checkpoint", "unnorm_key", "device", "dtype", "decoder", "image", "threads"),
         required=("checkpoint",),
     ),
     "http": PolicyEntry(

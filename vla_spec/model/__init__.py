@@ -10,6 +10,13 @@ from __future__ import annotations
 from importlib import import_module
 from typing import Any
 
+#: The greedy decoders a loaded model can run (:func:`vla_spec.model.loading.load_cached`): ``fast``
+#: (:func:`vla_spec.model.fast_decoding.accelerate`: a static KV cache; on CUDA also CUDA graphs and
+#: compiled towers) and ``naive`` (the reference's loop over transformers' dynamic KV cache,
+#: :func:`vla_spec.model.decoding.greedy_decode`). Their tokens agree except at near-ties of the
+#: logits (benchmarks/README.md).
+DECODERS = ("fast", "naive")
+
 _HOMES = {
     "CheckpointError": "vla_spec.model.checkpoint",
     "GreedyResult": "vla_spec.model.decoding",

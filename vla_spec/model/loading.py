@@ -13,12 +13,14 @@ only non-persistent buffer (Llama's rotary ``inv_freq``) is rebuilt on the targe
 
 from __future__ import annotations
 
+import copy
 from functools import cache
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from vla_spec.model import DECODERS
 from vla_spec.model.checkpoint import CONFIG_FILE, INDEX_FILE, CheckpointError, read_config, weight_files
 from vla_spec.model.modeling import OpenVLA
 from vla_spec.model.tokenizer import load_tokenizer
@@ -110,10 +112,22 @@ def from_pretrained(
     return model.eval()
 
 
-@cache
-def load_cached(path: str, dtype: torch.dtype = torch.bfloat16, device: str = "cpu") -> OpenVLA:
-    """:func:`from_pretrained`, once per process and (path, dtype, device): for test sessions.
+def load_cached(path: str, dtype: torch.dtype = torch.bfloat16, device: str = "cpu", decoder: str = "naive") -> OpenVLA:
+    """:func:`from_pretrained`, once per process and (path, dtype, device, decoder): for test sessions
+    and policies. ``decoder`` is one of :data:`DECODERS`; ``fast`` is a shallow copy of the ``naive``
+    model (the same weights in memory) made fast by ``accelerate``.
 
     Treat the result as shared and read-only (do not swap its decoder or patch it in place).
     """
-    return from_pretrained(path, dtype=dtype, device=device)
+    if decoder not in DECODERS:
+        raise ValueError(f"decoder {decoder!r} is not one of {', '.join(DECODERS)}")
+    return _load_cached(path, dtype, device, decoder)
+
+
+@cache
+def _load_cached(path: str, dtype: torch.dtype, device: str, decoder: str) -> OpenVLA:
+    if decoder == "naive":
+        return from_pretrained(path, dtype=dtype, device=device)
+    from vla_spec.model.fast_decoding import accelerate
+
+    return accelerate(copy.copy(_load_cached(path, dtype, device, "naive")))

@@ -15,9 +15,12 @@ The checkpoint is explicit: a folder in the Hugging Face format or a name of
 :data:`vla_spec.model.tiny.NAMED_CHECKPOINTS`. :meth:`OpenVLAPolicy.check_setup` checks, before any
 episode, what would otherwise fail inside every episode (the checkpoint's files, the device, the
 ``unnorm_key`` for each suite) and returns what a log records about the run (the checkpoint's
-content hash among it). ``image="black"`` feeds a constant black image
+content hash among it). ``decoder`` picks the greedy decoder (:data:`vla_spec.model.DECODERS`):
+``fast`` by default (a static KV cache; on CUDA, CUDA graphs), ``naive`` for the reference's loop;
+the log header records it. ``image="black"`` feeds a constant black image
 instead of the camera (the image-blind control: a policy that succeeds without looking has not
-learnt from pixels).
+learnt from pixels); the environment then renders nothing (``needs_camera`` is False; rendering
+does not touch the physics, ``tests/test_sim_determinism.py``).
 """
 
 from __future__ import annotations
@@ -117,8 +120,6 @@ def check_device(device: str) -> None:
 class OpenVLAPolicy:
     """A greedy OpenVLA policy; the model loads once per process, on first use."""
 
-    needs_camera = True
-
     def __init__(
         self,
         checkpoint: str,
@@ -129,13 +130,17 @@ class OpenVLAPolicy:
         center_crop: bool = True,
         image: str = "camera",
         threads: int | str | None = None,
+        decoder: str = "fast",
     ) -> None:
+        from vla_spec.model import DECODERS
         from vla_spec.model.tiny import resolve_checkpoint
 
         if dtype not in DTYPES:
             raise PolicySetupError("dtype", f"{dtype!r} is not supported; choose {' or '.join(DTYPES)}")
         if image not in IMAGE_SOURCES:
             raise PolicySetupError("image", f"{image!r} is not an image source; choose {' or '.join(IMAGE_SOURCES)}")
+        if decoder not in DECODERS:
+            raise PolicySetupError("decoder", f"{decoder!r} is not a decoder; choose {' or '.join(DECODERS)}")
         if threads is not None and (not str(threads).isdigit() or int(threads) < 1):
             raise PolicySetupError("threads", f"{threads!r} is not a whole number of threads >= 1")
         self.checkpoint = str(resolve_checkpoint(checkpoint))
@@ -144,10 +149,16 @@ class OpenVLAPolicy:
         self.dtype = dtype
         self.center_crop = center_crop
         self.image = image
+        self.decoder = decoder
         self.threads = None if threads is None else int(threads)
         self._model: Any = None
         self._outputs: dict[str, LiberoOutputs] = {}  # by suite
         self._task: TaskContext | None = None
+
+    @property
+    def needs_camera(self) -> bool:
+        """Whether the policy reads the camera: not for the black image, so nothing is rendered then."""
+        return self.image == "camera"
 
     def check_setup(self, suites: Sequence[str]) -> dict[str, Any]:
         """Check the device, the checkpoint's files and the ``unnorm_key`` for each suite without
@@ -183,6 +194,7 @@ class OpenVLAPolicy:
             "checkpoint_sha256": checkpoint_sha256(folder),
             "dtype": self.dtype,
             "device": self.device,
+            "decoder": self.decoder,
             "image": self.image,
             "unnorm_key": keys,
         }
@@ -200,7 +212,7 @@ class OpenVLAPolicy:
 
             if self.threads is not None:
                 torch.set_num_threads(self.threads)
-            self._model = load_cached(self.checkpoint, getattr(torch, self.dtype), self.device)
+            self._model = load_cached(self.checkpoint, getattr(torch, self.dtype), self.device, self.decoder)
         return self._model
 
     def _outputs_for(self, suite: str) -> LiberoOutputs:
@@ -215,14 +227,16 @@ class OpenVLAPolicy:
         self._task = replace(task, env=None)
 
     def model_input(self, obs: Observation) -> np.ndarray:
-        """The 224 x 224 uint8 image the model gets for ``obs``: the camera frame (or black) through
-        :func:`vla_spec.images.model_image` (JPEG 95, Lanczos, centre crop)."""
-        from vla_spec.images import model_image
+        """The 224 x 224 uint8 image the model gets for ``obs``: the camera frame through
+        :func:`vla_spec.images.model_image` (JPEG 95, Lanczos, centre crop), or black (what that
+        path makes of a black frame)."""
+        from vla_spec.images import MODEL_IMAGE_SIZE, model_image
 
+        if self.image == "black":
+            return np.zeros((MODEL_IMAGE_SIZE, MODEL_IMAGE_SIZE, 3), dtype=np.uint8)
         if obs.image is None:
             raise RuntimeError("OpenVLAPolicy needs a camera observation (needs_camera is True)")
-        upright = obs.image if self.image == "camera" else np.zeros_like(obs.image)
-        return model_image(upright, center_crop_enabled=self.center_crop)
+        return model_image(obs.image, center_crop_enabled=self.center_crop)
 
     def act_batch(self, items: Sequence[BatchItem]) -> list[PolicyStep]:
         """One ``predict_action`` per suite (its ``unnorm_key``) over the items' images, handed over
