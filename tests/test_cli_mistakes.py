@@ -264,7 +264,7 @@ def test_the_header_records_the_checkpoint_and_a_mismatch_names_the_field(tmp_pa
     assert header.config["policy_params"] == {"checkpoint": "tiny-openvla"}
     assert header.config["policy_setup"] == {
         "checkpoint": str(folder.resolve()), "checkpoint_sha256": checkpoint_sha256(folder), "dtype": "float32",
-        "device": "cpu", "image": "camera", "unnorm_key": {"libero_object": "libero_object"},
+        "device": "cpu", "decoder": "fast", "image": "camera", "unnorm_key": {"libero_object": "libero_object"},
     }
     refused = vla_spec(*argv, "--dtype", "bfloat16", cwd=work)
     assert (refused.returncode, last_line(refused.stderr)) == (
