@@ -271,6 +271,11 @@ def test_attention_backend_option():
         with pytest.raises(RuntimeError, match="No viable backend"):
             FastGreedyDecoder(**options)(model, embeds, mask, 7)
     assert FastGreedyDecoder(step_attention_backend="efficient")(model, embeds, mask, 1).token_ids.shape == (3, 1)
-    for options in ({"attention_backend": "fast"}, {"step_attention_backend": "fast"}):
-        with pytest.raises(ValueError, match="unknown attention_backend 'fast'.*cudnn"):
-            FastGreedyDecoder(**options)
+    with pytest.raises(ValueError, match="unknown attention_backend 'fast'.*cudnn"):
+        FastGreedyDecoder(attention_backend="fast")
+    with pytest.raises(ValueError, match="unknown step_attention_backend 'fast'.*triton"):
+        FastGreedyDecoder(step_attention_backend="fast")
+    with pytest.raises(ValueError, match="unknown attention_backend 'triton'"):
+        FastGreedyDecoder(attention_backend="triton")  # a decode-step kernel only
+    with pytest.raises(ValueError, match="triton.*needs CUDA tensors"):
+        FastGreedyDecoder(step_attention_backend="triton")(model, embeds, mask, 7)

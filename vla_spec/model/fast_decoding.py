@@ -55,7 +55,7 @@ from vla_spec.model.decoding import GreedyResult, check_decoder_inputs, position
 from vla_spec.model.fast_vision import GraphedVision, captured, has_hooks
 from vla_spec.model.network import PrefixLayout
 from vla_spec.model.processor import pixel_values_from_uint8
-from vla_spec.model.static_llama import StaticLlama, sdpa_backend
+from vla_spec.model.static_llama import StaticLlama, check_step_attention_backend, sdpa_backend
 
 __all__ = ["FastGreedyDecoder", "GraphedCall", "accelerate", "restore", "is_accelerated", "first_difference"]
 
@@ -197,7 +197,8 @@ class FastGreedyDecoder:
     picks cuDNN's kernel, whose single-query (decode step) attention is not bitwise reproducible;
     ``"efficient"`` is, at some cost (benchmarks/README.md, session 10). ``step_attention_backend``:
     the decode steps' kernel, if not ``attention_backend``'s (e.g. torch's choice for the prefill,
-    whose cuDNN kernel was reproducible there, and ``"efficient"`` for the steps).
+    whose cuDNN kernel was reproducible there, and ``"efficient"`` for the steps), or ``"triton"``:
+    :func:`vla_spec.model.triton_attention.decode_attention` (CUDA only; reproducible).
     """
 
     def __init__(
@@ -216,7 +217,7 @@ class FastGreedyDecoder:
     ) -> None:
         if pad_multiple < 1 or max_buckets < 1:
             raise ValueError("pad_multiple and max_buckets must be >= 1")
-        sdpa_backend(attention_backend), sdpa_backend(step_attention_backend)  # bad names fail here
+        sdpa_backend(attention_backend), check_step_attention_backend(step_attention_backend)  # bad names fail here
         self.use_cuda_graphs = use_cuda_graphs
         self.pad_multiple = pad_multiple
         self.max_buckets = max_buckets
@@ -379,6 +380,7 @@ def accelerate(
     compile_vision: bool | None = None,
     use_cuda_graphs: bool | None = None,
     one_graph_max_batch: int = 1,
+    vision_compile_mode: str | None = None,
 ) -> Any:
     """Make ``model`` (an :class:`~vla_spec.model.modeling.OpenVLA`) fast, in place; returns it.
 
@@ -386,7 +388,8 @@ def accelerate(
     ``vision`` and on CUDA, ``model.vision_runner`` becomes a :class:`GraphedVision` (both towers +
     the projector replay one CUDA graph per batch size); ``compile_vision`` (None = on CUDA) also
     runs them through ``torch.compile`` (the first call compiles: tens of seconds at 7B shapes, once
-    more at the second batch size). With ``vision`` and CUDA graphs, calls of up to
+    more at the second batch size; ``vision_compile_mode``: its ``torch.compile`` mode, None = the
+    default). With ``vision`` and CUDA graphs, calls of up to
     ``one_graph_max_batch`` rows run as one graph (``model.call_runner``, a :class:`GraphedCall`; 0 =
     never). Undo with :func:`restore`. Treat the weights as frozen while accelerated. The defaults
     are the fastest configuration measured (benchmarks/README.md).
@@ -396,7 +399,7 @@ def accelerate(
     model.decoder = decoder if decoder is not None else FastGreedyDecoder(use_cuda_graphs=use_cuda_graphs)
     model.call_runner = None
     if vision and (graphs or compiled):
-        model.vision_runner = GraphedVision(model, compiled, graphs)
+        model.vision_runner = GraphedVision(model, compiled, graphs, compile_mode=vision_compile_mode)
         if graphs and one_graph_max_batch > 0:
             model.call_runner = GraphedCall(model, model.decoder, model.vision_runner, one_graph_max_batch)
     return model

@@ -71,13 +71,17 @@ class GraphedVision:
 
     def __init__(
         self, model: Any, compile_vision: bool, use_cuda_graphs: bool, warmup: int = 2,
-        two_streams_below: int = TWO_STREAMS_BELOW,
+        two_streams_below: int = TWO_STREAMS_BELOW, compile_mode: str | None = None,
     ) -> None:
+        """``compile_mode``: ``torch.compile``'s mode for the towers and the projector (None = its
+        default; e.g. ``"max-autotune-no-cudagraphs"`` autotunes the matrix products, minutes of compile)."""
         self.model = model
         self.two_streams_below = two_streams_below
         self.eager: Callable[[torch.Tensor], torch.Tensor] = model.encode_images_eager
         backbone = model.vision_backbone
-        wrap: Callable[[Any], Any] = torch.compile if compile_vision else (lambda module: module)
+        wrap: Callable[[Any], Any] = (
+            (lambda module: torch.compile(module, mode=compile_mode)) if compile_vision else (lambda module: module)
+        )
         self.towers = (wrap(backbone.featurizer), wrap(backbone.fused_featurizer))
         self.projector = wrap(model.projector)
         self.use_cuda_graphs = use_cuda_graphs
