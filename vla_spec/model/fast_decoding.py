@@ -339,7 +339,7 @@ class GraphedCall:
         model = self.model
         return (
             batch <= self.max_batch and model.decoder is self.decoder and model.vision_runner is self.vision
-            and model.pixels_on_device and model.device.type == "cuda" and not has_hooks(model)
+            and model.pixels_on_device and model.device.type == "cuda" and not has_hooks(self.vision.hookable)
         )
 
     @property
