@@ -17,12 +17,14 @@ the model) go through
 * **ours**: :func:`vla_spec.model.fast_decoding.accelerate` with its defaults (uint8 pixels to the
   GPU, normalized there; towers + projector compiled, in one CUDA graph per batch size; static KV
   cache, prefill + 6 decode steps in one CUDA graph per shape, fused q/k/v and gate/up, compiled
-  elementwise work, Triton GEMV for batch-1 steps; at batch 1 all of it as ONE graph,
+  elementwise work, Triton GEMV for batch-1 steps, the decode steps' attention through the Triton
+  kernel of :mod:`vla_spec.model.triton_attention` (session 12); at batch 1 all of it as ONE graph,
   :class:`~vla_spec.model.fast_decoding.GraphedCall`, also timed as three graphs);
 * **ours --fp8** (``--fp8``): the same with ``FastGreedyDecoder(fp8=True)`` (float8 e4m3 prefill
   projections), its tokens against ours in bfloat16 and against naive; also on the tiny checkpoint;
 * ``--attention-backend`` / ``--step-attention-backend``: ours with another SDPA kernel (all calls /
-  the decode steps; ``FastGreedyDecoder(attention_backend=..., step_attention_backend=...)``);
+  the decode steps, where ``sdpa`` is torch's choice and ``triton`` ours;
+  ``FastGreedyDecoder(attention_backend=..., step_attention_backend=...)``);
   ``--one-graph-max-batch N``: calls of up to N rows as one CUDA graph;
 * **ours, host pixels** (``--host-pixels``): the same with ``model.pixels_on_device = False``
   (float32 pixel_values made on the CPU and copied over: the input path before the uint8 one);

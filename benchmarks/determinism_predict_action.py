@@ -17,7 +17,8 @@ Same inputs, replayed ``--replays`` times on the 7B-shaped OpenVLA of ``bench_pr
    default's: without the CUDA graph (eager launches), each SDPA backend
    (``FastGreedyDecoder(attention_backend=...)``), torch's choice for the prefill with ``efficient``
    for the steps (``step_attention_backend``), the same with our Triton kernel for the steps
-   (``step_attention_backend="triton"``), ``torch.use_deterministic_algorithms(True)``, and
+   (``step_attention_backend="triton"``, the default on CUDA since session 12), torch's choice at
+   the steps too (``"sdpa"``, the default before), ``torch.use_deterministic_algorithms(True)``, and
    cuBLAS without reduced-precision bf16 reductions (``--variants`` picks some by name);
 5. the prefill alone (1 token) against prefill + 6 steps: the prefill's TFLOP/s and the steps'
    weight-streaming TB/s.
@@ -113,6 +114,7 @@ def decoder_variants(model: Any, prefix: Any, count: int, iters: int, graphs: bo
                                                     for b in BACKENDS]
     variants += [("default prefill, efficient steps", {"step_attention_backend": "efficient"}, None),
                  ("default prefill, triton steps", {"step_attention_backend": "triton"}, None),
+                 ("torch's SDPA choice everywhere", {"step_attention_backend": "sdpa"}, None),
                  ("default, no CUDA graph", {"use_cuda_graphs": False}, None),
                  ("default, deterministic algorithms", {}, "deterministic"),
                  ("default, no reduced-precision bf16 reduction", {}, "no_reduced_precision")]

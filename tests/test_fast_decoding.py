@@ -267,6 +267,9 @@ def test_attention_backend_option():
     assert torch.equal(math.token_ids, naive_decode(4, 7).token_ids)
     assert torch.equal(FastGreedyDecoder(step_attention_backend="math")(model, embeds, mask, 7).token_ids,
                        math.token_ids)
+    default = FastGreedyDecoder()(model, embeds, mask, 7)  # on CPU: torch's SDPA choice at every call
+    sdpa_steps = FastGreedyDecoder(step_attention_backend="sdpa")(model, embeds, mask, 7)
+    assert torch.equal(sdpa_steps.token_ids, default.token_ids) and torch.equal(sdpa_steps.margins, default.margins)
     for options in ({"attention_backend": "efficient"}, {"step_attention_backend": "efficient"}):
         with pytest.raises(RuntimeError, match="No viable backend"):
             FastGreedyDecoder(**options)(model, embeds, mask, 7)

@@ -431,12 +431,17 @@ def test_triton_decode_attention_matches_sdpa():
 def test_triton_step_attention_decoder(cuda_model):
     """The decoder with ``step_attention_backend="triton"`` on a left-padded batch: the naive tokens
     up to naive margins below 1e-3 in float32 and up to near-ties in bfloat16 (as the GEMV's test);
-    replays of its graph are bitwise equal (ids, margins, top-1 logits)."""
+    replays of its graph are bitwise equal (ids, margins, top-1 logits). It is the default on CUDA
+    unless an SDPA backend is asked for."""
     import torch
 
     from vla_spec.model.decoding import greedy_decode
     from vla_spec.model.fast_decoding import FastGreedyDecoder
 
+    lm, device = cuda_model.language_model, cuda_model.device
+    assert FastGreedyDecoder().static_llama(lm, device).step_triton
+    assert not FastGreedyDecoder(attention_backend="efficient").static_llama(lm, device).step_triton
+    assert not FastGreedyDecoder(step_attention_backend="sdpa").static_llama(lm, device).step_triton
     decoder = FastGreedyDecoder(step_attention_backend="triton")
     cases = golden_cases()[::3]
     prefix = cuda_model.prefix([load_image(image) for image, _ in cases], [text for _, text in cases])

@@ -193,12 +193,13 @@ class FastGreedyDecoder:
     the prefill's projections in float8 e4m3 (:func:`vla_spec.model.static_llama.fp8_linear`; a
     float8 copy of those weights, +6.5 GB at 7B); this changes tokens beyond near-ties, so it is
     an option only, measured in benchmarks/README.md. ``attention_backend``: the SDPA kernel
-    (:func:`vla_spec.model.static_llama.sdpa_backend`; None = torch's choice). On an H200 torch
-    picks cuDNN's kernel, whose single-query (decode step) attention is not bitwise reproducible;
-    ``"efficient"`` is, at some cost (benchmarks/README.md, session 10). ``step_attention_backend``:
-    the decode steps' kernel, if not ``attention_backend``'s (e.g. torch's choice for the prefill,
-    whose cuDNN kernel was reproducible there, and ``"efficient"`` for the steps), or ``"triton"``:
-    :func:`vla_spec.model.triton_attention.decode_attention` (CUDA only; reproducible).
+    (:func:`vla_spec.model.static_llama.sdpa_backend`; None = torch's choice, cuDNN's kernel on an
+    H200). ``step_attention_backend``: the decode steps' kernel. None = ``"triton"``
+    (:func:`vla_spec.model.triton_attention.decode_attention`) on CUDA when ``attention_backend`` is
+    None, else ``attention_backend``'s; ``"sdpa"`` = torch's choice (the default before session 12:
+    on an H200 cuDNN's single-query kernel, whose replays are not bitwise equal at batch 8 and 32;
+    ``"efficient"`` is reproducible and slower; the Triton kernel is reproducible and costs about
+    1.6 % of the decoder at batch 32, benchmarks/README.md, session 12).
     """
 
     def __init__(
@@ -256,8 +257,11 @@ class FastGreedyDecoder:
             compiled = self.compile if self.compile is not None else device.type == "cuda"
             use_gemv = (self.gemv if self.gemv is not None else True) and device.type == "cuda"
             fused = self.fuse if self.fuse is not None else device.type == "cuda"
+            step = self.step_attention_backend
+            if step is None and self.attention_backend is None and device.type == "cuda":
+                step = "triton"
             self._llamas[key] = StaticLlama(language_model, fused, compiled, use_gemv, self.fp8, self.attention_backend,
-                                            self.step_attention_backend)
+                                            step)
         return self._llamas[key]
 
     @torch.inference_mode()

@@ -20,7 +20,8 @@ Options, per :class:`StaticLlama`:
   the decode steps (one row per sequence, weight-bandwidth bound) stay in the model dtype.
 * ``attention_backend``: the SDPA kernel (:func:`sdpa_backend`; default torch's choice);
   ``step_attention_backend``: the decode steps' (single query row) kernel, if another: an SDPA
-  backend, or ``"triton"`` (:func:`vla_spec.model.triton_attention.decode_attention`, CUDA only).
+  backend, ``"sdpa"`` (torch's choice) or ``"triton"``
+  (:func:`vla_spec.model.triton_attention.decode_attention`, CUDA only).
 """
 
 from __future__ import annotations
@@ -185,8 +186,9 @@ def _attention_output_and_mlp(
 
 
 SDPA_BACKENDS = ("cudnn", "efficient", "flash", "math")
-STEP_ATTENTION_BACKENDS = ("triton", *SDPA_BACKENDS)
-"""The decode steps' kernels: ours (:mod:`vla_spec.model.triton_attention`) or an SDPA backend."""
+STEP_ATTENTION_BACKENDS = ("triton", "sdpa", *SDPA_BACKENDS)
+"""The decode steps' kernels: ours (:mod:`vla_spec.model.triton_attention`), SDPA with torch's
+choice of kernel (``"sdpa"``), or one SDPA backend."""
 
 
 def sdpa_backend(name: str | None) -> Callable[[], ContextManager[None]]:
@@ -206,7 +208,7 @@ def sdpa_backend(name: str | None) -> Callable[[], ContextManager[None]]:
 def check_step_attention_backend(name: str | None) -> None:
     """Raise a ValueError unless ``name`` is None or one of :data:`STEP_ATTENTION_BACKENDS`."""
     if name is not None and name not in STEP_ATTENTION_BACKENDS:
-        raise ValueError(f"unknown step_attention_backend {name!r}: use None (attention_backend's) or one of "
+        raise ValueError(f"unknown step_attention_backend {name!r}: use None (the default) or one of "
                          f"{STEP_ATTENTION_BACKENDS}")
 
 
@@ -291,8 +293,8 @@ class StaticLlama:
         check_step_attention_backend(step_attention_backend)
         self.attention_backend = sdpa_backend(attention_backend)
         self.step_triton = step_attention_backend == "triton"
-        self.step_attention_backend = sdpa_backend(attention_backend if self.step_triton
-                                                   else step_attention_backend or attention_backend)
+        step_sdpa = {None: attention_backend, "triton": attention_backend, "sdpa": None}
+        self.step_attention_backend = sdpa_backend(step_sdpa.get(step_attention_backend, step_attention_backend))
         self.weights = [self._layer_weights(layer, fuse) for layer in model.layers]
         if fp8:
             for w in self.weights:
