@@ -17,12 +17,14 @@ the model) go through
 * **ours**: :func:`vla_spec.model.fast_decoding.accelerate` with its defaults (uint8 pixels to the
   GPU, normalized there; towers + projector compiled, in one CUDA graph per batch size; static KV
   cache, prefill + 6 decode steps in one CUDA graph per shape, fused q/k/v and gate/up, compiled
-  elementwise work, Triton GEMV for batch-1 steps; at batch 1 all of it as ONE graph,
+  elementwise work, Triton GEMV for batch-1 steps, the decode steps' attention through the Triton
+  kernel of :mod:`vla_spec.model.triton_attention` (session 12); at batch 1 all of it as ONE graph,
   :class:`~vla_spec.model.fast_decoding.GraphedCall`, also timed as three graphs);
 * **ours --fp8** (``--fp8``): the same with ``FastGreedyDecoder(fp8=True)`` (float8 e4m3 prefill
   projections), its tokens against ours in bfloat16 and against naive; also on the tiny checkpoint;
 * ``--attention-backend`` / ``--step-attention-backend``: ours with another SDPA kernel (all calls /
-  the decode steps; ``FastGreedyDecoder(attention_backend=..., step_attention_backend=...)``);
+  the decode steps, where ``sdpa`` is torch's choice and ``triton`` ours;
+  ``FastGreedyDecoder(attention_backend=..., step_attention_backend=...)``);
   ``--one-graph-max-batch N``: calls of up to N rows as one CUDA graph;
 * **ours, host pixels** (``--host-pixels``): the same with ``model.pixels_on_device = False``
   (float32 pixel_values made on the CPU and copied over: the input path before the uint8 one);
@@ -67,7 +69,7 @@ from vla_spec.model.agreement import near_tie_divergences, near_ties  # noqa: E4
 from vla_spec.model.config import OpenVLAConfig  # noqa: E402
 from vla_spec.model.fast_decoding import FastGreedyDecoder, accelerate, restore  # noqa: E402
 from vla_spec.model.modeling import OpenVLA  # noqa: E402
-from vla_spec.model.static_llama import SDPA_BACKENDS  # noqa: E402
+from vla_spec.model.static_llama import SDPA_BACKENDS, STEP_ATTENTION_BACKENDS  # noqa: E402
 
 TINY = ROOT / "golden" / "tiny-openvla"
 INSTRUCTION = "put the bowl on the plate"
@@ -260,6 +262,24 @@ def tiny_fp8_agreement(batch: int = 16) -> dict:
             "bf16_vs_naive": agreement(bf16.token_ids, naive.token_ids, naive.margins, naive.top_logits)}
 
 
+def host_profile(fn, iters: int, top: int = 25) -> str:
+    """cProfile of ``iters`` calls of ``fn``: the functions with the most own time (the wait for the
+    GPU shows as the synchronizing call; the rest is host work around it)."""
+    import cProfile
+    import io
+    import pstats
+
+    profiler = cProfile.Profile()
+    profiler.enable()
+    for _ in range(iters):
+        fn()
+    torch.cuda.synchronize()
+    profiler.disable()
+    text = io.StringIO()
+    pstats.Stats(profiler, stream=text).sort_stats("tottime").print_stats(top)
+    return "\n".join(f"# host: {line}" for line in text.getvalue().splitlines() if line.strip())
+
+
 def spread(times: list[float]) -> dict:
     """Median, 10th and 90th percentile and minimum of per-call ms."""
     p10, p90 = np.percentile(times, [10, 90])
@@ -289,8 +309,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host-pixels", action="store_true", help="also ours with float32 pixels made on the host")
     parser.add_argument("--attention-backend", default=None, choices=["default", *SDPA_BACKENDS],
                         help="ours: the SDPA kernel (FastGreedyDecoder(attention_backend=...); default: torch's choice)")
-    parser.add_argument("--step-attention-backend", default=None, choices=["default", *SDPA_BACKENDS],
-                        help="ours: the decode steps' SDPA kernel, if not --attention-backend's")
+    parser.add_argument("--step-attention-backend", default=None, choices=["default", *STEP_ATTENTION_BACKENDS],
+                        help="ours: the decode steps' kernel (an SDPA backend or triton), if not --attention-backend's")
+    parser.add_argument("--vision-compile-mode", default=None,
+                        help="ours: torch.compile mode of the towers + projector (accelerate(vision_compile_mode=...))")
+    parser.add_argument("--host-profile", action="store_true",
+                        help="ours: cProfile over --iters calls per batch, the host functions by own time")
     parser.add_argument("--one-graph-max-batch", type=int, default=1,
                         help="ours: calls of up to this many rows run as one CUDA graph (accelerate's default: 1)")
     parser.add_argument("--wait-for", type=Path, default=None,
@@ -349,7 +373,8 @@ def main(argv: list[str] | None = None) -> int:
         # transformers' cudagraph trees alive together ended in a launch failure at batch 8, run 4)
         decoder = FastGreedyDecoder(attention_backend=backends[args.attention_backend],
                                     step_attention_backend=backends[args.step_attention_backend])
-        accelerate(model, decoder=decoder, one_graph_max_batch=args.one_graph_max_batch)
+        accelerate(model, decoder=decoder, one_graph_max_batch=args.one_graph_max_batch,
+                   vision_compile_mode=args.vision_compile_mode)
         images = [rng.integers(0, 256, (224, 224, 3), dtype=np.uint8) for _ in range(batch)]
         texts = [INSTRUCTION] * batch
         with torch.inference_mode():
@@ -397,6 +422,8 @@ def main(argv: list[str] | None = None) -> int:
             row["ours_agreement"] = agreement(ours.token_ids, naive.token_ids, naive.margins, naive.top_logits)
         print(f"# batch {batch}: ours {fmt(row['ours_ms'])} ms (one graph: {row['one_graph']}); "
               f"agreement {row.get('ours_agreement')}", flush=True)
+        if args.host_profile:
+            print(host_profile(call, args.iters), flush=True)
         if row["one_graph"]:
             runner, model.call_runner = model.call_runner, None
             _, times, three = timed(call, args.iters, args.warmup)

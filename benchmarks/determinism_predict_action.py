@@ -16,8 +16,10 @@ Same inputs, replayed ``--replays`` times on the 7B-shaped OpenVLA of ``bench_pr
 4. **decoder variants**, each the same comparison plus device ms and its tokens against the
    default's: without the CUDA graph (eager launches), each SDPA backend
    (``FastGreedyDecoder(attention_backend=...)``), torch's choice for the prefill with ``efficient``
-   for the steps (``step_attention_backend``), ``torch.use_deterministic_algorithms(True)``, and
-   cuBLAS without reduced-precision bf16 reductions;
+   for the steps (``step_attention_backend``), the same with our Triton kernel for the steps
+   (``step_attention_backend="triton"``, the default on CUDA since session 12), torch's choice at
+   the steps too (``"sdpa"``, the default before), ``torch.use_deterministic_algorithms(True)``, and
+   cuBLAS without reduced-precision bf16 reductions (``--variants`` picks some by name);
 5. the prefill alone (1 token) against prefill + 6 steps: the prefill's TFLOP/s and the steps'
    weight-streaming TB/s.
 
@@ -104,16 +106,24 @@ def with_global(setting: str) -> tuple[Callable[[], None], Callable[[], None]]:
             lambda: setattr(matmul, "allow_bf16_reduced_precision_reduction", saved))
 
 
-def decoder_variants(model: Any, prefix: Any, count: int, iters: int, graphs: bool) -> dict:
-    """Each variant of the decoder: replays (bitwise), device ms of a call, tokens vs the default's."""
+def decoder_variants(model: Any, prefix: Any, count: int, iters: int, graphs: bool, names: list[str] | None) -> dict:
+    """Each variant of the decoder (those in ``names``, all when None): replays (bitwise), device ms of
+    a call, tokens vs the first variant's."""
     lm, out, default_ids = model.language_model, {}, None
     variants: list[tuple[str, dict, str | None]] = [(b, {"attention_backend": None if b == "default" else b}, None)
                                                     for b in BACKENDS]
     variants += [("default prefill, efficient steps", {"step_attention_backend": "efficient"}, None),
+                 ("default prefill, triton steps", {"step_attention_backend": "triton"}, None),
+                 ("torch's SDPA choice everywhere", {"step_attention_backend": "sdpa"}, None),
                  ("default, no CUDA graph", {"use_cuda_graphs": False}, None),
                  ("default, deterministic algorithms", {}, "deterministic"),
                  ("default, no reduced-precision bf16 reduction", {}, "no_reduced_precision")]
+    unknown = set(names or ()) - {name for name, _, _ in variants}
+    if unknown:
+        raise SystemExit(f"unknown --variants {sorted(unknown)}: use names of {[name for name, _, _ in variants]}")
     for name, options, setting in variants:
+        if names is not None and name not in names:
+            continue
         if not graphs and "use_cuda_graphs" not in options:
             options = {**options, "use_cuda_graphs": False}
         enter, leave = with_global(setting) if setting else (lambda: None, lambda: None)
@@ -210,6 +220,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--replays", type=int, default=6)
     parser.add_argument("--iters", type=int, default=10, help="calls per device-time median")
     parser.add_argument("--layers", type=int, default=32)
+    parser.add_argument("--variants", nargs="+", default=None, help="decoder variants by name (default: all)")
+    parser.add_argument("--no-ops", action="store_true", help="skip the ops-alone checks")
     parser.add_argument("--device", default="cuda", help="cuda; cpu only for a smoke run (no graphs, float32)")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
@@ -247,10 +259,13 @@ def main(argv: list[str] | None = None) -> int:
                          "step ms": (full - prefill) / 6,
                          "step weight TB/s": (layers + head) * model.dtype.itemsize / ((full - prefill) / 6) / 1e9}
         print(f"# batch {batch}: {row['phases']}", flush=True)
-        if batch == max(args.batches):
+        if batch == max(args.batches) and not args.no_ops:
             row["ops"] = op_checks(model, decoder, batch, length, args.replays, args.iters)
-        row["variants"] = decoder_variants(model, prefix, args.replays, args.iters, cuda)
+        row["variants"] = decoder_variants(model, prefix, args.replays, args.iters, cuda, args.variants)
         for backend in BACKENDS:
+            if backend not in row["variants"]:
+                clean[backend] = False
+                continue
             variant = row["variants"][backend]
             clean[backend] &= variant.get("bitwise_equal") == args.replays
             if batch == max(args.batches):

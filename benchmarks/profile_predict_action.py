@@ -5,6 +5,7 @@ towers + projector graph, of ``embed_prefix`` and of the decoder graph (CUDA eve
 under the torch profiler, summarized to text: the top kernels by device time, the device time by
 kind of kernel (GEMM, GEMV, attention, elementwise/reductions, copies), and the busy time of the
 GPU against the wall span of the call (the difference is idle time: host work, launch gaps).
+``--towers-only``: just the kernels of the compiled towers + projector graph.
 ``--micro`` adds the ceilings (GEMV bandwidth per Llama shape, cuBLAS vs the Triton GEMV).
 
 Usage (GPU machine)::
@@ -159,6 +160,10 @@ def main() -> int:
     parser.add_argument("--iters", type=int, default=10)
     parser.add_argument("--micro", action="store_true")
     parser.add_argument("--hf-static", action="store_true", help="also time transformers' static-cache generate")
+    parser.add_argument("--vision-compile-mode", default=None,
+                        help="torch.compile mode of the towers + projector (accelerate(vision_compile_mode=...))")
+    parser.add_argument("--towers-only", action="store_true",
+                        help="only the kernels of the compiled towers + projector graph, per batch")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -175,7 +180,7 @@ def main() -> int:
     out.write(f"timm fused_attn (SDPA) in block 0: {fused_attn}\n")
     if args.micro:
         micro_gemv(out)
-    accelerate(model)
+    accelerate(model, vision_compile_mode=args.vision_compile_mode)
     from vla_spec.model.processor import process_images
 
     rng = np.random.default_rng(0)
@@ -185,6 +190,14 @@ def main() -> int:
 
         def call():
             return model.predict_action(images, texts, UNNORM_KEY)
+
+        if args.towers_only:
+            with torch.inference_mode():
+                pixels = model.processor(images, texts).pixel_values_on("cuda", model.dtype)
+                vis = cuda_ms(lambda: model.encode_images(pixels), args.iters)
+                profiled(lambda: model.encode_images(pixels), f"batch {batch}: towers+projector, compiled, graph "
+                         f"({vis:.2f} ms device)", out)
+            continue
 
         wall, times, _ = timed(call, args.iters, 2)
         pre, _, _ = timed(lambda: process_images(images), args.iters, 1)

@@ -267,10 +267,18 @@ def test_attention_backend_option():
     assert torch.equal(math.token_ids, naive_decode(4, 7).token_ids)
     assert torch.equal(FastGreedyDecoder(step_attention_backend="math")(model, embeds, mask, 7).token_ids,
                        math.token_ids)
+    default = FastGreedyDecoder()(model, embeds, mask, 7)  # on CPU: torch's SDPA choice at every call
+    sdpa_steps = FastGreedyDecoder(step_attention_backend="sdpa")(model, embeds, mask, 7)
+    assert torch.equal(sdpa_steps.token_ids, default.token_ids) and torch.equal(sdpa_steps.margins, default.margins)
     for options in ({"attention_backend": "efficient"}, {"step_attention_backend": "efficient"}):
         with pytest.raises(RuntimeError, match="No viable backend"):
             FastGreedyDecoder(**options)(model, embeds, mask, 7)
     assert FastGreedyDecoder(step_attention_backend="efficient")(model, embeds, mask, 1).token_ids.shape == (3, 1)
-    for options in ({"attention_backend": "fast"}, {"step_attention_backend": "fast"}):
-        with pytest.raises(ValueError, match="unknown attention_backend 'fast'.*cudnn"):
-            FastGreedyDecoder(**options)
+    with pytest.raises(ValueError, match="unknown attention_backend 'fast'.*cudnn"):
+        FastGreedyDecoder(attention_backend="fast")
+    with pytest.raises(ValueError, match="unknown step_attention_backend 'fast'.*triton"):
+        FastGreedyDecoder(step_attention_backend="fast")
+    with pytest.raises(ValueError, match="unknown attention_backend 'triton'"):
+        FastGreedyDecoder(attention_backend="triton")  # a decode-step kernel only
+    with pytest.raises(ValueError, match="triton.*needs CUDA tensors"):
+        FastGreedyDecoder(step_attention_backend="triton")(model, embeds, mask, 7)

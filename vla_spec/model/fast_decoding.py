@@ -55,7 +55,7 @@ from vla_spec.model.decoding import GreedyResult, check_decoder_inputs, position
 from vla_spec.model.fast_vision import GraphedVision, captured, has_hooks
 from vla_spec.model.network import PrefixLayout
 from vla_spec.model.processor import pixel_values_from_uint8
-from vla_spec.model.static_llama import StaticLlama, sdpa_backend
+from vla_spec.model.static_llama import StaticLlama, check_step_attention_backend, sdpa_backend
 
 __all__ = ["FastGreedyDecoder", "GraphedCall", "accelerate", "restore", "is_accelerated", "first_difference"]
 
@@ -193,11 +193,13 @@ class FastGreedyDecoder:
     the prefill's projections in float8 e4m3 (:func:`vla_spec.model.static_llama.fp8_linear`; a
     float8 copy of those weights, +6.5 GB at 7B); this changes tokens beyond near-ties, so it is
     an option only, measured in benchmarks/README.md. ``attention_backend``: the SDPA kernel
-    (:func:`vla_spec.model.static_llama.sdpa_backend`; None = torch's choice). On an H200 torch
-    picks cuDNN's kernel, whose single-query (decode step) attention is not bitwise reproducible;
-    ``"efficient"`` is, at some cost (benchmarks/README.md, session 10). ``step_attention_backend``:
-    the decode steps' kernel, if not ``attention_backend``'s (e.g. torch's choice for the prefill,
-    whose cuDNN kernel was reproducible there, and ``"efficient"`` for the steps).
+    (:func:`vla_spec.model.static_llama.sdpa_backend`; None = torch's choice, cuDNN's kernel on an
+    H200). ``step_attention_backend``: the decode steps' kernel. None = ``"triton"``
+    (:func:`vla_spec.model.triton_attention.decode_attention`) on CUDA when ``attention_backend`` is
+    None, else ``attention_backend``'s; ``"sdpa"`` = torch's choice (the default before session 12:
+    on an H200 cuDNN's single-query kernel, whose replays are not bitwise equal at batch 8 and 32;
+    ``"efficient"`` is reproducible and slower; the Triton kernel is reproducible and costs about
+    1.6 % of the decoder at batch 32, benchmarks/README.md, session 12).
     """
 
     def __init__(
@@ -216,7 +218,7 @@ class FastGreedyDecoder:
     ) -> None:
         if pad_multiple < 1 or max_buckets < 1:
             raise ValueError("pad_multiple and max_buckets must be >= 1")
-        sdpa_backend(attention_backend), sdpa_backend(step_attention_backend)  # bad names fail here
+        sdpa_backend(attention_backend), check_step_attention_backend(step_attention_backend)  # bad names fail here
         self.use_cuda_graphs = use_cuda_graphs
         self.pad_multiple = pad_multiple
         self.max_buckets = max_buckets
@@ -255,8 +257,11 @@ class FastGreedyDecoder:
             compiled = self.compile if self.compile is not None else device.type == "cuda"
             use_gemv = (self.gemv if self.gemv is not None else True) and device.type == "cuda"
             fused = self.fuse if self.fuse is not None else device.type == "cuda"
+            step = self.step_attention_backend
+            if step is None and self.attention_backend is None and device.type == "cuda":
+                step = "triton"
             self._llamas[key] = StaticLlama(language_model, fused, compiled, use_gemv, self.fp8, self.attention_backend,
-                                            self.step_attention_backend)
+                                            step)
         return self._llamas[key]
 
     @torch.inference_mode()
@@ -338,7 +343,7 @@ class GraphedCall:
         model = self.model
         return (
             batch <= self.max_batch and model.decoder is self.decoder and model.vision_runner is self.vision
-            and model.pixels_on_device and model.device.type == "cuda" and not has_hooks(model)
+            and model.pixels_on_device and model.device.type == "cuda" and not has_hooks(self.vision.hookable)
         )
 
     @property
@@ -379,6 +384,7 @@ def accelerate(
     compile_vision: bool | None = None,
     use_cuda_graphs: bool | None = None,
     one_graph_max_batch: int = 1,
+    vision_compile_mode: str | None = None,
 ) -> Any:
     """Make ``model`` (an :class:`~vla_spec.model.modeling.OpenVLA`) fast, in place; returns it.
 
@@ -386,7 +392,8 @@ def accelerate(
     ``vision`` and on CUDA, ``model.vision_runner`` becomes a :class:`GraphedVision` (both towers +
     the projector replay one CUDA graph per batch size); ``compile_vision`` (None = on CUDA) also
     runs them through ``torch.compile`` (the first call compiles: tens of seconds at 7B shapes, once
-    more at the second batch size). With ``vision`` and CUDA graphs, calls of up to
+    more at the second batch size; ``vision_compile_mode``: its ``torch.compile`` mode, None = the
+    default). With ``vision`` and CUDA graphs, calls of up to
     ``one_graph_max_batch`` rows run as one graph (``model.call_runner``, a :class:`GraphedCall`; 0 =
     never). Undo with :func:`restore`. Treat the weights as frozen while accelerated. The defaults
     are the fastest configuration measured (benchmarks/README.md).
@@ -396,7 +403,7 @@ def accelerate(
     model.decoder = decoder if decoder is not None else FastGreedyDecoder(use_cuda_graphs=use_cuda_graphs)
     model.call_runner = None
     if vision and (graphs or compiled):
-        model.vision_runner = GraphedVision(model, compiled, graphs)
+        model.vision_runner = GraphedVision(model, compiled, graphs, compile_mode=vision_compile_mode)
         if graphs and one_graph_max_batch > 0:
             model.call_runner = GraphedCall(model, model.decoder, model.vision_runner, one_graph_max_batch)
     return model

@@ -19,7 +19,9 @@ Options, per :class:`StaticLlama`:
   those weights, about 6.5 GB for a 7B Llama) and per-token activation scales computed on the fly;
   the decode steps (one row per sequence, weight-bandwidth bound) stay in the model dtype.
 * ``attention_backend``: the SDPA kernel (:func:`sdpa_backend`; default torch's choice);
-  ``step_attention_backend``: the decode steps' (single query row) kernel, if another.
+  ``step_attention_backend``: the decode steps' (single query row) kernel, if another: an SDPA
+  backend, ``"sdpa"`` (torch's choice) or ``"triton"``
+  (:func:`vla_spec.model.triton_attention.decode_attention`, CUDA only).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from typing import Any, Callable, ContextManager, NamedTuple
 import torch
 import torch.nn.functional as F
 
+from vla_spec.model.triton_attention import decode_attention
 from vla_spec.model.triton_gemv import gemv
 
 
@@ -183,6 +186,9 @@ def _attention_output_and_mlp(
 
 
 SDPA_BACKENDS = ("cudnn", "efficient", "flash", "math")
+STEP_ATTENTION_BACKENDS = ("triton", "sdpa", *SDPA_BACKENDS)
+"""The decode steps' kernels: ours (:mod:`vla_spec.model.triton_attention`), SDPA with torch's
+choice of kernel (``"sdpa"``), or one SDPA backend."""
 
 
 def sdpa_backend(name: str | None) -> Callable[[], ContextManager[None]]:
@@ -197,6 +203,13 @@ def sdpa_backend(name: str | None) -> Callable[[], ContextManager[None]]:
     if name not in backends:
         raise ValueError(f"unknown attention_backend {name!r}: use None (torch's choice) or one of {SDPA_BACKENDS}")
     return functools.partial(sdpa_kernel, backends[name])
+
+
+def check_step_attention_backend(name: str | None) -> None:
+    """Raise a ValueError unless ``name`` is None or one of :data:`STEP_ATTENTION_BACKENDS`."""
+    if name is not None and name not in STEP_ATTENTION_BACKENDS:
+        raise ValueError(f"unknown step_attention_backend {name!r}: use None (the default) or one of "
+                         f"{STEP_ATTENTION_BACKENDS}")
 
 
 def _raise_recompile_limit(at_least: int = 64) -> None:
@@ -277,8 +290,11 @@ class StaticLlama:
         self.head_dim = int(getattr(config, "head_dim", None) or config.hidden_size // self.n_heads)
         self.hidden = int(config.hidden_size)
         self.use_gemv = use_gemv
+        check_step_attention_backend(step_attention_backend)
         self.attention_backend = sdpa_backend(attention_backend)
-        self.step_attention_backend = sdpa_backend(step_attention_backend or attention_backend)
+        self.step_triton = step_attention_backend == "triton"
+        step_sdpa = {None: attention_backend, "triton": attention_backend, "sdpa": None}
+        self.step_attention_backend = sdpa_backend(step_sdpa.get(step_attention_backend, step_attention_backend))
         self.weights = [self._layer_weights(layer, fuse) for layer in model.layers]
         if fp8:
             for w in self.weights:
@@ -348,14 +364,18 @@ class StaticLlama:
         )
         stop = mask.shape[-1]
         keys, values = k_cache[:, :, :stop], v_cache[:, :, :stop]
+        step = q_len == 1
         if last_only:
             q, h, mask, q_len = q[:, :, -1:], h[:, -1:], mask[:, :, -1:], 1
             gemv_rows = self.use_gemv and batch == 1
-        if self.n_kv != self.n_heads:
-            rep = self.n_heads // self.n_kv
-            keys, values = keys.repeat_interleave(rep, dim=1), values.repeat_interleave(rep, dim=1)
-        with attention_backend():
-            out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
+        if step and self.step_triton:
+            out = decode_attention(q, keys, values, mask)
+        else:
+            if self.n_kv != self.n_heads:
+                rep = self.n_heads // self.n_kv
+                keys, values = keys.repeat_interleave(rep, dim=1), values.repeat_interleave(rep, dim=1)
+            with attention_backend():
+                out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
         out = out.transpose(1, 2).reshape(batch, q_len, self.n_heads * self.head_dim)
         return self.attention_output_and_mlp(
             h, out, w.o, w.o_bias, w.norm2, w.eps2, w.gate_up, w.gate_up_bias, w.down, w.down_bias, gemv_rows, fp8,

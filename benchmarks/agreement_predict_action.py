@@ -1,0 +1,65 @@
+"""Which path moves a row's tokens beyond a bfloat16 near-tie of naive, on ``bench_predict_action.py``'s inputs.
+
+The 7B-shaped model and images of the benchmark (the same seed and draw order: ``--after`` lists the
+batch sizes drawn before this one), then ``predict_action``: naive twice (is the reference itself
+reproducible?), ours with each ``--step-kernels`` value (``FastGreedyDecoder(step_attention_backend=...)``;
+``default`` = the decoder's default). Per path: rows identical to naive run 1 and the rows whose
+first difference is not at a near-tie, with naive's margin and top-1 logit at that step.
+
+Usage (GPU machine)::
+
+    PYTHONUNBUFFERED=1 python3 benchmarks/agreement_predict_action.py --batch 32 --after 1 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.bench_predict_action import (  # noqa: E402
+    INSTRUCTION, UNNORM_KEY, agreement, build_random_openvla, openvla_7b_config,
+)
+from vla_spec.model.fast_decoding import FastGreedyDecoder, accelerate, restore  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--after", type=int, nargs="*", default=[1, 8], help="batch sizes the benchmark drew first")
+    parser.add_argument("--step-kernels", nargs="+", default=["default", "sdpa"])
+    args = parser.parse_args(argv)
+    model = build_random_openvla(openvla_7b_config(), "cuda", torch.bfloat16)
+    rng = np.random.default_rng(0)
+    for before in args.after:
+        [rng.integers(0, 256, (224, 224, 3), dtype=np.uint8) for _ in range(before)]
+    images = [rng.integers(0, 256, (224, 224, 3), dtype=np.uint8) for _ in range(args.batch)]
+    texts = [INSTRUCTION] * args.batch
+    model.pixels_on_device = False  # the benchmark's naive path: float32 host pixels, eager towers
+    naive = [model.predict_action(images, texts, UNNORM_KEY) for _ in range(2)]
+    same = all(np.array_equal(getattr(naive[0], f), getattr(naive[1], f)) for f in ("token_ids", "margins", "top_logits"))
+    print(f"# naive run 2 == run 1 (ids, margins, top-1 logits, bitwise): {same}", flush=True)
+    model.pixels_on_device = True
+    for kernel in args.step_kernels:
+        accelerate(model, decoder=FastGreedyDecoder(step_attention_backend=None if kernel == "default" else kernel))
+        ours = model.predict_action(images, texts, UNNORM_KEY)
+        report = agreement(ours.token_ids, naive[0].token_ids, naive[0].margins, naive[0].top_logits)
+        for problem in report["problems"]:
+            row, step = (int(word) for word in problem.split(":")[0].replace("row", "").split("step"))
+            print(f"#   {problem}: naive margin {naive[0].margins[row, step]:.4f}, top-1 logit "
+                  f"{naive[0].top_logits[row, step]:.4f}; ours margin {ours.margins[row, step]:.4f}", flush=True)
+        print(f"# step kernel {kernel}: {report}", flush=True)
+        model.decoder.clear()
+        restore(model)
+        torch.cuda.empty_cache()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,120 @@
+"""A Triton attention kernel for the decode steps: one query row per (sequence, head) over the whole cache.
+
+``out[b, h] = softmax(q[b, h] . K[b, g(h)]^T / sqrt(d) + mask[b]) V[b, g(h)]`` with q [B, H, 1, d], the
+cache K, V [B, KV, T, d] read as they are (``g(h) = h // (H / KV)``), an additive mask [B, 1, 1, T] and
+float32 accumulation, in two kernels: each block of :data:`BLOCK_T` keys of each (b, h) gives its
+partial softmax (max score, sum of exponentials, weighted sum of values), then one program per (b, h)
+combines the blocks in a fixed order. No atomics, no order that depends on timing, so a replay gives
+bitwise the same result: torch's cuDNN kernel for this shape does
+not (benchmarks/README.md, session 10), and its "efficient" kernel is reproducible but slower.
+Registered as the custom op ``vla_spec::decode_attention`` (opaque to ``torch.compile``, captured in
+CUDA graphs). CUDA only; Triton is imported on first use. Used by
+:mod:`vla_spec.model.static_llama` when ``step_attention_backend="triton"``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+_KERNELS: dict[str, Any] = {}
+
+
+def _kernels() -> tuple[Any, Any]:
+    """The two Triton kernels (partial blocks, combine), compiled once per process."""
+    if "kernels" not in _KERNELS:
+        import triton
+        import triton.language as tl
+
+        @triton.jit
+        def partial_kernel(
+            q_ptr, k_ptr, v_ptr, mask_ptr, part_ptr, heads, group, length, scale,
+            sq_b, sq_h, sk_b, sk_h, sk_t, sv_b, sv_h, sv_t, sm_b, sm_t,
+            D: tl.constexpr, D_PAD: tl.constexpr, BLOCK_T: tl.constexpr, SPLITS: tl.constexpr,
+        ):
+            """Program (b * heads + h, s): keys s * BLOCK_T ... of sequence b, head h -> (max score,
+            sum of exp, exp-weighted sum of values) in float32 at part[b * heads + h, s]."""
+            bh = tl.program_id(0)
+            split = tl.program_id(1)
+            b = bh // heads
+            g = (bh % heads) // group
+            d = tl.arange(0, D_PAD)
+            d_ok = d < D
+            t = split * BLOCK_T + tl.arange(0, BLOCK_T)
+            t_ok = t < length
+            both = t_ok[:, None] & d_ok[None, :]
+            q = tl.load(q_ptr + b * sq_b + (bh % heads) * sq_h + d, mask=d_ok, other=0.0).to(tl.float32) * scale
+            k = tl.load(k_ptr + b.to(tl.int64) * sk_b + g * sk_h + t[:, None] * sk_t + d[None, :], mask=both, other=0.0)
+            v = tl.load(v_ptr + b.to(tl.int64) * sv_b + g * sv_h + t[:, None] * sv_t + d[None, :], mask=both, other=0.0)
+            bias = tl.load(mask_ptr + b * sm_b + t * sm_t, mask=t_ok, other=float("-inf")).to(tl.float32)
+            s = tl.sum(k.to(tl.float32) * q[None, :], axis=1) + bias
+            m = tl.max(s, axis=0)
+            p = tl.exp(s - tl.where(m == float("-inf"), 0.0, m))  # a block of masked keys: p = 0, no NaN
+            out = part_ptr + (bh * SPLITS + split) * (D_PAD + 2)
+            tl.store(out + d, tl.sum(p[:, None] * v.to(tl.float32), axis=0))
+            tl.store(out + D_PAD, m)
+            tl.store(out + D_PAD + 1, tl.sum(p, axis=0))
+
+        @triton.jit
+        def combine_kernel(part_ptr, out_ptr, splits, D: tl.constexpr, D_PAD: tl.constexpr, SPLITS: tl.constexpr,
+                           S_PAD: tl.constexpr):
+            """Program b * heads + h: its blocks' partials, rescaled to the largest max, summed in one
+            fixed order -> out[b, h] = sum(weighted values) / sum(exp)."""
+            bh = tl.program_id(0)
+            sp = tl.arange(0, S_PAD)
+            s_ok = sp < splits
+            d = tl.arange(0, D_PAD)
+            base = part_ptr + bh * SPLITS * (D_PAD + 2) + sp * (D_PAD + 2)
+            m = tl.load(base + D_PAD, mask=s_ok, other=float("-inf"))
+            l = tl.load(base + D_PAD + 1, mask=s_ok, other=0.0)
+            acc = tl.load(base[:, None] + d[None, :], mask=s_ok[:, None], other=0.0)
+            top = tl.max(m, axis=0)
+            w = tl.exp(m - top)
+            out = tl.sum(acc * w[:, None], axis=0) / tl.sum(l * w, axis=0)
+            tl.store(out_ptr + bh * D + d, out.to(out_ptr.dtype.element_ty), mask=d < D)
+
+        _KERNELS["kernels"] = (partial_kernel, combine_kernel)
+    return _KERNELS["kernels"]
+
+
+BLOCK_T = 32
+"""Keys per program of the first kernel: (B * H) x ceil(T / BLOCK_T) programs, each loading its keys
+and values at once (a 288-key cache at 7B shapes: 9 programs per sequence and head)."""
+
+
+@torch.library.custom_op("vla_spec::decode_attention", mutates_args=())
+def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``scaled_dot_product_attention(q, k, v, attn_mask=mask)`` for one query row: q [B, H, 1, d], k and
+    v [B, KV, T, d] (H a multiple of KV, last dimension contiguous), mask [B, 1, 1, T] additive
+    (0 / -inf; every row needs one finite key). Returns [B, H, 1, d] in q's dtype."""
+    batch, heads, rows, dim = q.shape
+    kv_heads, length = k.shape[1], k.shape[2]
+    if not q.is_cuda:
+        raise ValueError("step_attention_backend='triton' needs CUDA tensors: on the CPU use an SDPA backend (None)")
+    if rows != 1 or heads % kv_heads or mask.shape[-1] != length or not (
+        q.stride(-1) == k.stride(-1) == v.stride(-1) == 1
+    ):
+        raise ValueError(f"decode_attention needs q [B, H, 1, d], k/v [B, KV, T, d] with H a multiple of KV and "
+                         f"contiguous last dims, mask [B, 1, 1, T]; got q {list(q.shape)}, k {list(k.shape)}, "
+                         f"mask {list(mask.shape)}")
+    partial_kernel, combine_kernel = _kernels()
+    splits = -(-length // BLOCK_T)
+    d_pad = max(16, 1 << (dim - 1).bit_length())
+    parts = torch.empty(batch * heads, splits, d_pad + 2, dtype=torch.float32, device=q.device)
+    out = torch.empty(batch, heads, 1, dim, dtype=q.dtype, device=q.device)
+    mask = mask.expand(batch, 1, 1, length)
+    partial_kernel[(batch * heads, splits)](
+        q, k, v, mask, parts, heads, heads // kv_heads, length, 1.0 / math.sqrt(dim),
+        q.stride(0), q.stride(1), k.stride(0), k.stride(1), k.stride(2), v.stride(0), v.stride(1), v.stride(2),
+        mask.stride(0), mask.stride(3), D=dim, D_PAD=d_pad, BLOCK_T=BLOCK_T, SPLITS=splits, num_warps=4,
+    )
+    combine_kernel[(batch * heads,)](parts, out, splits, D=dim, D_PAD=d_pad, SPLITS=splits,
+                                     S_PAD=max(2, 1 << (splits - 1).bit_length()), num_warps=4)
+    return out
+
+
+@decode_attention.register_fake
+def _(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return q.new_empty(q.shape)
