@@ -369,6 +369,7 @@ def test_the_wire_format_is_json_numpy_and_its_double_encoded_variant() -> None:
     [
         (["serve", "no-such-checkpoint"], "vla-spec serve: error: CHECKPOINT: checkpoint 'no-such-checkpoint' is neither"),
         (["serve", CHECKPOINT, "--max-batch-size", "0"], "vla-spec serve: error: batch size and body limit must be >= 1"),
+        (["serve", CHECKPOINT, "--trust-remote-code", "--decoder", "naive"], "vla-spec serve: error: --decoder applies to the native model"),
         (["conform", "not-a-module:make"], "vla-spec conform: error: IMPL: 'not-a-module:make': cannot import module"),
         (["conform", "--double-encode"], "vla-spec conform: error: --double-encode applies to a server URL"),
         (["conform", CHECKPOINT, "--norm-stats", CHECKPOINT], "vla-spec conform: error: --norm-stats applies to a server URL"),

@@ -6,8 +6,9 @@
     vla-spec rollout --suite libero_object --tasks 0 --inits 0 --policy http://127.0.0.1:8000 --log runs/h.jsonl
     vla-spec conform http://127.0.0.1:8000
 
-Binds the loopback interface unless ``--host`` says otherwise. The native model serves by default;
-the checkpoint's own remote code is loaded only with ``--trust-remote-code``. The checkpoint is
+Binds the loopback interface unless ``--host`` says otherwise. The native model serves by default,
+with the fast decoder (``--decoder``, as the rollout's OpenVLA policy); the checkpoint's own remote
+code is loaded only with ``--trust-remote-code``. The checkpoint is
 loaded (and a bad one refused) before the port is bound.
 """
 
@@ -21,6 +22,7 @@ from vla_spec.commands import CliError
 
 def register(subparsers: Any) -> None:
     """Add ``serve`` to the ``vla-spec`` parser."""
+    from vla_spec.model import DECODERS
     from vla_spec.rest import DEFAULT_PORT
 
     serve = subparsers.add_parser(
@@ -38,6 +40,11 @@ def register(subparsers: Any) -> None:
     serve.add_argument("--device", default="cpu", help="torch device (default cpu)")
     serve.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"), help="model dtype (default float32)")
     serve.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    serve.add_argument(
+        "--decoder",
+        choices=DECODERS,
+        help="the native model's greedy decoder: fast (default: static KV cache, CUDA graphs on a GPU) or naive (the reference's loop)",
+    )
     serve.add_argument(
         "--trust-remote-code", action="store_true", help="serve with the checkpoint's own remote code (runs code from the folder)"
     )
@@ -58,6 +65,8 @@ def load_model(args: argparse.Namespace) -> Any:
         raise CliError(f"--device: {error}") from None
     if args.threads is not None and args.threads < 1:
         raise CliError(f"--threads must be at least 1, got {args.threads}")
+    if args.trust_remote_code and args.decoder is not None:
+        raise CliError("--decoder applies to the native model; the remote code decodes with its own generate: drop one of them")
     try:
         folder = resolve_checkpoint(args.checkpoint)
     except FileNotFoundError as error:
@@ -70,9 +79,14 @@ def load_model(args: argparse.Namespace) -> Any:
         torch.set_num_threads(args.threads)
     backend = "hf-remote" if args.trust_remote_code else "native"
     try:
-        return from_pretrained(folder, dtype=getattr(torch, args.dtype), device=args.device, backend=backend)
+        model = from_pretrained(folder, dtype=getattr(torch, args.dtype), device=args.device, backend=backend)
     except (FileNotFoundError, CheckpointError) as error:
         raise CliError(f"CHECKPOINT: {error}") from None
+    if backend == "native" and (args.decoder or "fast") == "fast":
+        from vla_spec.model.fast_decoding import accelerate
+
+        accelerate(model)
+    return model
 
 
 def run_serve(args: argparse.Namespace) -> int:
