@@ -125,7 +125,8 @@ class EnvWorker:
     def begin(self, spec: EpisodeSpec) -> BatchItem | EpisodeResult:
         """Start ``spec``; its first question to the batched policy (or its result, if it failed)."""
         assert self.policy is not None
-        self.episode = Episode(spec, needs_camera=bool(self.policy.needs_camera), record_trace=self.record_trace, video_path=video_path_for(self.video_dir, spec))
+        self.episode = Episode(spec, needs_camera=bool(self.policy.needs_camera), record_trace=self.record_trace,
+                               video_path=video_path_for(self.video_dir, spec))
         try:
             self.task = replace(self.episode.start(), env=None)  # the environment stays here
         except Exception as error:  # noqa: BLE001 - the protocol counts any exception as a failure
