@@ -73,7 +73,7 @@ def load_model(args: argparse.Namespace) -> Any:
         raise CliError(f"CHECKPOINT: {error}") from None
     import torch
 
-    from vla_spec.model.loading import from_pretrained
+    from vla_spec.model.loading import from_pretrained, use_decoder
 
     if args.threads is not None:
         torch.set_num_threads(args.threads)
@@ -82,11 +82,7 @@ def load_model(args: argparse.Namespace) -> Any:
         model = from_pretrained(folder, dtype=getattr(torch, args.dtype), device=args.device, backend=backend)
     except (FileNotFoundError, CheckpointError) as error:
         raise CliError(f"CHECKPOINT: {error}") from None
-    if backend == "native" and (args.decoder or "fast") == "fast":
-        from vla_spec.model.fast_decoding import accelerate
-
-        accelerate(model)
-    return model
+    return use_decoder(model, args.decoder or "fast") if backend == "native" else model
 
 
 def run_serve(args: argparse.Namespace) -> int:

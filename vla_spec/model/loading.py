@@ -115,7 +115,7 @@ def from_pretrained(
 def load_cached(path: str, dtype: torch.dtype = torch.bfloat16, device: str = "cpu", decoder: str = "naive") -> OpenVLA:
     """:func:`from_pretrained`, once per process and (path, dtype, device, decoder): for test sessions
     and policies. ``decoder`` is one of :data:`DECODERS`; ``fast`` is a shallow copy of the ``naive``
-    model (the same weights in memory) made fast by ``accelerate``.
+    model (the same weights in memory) set up by :func:`use_decoder`.
 
     Treat the result as shared and read-only (do not swap its decoder or patch it in place).
     """
@@ -128,6 +128,16 @@ def load_cached(path: str, dtype: torch.dtype = torch.bfloat16, device: str = "c
 def _load_cached(path: str, dtype: torch.dtype, device: str, decoder: str) -> OpenVLA:
     if decoder == "naive":
         return from_pretrained(path, dtype=dtype, device=device)
-    from vla_spec.model.fast_decoding import accelerate
+    return use_decoder(copy.copy(_load_cached(path, dtype, device, "naive")), decoder)
 
-    return accelerate(copy.copy(_load_cached(path, dtype, device, "naive")))
+
+def use_decoder(model: OpenVLA, decoder: str) -> OpenVLA:
+    """``model`` (as loaded: the ``naive`` decoder) set up, in place, to decode with ``decoder``, one
+    of :data:`DECODERS`: ``fast`` is :func:`vla_spec.model.fast_decoding.accelerate`; returns it."""
+    if decoder not in DECODERS:
+        raise ValueError(f"decoder {decoder!r} is not one of {', '.join(DECODERS)}")
+    if decoder == "fast":
+        from vla_spec.model.fast_decoding import accelerate
+
+        accelerate(model)
+    return model
