@@ -69,6 +69,25 @@ def test_setup_errors_fail_before_the_log_is_opened(tmp_path: Path, monkeypatch:
 
 
 @pytest.mark.cpu
+def test_ctrl_c_just_after_the_header_still_says_how_to_resume(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Ctrl-C between the header's write and the first episode (a race CI met): exit 130 with the
+    resume line, not the bare 'interrupted'; the header is kept, so the rerun resumes the log."""
+    from vla_spec.episodes import EpisodeLog
+
+    def interrupted(log: EpisodeLog) -> EpisodeLog:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(EpisodeLog, "__enter__", interrupted)
+    monkeypatch.chdir(tmp_path)
+    status, stderr = in_process(*ROLLOUT, "--inits", "0", "--policy", "wait", "--log", "c.jsonl", capsys=capsys)
+    assert (status, stderr.splitlines()[-1]) == (130, "interrupted after 0 episode(s); rerun the same command to resume")
+    kept = read_log(tmp_path / "c.jsonl")
+    assert (kept.header.config["policy"], kept.results) == ("wait", ())
+
+
+@pytest.mark.cpu
 def test_cuda_without_cuda_fails_before_any_episode(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     torch = pytest.importorskip("torch")
     if torch.cuda.is_available():

@@ -376,6 +376,11 @@ class EpisodeLog:
     header: LogHeader
     finished: dict[SpecKey, EpisodeResult]
     _file: IO[bytes] = field(repr=False)
+    resumed: frozenset[SpecKey] = field(init=False)
+    """The episodes already finished when the log was opened."""
+
+    def __post_init__(self) -> None:
+        self.resumed = frozenset(self.finished)
 
     @classmethod
     def open(

@@ -370,7 +370,7 @@ def _rollout(args: argparse.Namespace, params: Mapping[str, Any], suites: Sequen
     Ray cluster, if any, joined."""
     import sys
 
-    from vla_spec.episodes import RunConfig, spec_key
+    from vla_spec.episodes import EpisodeLog, RunConfig, spec_key
     from vla_spec.runner import run_in_log
     from vla_spec.sim.libero import SimulatorUnavailable
 
@@ -385,9 +385,10 @@ def _rollout(args: argparse.Namespace, params: Mapping[str, Any], suites: Sequen
         video_dir=None if args.video_dir is None else str(args.video_dir), policy_setup=setup,
     )
     plan = _sequential_plan(args, specs) if args.until_decided else None
-    with _open_log(args, config) as log:
-        kept = [spec for spec in specs if spec_key(spec) in log.finished]
-        try:
+    log: EpisodeLog | None = None
+    try:  # the log is opened inside: a Ctrl-C just after its header is written still says how to resume
+        with _open_log(args, config) as log:
+            kept = [spec for spec in specs if spec_key(spec) in log.resumed]
             if kept:
                 print(f"resuming: {len(kept)} of {len(specs)} episodes already in the log {args.log}", file=sys.stderr)
             if plan is not None:
@@ -404,12 +405,12 @@ def _rollout(args: argparse.Namespace, params: Mapping[str, Any], suites: Sequen
                 ray_address=args.ray_address,
                 policy_replicas=args.policy_replicas,
             )
-        except KeyboardInterrupt:
-            ran = sum(spec_key(spec) in log.finished for spec in specs) - len(kept)
-            print(f"interrupted after {ran} episode(s); rerun the same command to resume", file=sys.stderr)
-            return 130
-        except (SimulatorUnavailable, ConnectionError) as error:
-            raise CliError(str(error)) from None
+    except KeyboardInterrupt:
+        ran = 0 if log is None else len(log.finished.keys() - log.resumed)
+        print(f"interrupted after {ran} episode(s); rerun the same command to resume", file=sys.stderr)
+        return 130
+    except (SimulatorUnavailable, ConnectionError) as error:
+        raise CliError(str(error)) from None
     wins = sum(bool(r.success) for r in results)
     print(f"{wins}/{len(results)} episodes succeeded; log: {args.log} (per task: vla-spec report {args.log})")
     errors = [r for r in results if r.error]
