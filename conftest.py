@@ -90,14 +90,17 @@ SIM_TIER_WORKERS = 2
 SIM_RUNS = ("sim", "cpu or sim")
 DISTRIBUTED_RUNS = {"cpu": CPU_TIER_WORKERS} | dict.fromkeys(SIM_RUNS, SIM_TIER_WORKERS)
 
-# The sim modules that run many episodes, longest first (measured on this 2-core machine in a
-# distributed run, session 11: the closed loop's 20 episodes 1375 s, the expert's controls about
-# 400 s, the runner's about 370 s, the closed loop's paired controls about 250 s, the demos about
-# 95 s). A distributed run starts them first, each module one unit of work (its module fixtures are
-# shared): the 20-episode run takes one worker, and the rest fill the other around it.
+# The sim modules that run longest, longest first (wall seconds in a distributed run on this 2-core
+# machine, session 13: the closed loop's 20 episodes 1143, the expert's controls 246, the runner's
+# about 200, the closed loop's paired controls 138, the demos 100, the command line's mistakes 85,
+# the determinism processes 57, the matrix 60, the server 42, the reference images 34). A
+# distributed run starts them first, each module one unit of work (its module fixtures are shared):
+# the 20-episode run takes one worker, the rest fill the other around it, and the short modules
+# come last, so that neither worker waits long for the other at the end.
 LONG_SIM_MODULES = (
     "tests/test_closed_loop.py", "tests/test_sim_controls.py", "tests/test_runner.py", "tests/test_closed_loop_controls.py",
-    "tests/test_demos.py",
+    "tests/test_demos.py", "tests/test_cli_mistakes.py", "tests/test_sim_determinism.py", "tests/test_sim_matrix.py",
+    "tests/test_serve.py", "tests/test_images_reference.py",
 )
 
 # The cpu tests that import torch (and with it transformers, timm and torchvision: about 6 s of CPU),

@@ -278,6 +278,17 @@ def test_a_ray_session_already_joined_is_reused_and_an_address_is_still_checked(
     assert ray_cluster.is_initialized(), "a reused session is not shut down"
 
 
+@pytest.mark.sim
+def test_the_embedded_session_starts_no_idle_workers(ray_cluster) -> None:  # type: ignore[no-untyped-def]
+    """An embedded Ray starts no Python workers ahead (``PRESTART_WORKERS``): the runner only makes
+    actors, which start their own, and each idle worker costs CPU all run long. (With
+    ``RAY_prestart_worker_first_driver=1`` set before the session, two ``ray::IDLE`` appear.)"""
+    deadline = time.monotonic() + 3.0  # Ray starts its idle workers within about a second
+    while time.monotonic() < deadline:
+        assert _descendants_titled(b"ray::IDLE") == [], "Ray started idle workers ahead"
+        time.sleep(0.2)
+
+
 #: Ray's process title for an environment actor running a whole episode.
 ENV_ACTOR_RUNNING = b"ray::EnvWorker.run"
 
@@ -339,7 +350,9 @@ def test_resume_after_sigkill_mid_episode(one_worker_run: tuple[list[EpisodeResu
     log = tmp_path / "killed.jsonl"
     command = [sys.executable, "-m", "vla_spec.cli", *ROLLOUT_ARGS, "--log", str(log)]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    first = subprocess.Popen([*command, "--workers", "2"], cwd=tmp_path, env=env, start_new_session=True,
+    # one worker: the episodes run in the rollout's own process (no Ray to start; a killed Ray actor
+    # is the tests' below), so the kill lands mid-episode in the process that writes the log
+    first = subprocess.Popen([*command, "--workers", "1"], cwd=tmp_path, env=env, start_new_session=True,
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 300
