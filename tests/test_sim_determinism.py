@@ -2,8 +2,7 @@
 simulator states and images in two fresh Python processes (libero-facts "Determinism": on mujoco
 3.3.2 this needs ``env.seed`` before ``reset``, which :func:`vla_spec.rollout.start_episode` does).
 
-The same with and without llvmpipe's rasterizer threads (``LP_NUM_THREADS``, which
-:mod:`vla_spec.sim.libero` sets to 0). Rendering does not touch the physics: an environment rendering only the policy's camera
+Rendering does not touch the physics: an environment rendering only the policy's camera
 (``POLICY_CAMERAS``, what every rollout now builds) and one rendering none give the same states as
 LIBERO's default two cameras, and the same agentview image.
 """
@@ -47,10 +46,9 @@ print("RESULT " + json.dumps(out))
 """
 
 
-def _run_fresh_process(cameras: tuple[str, ...], llvmpipe_threads: str) -> dict[str, dict[str, str]]:
+def _run_fresh_process(cameras: tuple[str, ...]) -> dict[str, dict[str, str]]:
     completed = subprocess.run(
-        [sys.executable, "-c", SCRIPT, ",".join(cameras)], capture_output=True, text=True, timeout=600,
-        env={**os.environ, "LP_NUM_THREADS": llvmpipe_threads},
+        [sys.executable, "-c", SCRIPT, ",".join(cameras)], capture_output=True, text=True, timeout=600, env=dict(os.environ)
     )
     assert completed.returncode == 0, completed.stderr[-3000:]
     line = next(line for line in completed.stdout.splitlines() if line.startswith("RESULT "))
@@ -59,21 +57,15 @@ def _run_fresh_process(cameras: tuple[str, ...], llvmpipe_threads: str) -> dict[
 
 @pytest.fixture(scope="module")
 def runs() -> dict[str, dict[str, dict[str, str]]]:
-    """Fingerprints from four fresh processes: LIBERO's two cameras twice (llvmpipe rendering in the
-    simulator's thread, the default, then on two rasterizer threads), the policy's, none."""
+    """Fingerprints from four fresh processes: LIBERO's two cameras twice, the policy's, none."""
     from vla_spec.sim.env import LIBERO_CAMERAS, POLICY_CAMERAS
-    from vla_spec.sim.libero import DEFAULT_LLVMPIPE_THREADS
 
-    processes = {
-        "libero": (LIBERO_CAMERAS, DEFAULT_LLVMPIPE_THREADS), "libero_again": (LIBERO_CAMERAS, "2"),
-        "policy": (POLICY_CAMERAS, DEFAULT_LLVMPIPE_THREADS), "none": ((), DEFAULT_LLVMPIPE_THREADS),
-    }
+    camera_sets = {"libero": LIBERO_CAMERAS, "libero_again": LIBERO_CAMERAS, "policy": POLICY_CAMERAS, "none": ()}
     with ThreadPoolExecutor(max_workers=2) as pool:
-        return dict(zip(processes, pool.map(lambda args: _run_fresh_process(*args), processes.values())))
+        return dict(zip(camera_sets, pool.map(_run_fresh_process, camera_sets.values())))
 
 
 def test_two_fresh_processes_are_bit_identical(runs) -> None:
-    """Also across llvmpipe's thread setting: rasterizer threads change who renders, not the pixels."""
     assert runs["libero"] == runs["libero_again"]
     # the hashes see the difference between two initial states (the check can fail)
     for key in ("state", "objects", "agentview", "robot0_eye_in_hand"):

@@ -3,13 +3,6 @@
 The lowest layer of :mod:`vla_spec.sim`: :mod:`vla_spec.sim.suites` (what the benchmark holds) and
 :mod:`vla_spec.sim.env` (building environments) both import LIBERO through here, never each other
 in a loop. ``MUJOCO_GL`` defaults to ``egl`` (``os.environ.setdefault`` before robosuite is imported).
-
-Without a GPU, EGL renders on Mesa's llvmpipe, which by default hands each frame to rasterizer
-threads (one per core). ``LP_NUM_THREADS`` defaults to ``0`` here (each simulator renders in its own
-thread): a run keeps one simulator per core busy, where those threads only add hand-offs. Measured
-on 2 cores, one agentview camera, 30 ``env.step`` calls: 146 -> 127 CPU-ms per step alone, 163 -> 148
-with three simulators at once; the same pixels (``tests/test_sim_determinism.py`` renders with
-rasterizer threads in one process and without in another). A GPU's EGL ignores the variable.
 """
 
 from __future__ import annotations
@@ -18,8 +11,6 @@ import os
 from typing import Any
 
 DEFAULT_MUJOCO_GL = "egl"
-#: llvmpipe's rasterizer threads per context (Mesa's ``LP_NUM_THREADS``): 0, render in the caller's thread.
-DEFAULT_LLVMPIPE_THREADS = "0"
 
 
 class SimulatorUnavailable(RuntimeError):
@@ -27,9 +18,8 @@ class SimulatorUnavailable(RuntimeError):
 
 
 def import_libero() -> tuple[Any, Any]:
-    """Import LIBERO after defaulting ``MUJOCO_GL`` and ``LP_NUM_THREADS``; return ``(benchmark module, env_wrapper module)``."""
+    """Import LIBERO after defaulting ``MUJOCO_GL``; return ``(benchmark module, env_wrapper module)``."""
     os.environ.setdefault("MUJOCO_GL", DEFAULT_MUJOCO_GL)
-    os.environ.setdefault("LP_NUM_THREADS", DEFAULT_LLVMPIPE_THREADS)
     try:
         from libero.libero import benchmark
         from libero.libero.envs import env_wrapper
