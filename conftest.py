@@ -171,9 +171,9 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log):  # type: ignore[no-
             """A worker runs a test only once another is queued behind it, so xdist queues a second
             unit behind the 20-episode run at once. That unit is the queue's last (a short module),
             not the next long one: the other worker takes the long ones while the run goes on
-            (session 13: the runner's 200 s waited behind the run while the other worker idled)."""
-            held = self.assigned_work.get(node, {})
-            if not cpu_tier_alone and self.workqueue and not all(held.get(LONG_SIM_MODULES[0], {True: True}).values()):
+            (session 13: the runner's 230 s waited behind the run while the other worker idled)."""
+            longest = self.assigned_work.get(node, {}).get(LONG_SIM_MODULES[0], {})  # node id -> done
+            if not cpu_tier_alone and self.workqueue and not all(longest.values()):
                 self.workqueue.move_to_end(next(reversed(self.workqueue)), last=False)
             super()._assign_work_unit(node)
 
