@@ -370,7 +370,7 @@ def _rollout(args: argparse.Namespace, params: Mapping[str, Any], suites: Sequen
     Ray cluster, if any, joined."""
     import sys
 
-    from vla_spec.episodes import EpisodeLog, RunConfig, spec_key
+    from vla_spec.episodes import EpisodeLog, RunConfig
     from vla_spec.runner import run_in_log
     from vla_spec.sim.libero import SimulatorUnavailable
 
@@ -388,9 +388,8 @@ def _rollout(args: argparse.Namespace, params: Mapping[str, Any], suites: Sequen
     log: EpisodeLog | None = None
     try:  # the log is opened inside: a Ctrl-C just after its header is written still says how to resume
         with _open_log(args, config) as log:
-            kept = [spec for spec in specs if spec_key(spec) in log.resumed]
-            if kept:
-                print(f"resuming: {len(kept)} of {len(specs)} episodes already in the log {args.log}", file=sys.stderr)
+            if log.resumed:  # a subset of specs: a log of other episodes is refused when opened
+                print(f"resuming: {len(log.resumed)} of {len(specs)} episodes already in the log {args.log}", file=sys.stderr)
             if plan is not None:
                 return _run_until_decided(log, args, params, specs, *plan)
             results = run_in_log(
