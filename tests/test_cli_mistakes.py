@@ -68,12 +68,13 @@ def test_setup_errors_fail_before_the_log_is_opened(tmp_path: Path, monkeypatch:
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["runs"]
 
 
-@pytest.mark.cpu
+@pytest.mark.sim
 def test_ctrl_c_just_after_the_header_still_says_how_to_resume(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """Ctrl-C between the header's write and the first episode (a race CI met): exit 130 with the
-    resume line, not the bare 'interrupted'; the header is kept, so the rerun resumes the log."""
+    resume line, not the bare 'interrupted'; the header is kept, so the rerun resumes the log.
+    (The sim tier: ``rollout`` checks that LIBERO imports before it opens the log.)"""
     from vla_spec.episodes import EpisodeLog
 
     def interrupted(log: EpisodeLog) -> EpisodeLog:

@@ -2,13 +2,13 @@
 
 Conventions: images are numpy ``uint8`` arrays of shape H x W x 3 (RGB, row 0 = top of the image
 as stored). The model's own processor (bicubic resize, per-tower normalization, ``pixel_values``)
-runs after this path: :mod:`vla_spec.model.processor`. numpy, PIL, simplejpeg and threadpoolctl, no torch.
+runs after this path: :mod:`vla_spec.model.processor`. numpy, PIL and simplejpeg, no torch.
 
 **LIBERO path** (:func:`libero_image`, openvla ``experiments/robot/libero/libero_utils.py`` and
 ``openvla_utils.py``), applied to ``obs["agentview_image"]`` (256 x 256, upside down). It reproduces
 TensorFlow's pixels (``tf.image.encode_jpeg``, ``tf.io.decode_image``, ``tf.image.resize``,
-``tf.image.crop_and_resize``): on real LIBERO frames at most 0.01 % of values off by one grey level
-(float summation order), none off by more (``tests/test_images_reference.py``, sim tier):
+``tf.image.crop_and_resize``): on the 12 reference LIBERO frames every value equals TF's, on any CPU
+(``tests/test_images_reference.py``):
 
 1. :func:`rotate_180`: ``img[::-1, ::-1]``, a 180 degree rotation (both axes), NOT ``np.flipud``.
 2. :func:`jpeg_roundtrip`: encode JPEG at quality 95 with 4:2:0 chroma (PIL's libjpeg-turbo, whose
@@ -17,8 +17,8 @@ TensorFlow's pixels (``tf.image.encode_jpeg``, ``tf.io.decode_image``, ``tf.imag
    (``dct_method=""``). PIL decodes with the accurate IDCT: +0.7 grey levels brighter on average.
 3. :func:`resize_lanczos`: to 224 x 224 with TF's ``scale_and_translate`` Lanczos-3 kernel with
    antialiasing (``tf.image.resize(method="lanczos3", antialias=True)``) in float32, then
-   ``round`` (half to even), ``clip(0, 255)``, uint8. Two weight matrices per (in, out) size
-   (:func:`lanczos3_weights`); the resize is two matrix products. PIL's LANCZOS is another kernel.
+   ``round`` (half to even), ``clip(0, 255)``, uint8, with TF's spans (:func:`lanczos3_spans`) and
+   TF's order of float32 additions. PIL's LANCZOS is another kernel.
 4. :func:`center_crop` (when ``center_crop=True``, the LIBERO default): a box of side
    sqrt(0.9) = 0.94868 of height and width, centred, resized back to 224 x 224 by bilinear sampling.
    Reproduces ``tf.image.crop_and_resize``'s sampling formula and ``convert_image_dtype``'s
@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import functools
 import io
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -83,70 +83,93 @@ LANCZOS_RADIUS = np.float32(3.0)
 _PI = np.float32(3.14159265359)  # TF's kPI, as float32
 
 
+@functools.cache
+def _sinf() -> Any:
+    """The C library's single-precision ``sinf``: what TF's kernel calls (``std::sin(float)``).
+
+    Not ``np.sin`` (its float32 loops differ between CPUs) nor a float64 sine rounded to float32 (the
+    correctly rounded value: it differs from glibc's ``sinf`` by one ulp at some arguments, and one such
+    weight renormalizes its whole row: 12 values of the 12 reference frames then round the other way)."""
+    import ctypes
+    import ctypes.util
+
+    libm = ctypes.CDLL(ctypes.util.find_library("m") or "libm.so.6")
+    libm.sinf.restype, libm.sinf.argtypes = ctypes.c_float, [ctypes.c_float]
+    return np.frompyfunc(lambda value: libm.sinf(float(value)), 1, 1)
+
+
 def _lanczos3(t: np.ndarray) -> np.ndarray:
     """TF's ``LanczosKernelFunc(3)`` on float32 ``|t|``: 3 sin(pi t) sin(pi t / 3) / (pi^2 t^2), 1 at t <= 1e-3, 0 past 3."""
     pi_t = _PI * t
-    sin_a = np.sin(pi_t.astype(np.float64)).astype(np.float32)  # sinf, correctly rounded
-    sin_b = np.sin((pi_t / LANCZOS_RADIUS).astype(np.float64)).astype(np.float32)
+    sin_a = _sinf()(pi_t).astype(np.float32)
+    sin_b = _sinf()(pi_t / LANCZOS_RADIUS).astype(np.float32)
     with np.errstate(divide="ignore", invalid="ignore"):
         value = LANCZOS_RADIUS * sin_a * sin_b / (_PI * _PI * t * t)
     return np.where(t > LANCZOS_RADIUS, np.float32(0.0), np.where(t <= np.float32(1e-3), np.float32(1.0), value))
 
 
-@functools.lru_cache(maxsize=8)
-def lanczos3_weights(in_size: int, out_size: int) -> np.ndarray:
-    """The (out_size, in_size) float32 matrix of TF's antialiased Lanczos-3 resize along one axis.
+class Spans(NamedTuple):
+    """One axis of TF's resize: output pixel ``x`` is ``sum_k weights[x, k] * input[sources[x, k]]``,
+    added in order of ``k`` (ascending source index). ``sources`` [out, span] int64, clamped to the
+    image; ``weights`` [out, span] float32, 0 past the pixel's own span. Read-only."""
 
-    ``scale_and_translate_op.cc`` ``ComputeSpansCore`` with translation 0, in float32: output pixel x
-    samples at s = (x + 0.5) / scale with scale = out / in; kernel scale k = max(1 / scale, 1); source
-    pixels ceil(s - 3k - 0.5) .. floor(s + 3k - 0.5), clamped to the image, weigh
-    lanczos3(|(j + 0.5 - s) / k|), normalized by multiplying with 1 / (their sum, added in order).
-    Read-only (cached).
-    """
+    sources: np.ndarray
+    weights: np.ndarray
+
+
+@functools.lru_cache(maxsize=8)
+def lanczos3_spans(in_size: int, out_size: int) -> Spans:
+    """TF's antialiased Lanczos-3 spans along one axis, in float32 as ``scale_and_translate_op.cc``
+    ``ComputeSpansCore`` computes them (translation 0): output pixel x samples at s = (x + 0.5) * inv
+    with inv = float32(1 / (out / in)); kernel scale k = max(inv, 1); source pixels ceil(s - 3k - 0.5)
+    .. floor(s + 3k - 0.5), clamped to the image, weigh lanczos3(|(j + 0.5 - s) * float32(1 / k)|)
+    (TF multiplies by the inverse; dividing by k moves some weights by an ulp), normalized by
+    multiplying with 1 / (their sum, added in order)."""
     scale = np.float32(out_size) / np.float32(in_size)
     inv_scale = np.float32(1.0 / float(scale))
     kernel_scale = max(inv_scale, np.float32(1.0))
+    one_over_kernel_scale = np.float32(1.0) / kernel_scale
     reach = LANCZOS_RADIUS * kernel_scale
     sample = (np.arange(out_size, dtype=np.float32) + np.float32(0.5)) * inv_scale
     start = np.clip(np.ceil(sample - reach - np.float32(0.5)).astype(np.int64), 0, in_size - 1)
     end = np.clip(np.floor(sample + reach - np.float32(0.5)).astype(np.int64), 0, in_size - 1) + 1
-    span = int((end - start).max())
-    source = start[:, None] + np.arange(span)[None, :]
+    source = start[:, None] + np.arange(int((end - start).max()))[None, :]
     inside = source < end[:, None]
     position = source.astype(np.float32) + np.float32(0.5) - sample[:, None]
-    weights = np.where(inside, _lanczos3(np.abs(position / kernel_scale)), np.float32(0.0))
+    weights = np.where(inside, _lanczos3(np.abs(position * one_over_kernel_scale)), np.float32(0.0))
     total = np.zeros(out_size, np.float32)
-    for k in range(span):  # TF adds the span's weights one by one
+    for k in range(weights.shape[1]):  # TF adds the span's weights one by one
         total = total + weights[:, k]
-    weights = weights * (np.float32(1.0) / total)[:, None]
-    matrix = np.zeros((out_size, in_size), np.float32)
-    rows = np.broadcast_to(np.arange(out_size)[:, None], source.shape)
-    matrix[rows[inside], source[inside]] = weights[inside]
-    matrix.flags.writeable = False
-    return matrix
+    weights = (weights * (np.float32(1.0) / total)[:, None]).astype(np.float32)
+    sources = np.minimum(source, in_size - 1)
+    sources.flags.writeable = weights.flags.writeable = False
+    return Spans(sources, weights)
 
 
-@functools.cache
-def _thread_pools() -> Any:
-    """The process's native thread pools (BLAS among them), found once (``threadpoolctl``)."""
-    from threadpoolctl import ThreadpoolController
-
-    return ThreadpoolController()
+def _gather_add(pixels: np.ndarray, spans: Spans, axis: int) -> np.ndarray:
+    """``scale_and_translate``'s gather along ``axis`` (0: rows, 1: columns) of float32 ``pixels``:
+    start from 0 and add ``weight * source`` tap by tap, each product and sum rounded to float32."""
+    shape = [1, 1, 1]
+    out_size = spans.sources.shape[0]
+    shape[axis] = out_size
+    total = np.zeros(pixels.shape[:axis] + (out_size,) + pixels.shape[axis + 1 :], np.float32)
+    for k in range(spans.sources.shape[1]):
+        total += spans.weights[:, k].reshape(shape) * np.take(pixels, spans.sources[:, k], axis=axis)
+    return total
 
 
 def resize_lanczos(image: np.ndarray, size: int = MODEL_IMAGE_SIZE) -> np.ndarray:
-    """TF's ``resize(method="lanczos3", antialias=True)`` to ``size`` x ``size`` in float32, rows then
-    columns, then ``round`` (half to even) and ``clip(0, 255)``; uint8 in and out.
+    """TF's ``resize(method="lanczos3", antialias=True)`` to ``size`` x ``size``, then ``round`` (half to
+    even) and ``clip(0, 255)``; uint8 in and out.
 
-    The two matrix products run on one BLAS thread: OpenBLAS splits them differently on two threads
-    and a few sums then round to the other grey level (measured: 2 of 1.2 M values on random frames),
-    so the pixels would depend on the machine's core count; one thread is also 10x less CPU here."""
+    TF's own arithmetic, rows then columns (``GatherRows``, ``GatherColumns``): float32, each output a
+    sum over its span in a fixed order, so the pixels are the same on every CPU. (A matrix product
+    sums in the order of the BLAS kernel, which depends on the CPU: 40 values of the 12 reference
+    frames off by one against TF, and other values on an AVX-512 machine than on an AVX2 one.)"""
     pixels = check_rgb_uint8(image).astype(np.float32)
-    height, width, channels = pixels.shape
-    with _thread_pools().limit(limits=1, user_api="blas"):
-        rows = (lanczos3_weights(height, size) @ pixels.reshape(height, width * channels)).reshape(size, width, channels)
-        by_column = rows.transpose(1, 0, 2).reshape(width, size * channels)
-        resized = (lanczos3_weights(width, size) @ by_column).reshape(size, size, channels).transpose(1, 0, 2)
+    height, width, _ = pixels.shape
+    rows = _gather_add(pixels, lanczos3_spans(height, size), axis=0)
+    resized = _gather_add(rows, lanczos3_spans(width, size), axis=1)
     return np.clip(np.round(resized), 0, 255).astype(np.uint8)
 
 
