@@ -15,6 +15,7 @@ import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
 import pytest
 
 pytestmark = pytest.mark.sim
@@ -78,3 +79,28 @@ def test_rendering_fewer_cameras_leaves_physics_and_the_agentview_unchanged(runs
         assert set(policy) == {"state", "objects", "agentview"}
         assert policy == {key: libero[key] for key in ("state", "objects", "agentview")}
         assert none == {key: libero[key] for key in ("state", "objects")}
+
+
+def test_a_reset_from_the_kept_compile_renders_the_stored_frames_and_keeps_no_camera() -> None:
+    """Resets after the first reuse the compiled model and the render context
+    (:mod:`vla_spec.sim.reuse`): the frames are still the stored ones (rendered by fresh compiles,
+    ``golden/reference_images/raw``), and a camera variation does not carry over to the next episode
+    (its model was a copy; the control: the moved camera sees another frame)."""
+    from tests.reference_images import frame_name, read_png
+    from vla_spec.rollout import start_episode
+    from vla_spec.sim.env import LIBERO_CAMERAS, make_env
+    from vla_spec.sim.suites import init_states
+
+    suite, env = "libero_object", make_env("libero_object", 0, cameras=LIBERO_CAMERAS)
+    try:
+        states = init_states(suite, 0)
+        frames, contexts = [], []
+        for init, camera in ((0, "none"), (1, "none"), (0, "shift+2cm"), (2, "none"), (0, "none")):
+            frames.append(start_episode(env, states[init], camera=camera)["agentview_image"])
+            contexts.append(env.sim._render_context_offscreen.con)
+        assert all(context is contexts[0] for context in contexts), "every reset built a new render context"
+        for frame, init in zip([frames[0], frames[1], frames[3], frames[4]], (0, 1, 2, 0)):
+            assert np.array_equal(frame, read_png("raw", frame_name(suite, 0, init))), f"init {init}"
+        assert not np.array_equal(frames[2], frames[0])
+    finally:
+        env.close()

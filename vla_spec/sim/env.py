@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from vla_spec.sim.libero import SimulatorUnavailable, gl_hint, import_libero, load_triton_before_egl
+from vla_spec.sim.reuse import forget_compiled_models, keep_compiled_models
 from vla_spec.sim.suites import CAMERA_SIZE, task_info
 
 
@@ -43,6 +44,7 @@ def make_env(suite: str, task_id: int, *, cameras: tuple[str, ...]) -> Any:
     """A new LIBERO environment for the task rendering ``cameras`` (see the module docstring)."""
     info = task_info(suite, task_id)
     _, env_wrapper = import_libero()
+    keep_compiled_models()
     unknown = set(cameras) - set(LIBERO_CAMERAS)
     if unknown:
         raise ValueError(f"unknown camera(s) {sorted(unknown)}; LIBERO's cameras are {list(LIBERO_CAMERAS)}")
@@ -79,7 +81,7 @@ def get_env(suite: str, task_id: int, *, cameras: tuple[str, ...]) -> Any:
 
     At most ``MAX_CACHED_ENVS`` stay open per process.
     Callers must ``env.seed(...)``, ``env.reset()`` and ``env.set_init_state(...)`` before use
-    (``reset`` rebuilds the MuJoCo model: about 3 s).
+    (``reset`` rebuilds the MuJoCo model, from the kept compile: :mod:`vla_spec.sim.reuse`).
     """
     key = (suite, task_id, tuple(cameras))
     env = _ENV_CACHE.pop(key, None)
@@ -106,6 +108,7 @@ def clear_env_cache() -> None:
     """Close every cached environment of this process (frees about 2 GB per camera env)."""
     for suite, task_id, cameras in list(_ENV_CACHE):
         drop_env(suite, task_id, cameras=cameras)
+    forget_compiled_models()
 
 
 @contextmanager
