@@ -84,23 +84,33 @@ def test_rendering_fewer_cameras_leaves_physics_and_the_agentview_unchanged(runs
 def test_a_reset_from_the_kept_compile_renders_the_stored_frames_and_keeps_no_camera() -> None:
     """Resets after the first reuse the compiled model and the render context
     (:mod:`vla_spec.sim.reuse`): the frames are still the stored ones (rendered by fresh compiles,
-    ``golden/reference_images/raw``), and a camera variation does not carry over to the next episode
-    (its model was a copy; the control: the moved camera sees another frame)."""
+    ``golden/reference_images/raw``); a camera variation does not carry over to the next episode
+    (its model was a copy; the control: the moved camera sees another frame); and the next task's
+    environment, which replaces the kept compile, renders its own stored frame (the replaced
+    context is freed in its own GL context, not in the new one's)."""
     from tests.reference_images import frame_name, read_png
     from vla_spec.rollout import start_episode
     from vla_spec.sim.env import LIBERO_CAMERAS, make_env
     from vla_spec.sim.suites import init_states
 
-    suite, env = "libero_object", make_env("libero_object", 0, cameras=LIBERO_CAMERAS)
+    def first_frame(env, suite: str, init: int, camera: str = "none") -> np.ndarray:  # type: ignore[no-untyped-def]
+        return start_episode(env, init_states(suite, 0)[init], camera=camera)["agentview_image"]
+
+    env = make_env("libero_object", 0, cameras=LIBERO_CAMERAS)
     try:
-        states = init_states(suite, 0)
         frames, contexts = [], []
         for init, camera in ((0, "none"), (1, "none"), (0, "shift+2cm"), (2, "none"), (0, "none")):
-            frames.append(start_episode(env, states[init], camera=camera)["agentview_image"])
+            frames.append(first_frame(env, "libero_object", init, camera))
             contexts.append(env.sim._render_context_offscreen.con)
         assert all(context is contexts[0] for context in contexts), "every reset built a new render context"
         for frame, init in zip([frames[0], frames[1], frames[3], frames[4]], (0, 1, 2, 0)):
-            assert np.array_equal(frame, read_png("raw", frame_name(suite, 0, init))), f"init {init}"
+            assert np.array_equal(frame, read_png("raw", frame_name("libero_object", 0, init))), f"init {init}"
         assert not np.array_equal(frames[2], frames[0])
+    finally:
+        env.close()
+    env = make_env("libero_spatial", 0, cameras=LIBERO_CAMERAS)
+    try:
+        for _ in range(2):
+            assert np.array_equal(first_frame(env, "libero_spatial", 0), read_png("raw", frame_name("libero_spatial", 0, 0)))
     finally:
         env.close()

@@ -17,12 +17,15 @@ one compiled last:
 
 A context is taken over only once its simulation was freed (``MjSim.free``, which robosuite's hard
 reset and ``env.close`` call): two live environments of the same XML never share one. One XML is
-kept per process (an environment of another task compiles and builds as before).
+kept per process (an environment of another task compiles and builds as before); the context of
+the XML it replaces is freed with its own GL context current (:func:`_forget`).
 """
 
 from __future__ import annotations
 
+import atexit
 import copy
+import functools
 import hashlib
 import weakref
 from dataclasses import dataclass
@@ -38,8 +41,22 @@ class _Kept:
     context: Any = None  # robosuite MjRenderContextOffscreen
     owner: Any = None  # weakref to the live MjSim using ``context``, None once it was freed
 
+    def in_use(self) -> bool:
+        return self.owner is not None and self.owner() is not None
+
 
 _kept: _Kept | None = None
+
+
+def _forget() -> None:
+    """Drop the kept model and context. A context no simulation uses is freed now, with its own GL
+    context current: an ``MjrContext`` frees its textures and buffers by number in whatever GL
+    context is current, so freed later (at a garbage collection, after another context was made
+    current) it would delete that context's objects, and that environment would render wrong frames."""
+    global _kept
+    if _kept is not None and _kept.context is not None and not _kept.in_use():
+        _kept.context.gl_ctx.make_current()
+    _kept = None  # a context in use stays with its simulation, which robosuite frees as before
 
 
 def _compile(sim_class: type, xml: str) -> Any:
@@ -49,10 +66,23 @@ def _compile(sim_class: type, xml: str) -> Any:
     global _kept
     digest = hashlib.sha256(xml.encode()).hexdigest()
     if _kept is None or _kept.digest != digest:
+        _forget()
         _kept = _Kept(digest, mujoco.MjModel.from_xml_string(xml))
     sim = sim_class(copy.copy(_kept.model))
-    sim._vla_spec_kept = _kept
+    sim._vla_spec_digest = digest  # a name, not the _Kept: no reference cycle keeps a context alive
     return sim
+
+
+@functools.cache
+def _forget_at_exit() -> None:
+    """Free the kept context at exit while EGL still can: registered after robosuite's
+    ``eglTerminate`` (at its first context), so it runs before it (atexit runs the last first)."""
+    atexit.register(_forget)
+
+
+def _kept_for(sim: Any) -> _Kept | None:
+    digest = getattr(sim, "_vla_spec_digest", None)
+    return _kept if _kept is not None and digest == _kept.digest else None
 
 
 def _render_context(build: Any, sim: Any, device_id: int = -1) -> Any:
@@ -60,11 +90,12 @@ def _render_context(build: Any, sim: Any, device_id: int = -1) -> Any:
     ``sim``'s model is the kept one and the context's last simulation was freed."""
     import mujoco
 
-    kept = getattr(sim, "_vla_spec_kept", None)
-    if kept is None or (kept.context is not None and kept.owner is not None and kept.owner() is not None):
+    kept = _kept_for(sim)
+    if kept is None or (kept.context is not None and kept.in_use()):
         return build(sim, device_id=device_id)
     if kept.context is None:
         kept.context = build(sim, device_id=device_id)
+        _forget_at_exit()
     else:  # as MjRenderContext.__init__, less the GL context and the MjrContext
         context = kept.context
         context.gl_ctx.make_current()
@@ -87,7 +118,7 @@ def _render_context(build: Any, sim: Any, device_id: int = -1) -> Any:
 
 def _free(original: Any, sim: Any) -> None:
     """``MjSim.free``: the kept context, if ``sim`` used it, passes to the next simulation."""
-    kept = getattr(sim, "_vla_spec_kept", None)
+    kept = _kept_for(sim)
     if kept is not None and kept.owner is not None and kept.owner() is sim:
         kept.owner = None
     original(sim)
@@ -109,6 +140,5 @@ def keep_compiled_models() -> None:
 
 
 def forget_compiled_models() -> None:
-    """Drop the kept model and context (their memory goes with the last simulation using them)."""
-    global _kept
-    _kept = None
+    """Drop the kept model and context (see :func:`_forget`)."""
+    _forget()
