@@ -5,6 +5,9 @@ simulator states and images in two fresh Python processes (libero-facts "Determi
 Rendering does not touch the physics: an environment rendering only the policy's camera
 (``POLICY_CAMERAS``, what every rollout now builds) and one rendering none give the same states as
 LIBERO's default two cameras, and the same agentview image.
+
+Within a process, resets after the first reuse the compiled model and the render context
+(:mod:`vla_spec.sim.reuse`): they still render the frames stored from fresh compiles.
 """
 
 from __future__ import annotations
