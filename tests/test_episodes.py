@@ -148,6 +148,19 @@ def test_resume_with_another_configuration_is_refused(tmp_path: Path, changes: d
     assert len(lines(path)) == 1  # nothing written
 
 
+def test_a_checkpoint_found_elsewhere_resumes_by_its_content_hash(tmp_path: Path) -> None:
+    """The checkpoint's folder is recorded but may move (another checkout, another machine): the
+    weights' hash decides; the same folder with other weights is refused."""
+    path = tmp_path / "log.jsonl"
+    with EpisodeLog.open(path, config(policy_setup={"checkpoint": "/a/tiny", "checkpoint_sha256": "beef"}), VERSIONS) as log:
+        log.append(result(SPECS[0]))
+    with EpisodeLog.open(path, config(policy_setup={"checkpoint": "/b/tiny", "checkpoint_sha256": "beef"}), VERSIONS) as log:
+        assert set(log.finished) == {spec_key(SPECS[0])}
+    assert read_log(path).header.config["policy_setup"] == {"checkpoint": "/a/tiny", "checkpoint_sha256": "beef"}
+    with pytest.raises(LogMismatch, match="policy_setup.checkpoint_sha256: 'beef' in the log, 'cafe' now"):
+        EpisodeLog.open(path, config(policy_setup={"checkpoint": "/a/tiny", "checkpoint_sha256": "cafe"}), VERSIONS)
+
+
 def test_overwrite_starts_the_log_afresh(tmp_path: Path) -> None:
     path = tmp_path / "log.jsonl"
     with EpisodeLog.open(path, config(), VERSIONS) as log:

@@ -17,7 +17,8 @@ Resume policy (:meth:`EpisodeLog.open` on an existing log):
 
 * the *identity* of the run must match the header: policy name, policy parameters, what the policy
   was found to be at setup (``policy_setup``: e.g. a checkpoint's content hash, dtype, device and the
-  resolved ``unnorm_key``), the set of episodes (suite, task, init index, env seed, camera
+  resolved ``unnorm_key``; not the checkpoint's folder, :data:`SETUP_LOCATIONS`: a checkout or a
+  machine elsewhere resumes the log when the weights hash the same), the set of episodes (suite, task, init index, env seed, camera
   variation; a log written before cameras varied holds camera ``none``) and
   ``record_trace``; otherwise :class:`LogMismatch`, naming each field that differs.
   ``overwrite=True`` starts the log afresh instead;
@@ -193,7 +194,7 @@ class RunConfig:
         return {
             "policy": self.policy,
             "policy_params": self.policy_params,
-            "policy_setup": self.policy_setup,
+            "policy_setup": _without_locations(self.policy_setup),
             "specs": sorted(list(key) for key in map(spec_key, self.specs)),
             "record_trace": self.record_trace,
         }
@@ -203,6 +204,7 @@ class RunConfig:
         suites = sorted({spec.suite for spec in self.specs})
         return {
             **self.identity(),
+            "policy_setup": self.policy_setup,  # with the locations that the identity leaves out
             "suites": suites,
             "tasks": {s: sorted({spec.task_id for spec in self.specs if spec.suite == s}) for s in suites},
             "init_indices": sorted({spec.init_index for spec in self.specs}),
@@ -214,11 +216,21 @@ class RunConfig:
 
 
 _IDENTITY_KEYS = ("policy", "policy_params", "policy_setup", "specs", "record_trace")
+#: ``policy_setup`` fields that say where the policy's files were, not what they held (the content
+#: hash beside them does): the header records them, a resume may find the files elsewhere.
+SETUP_LOCATIONS: tuple[str, ...] = ("checkpoint",)
+
+
+def _without_locations(policy_setup: Mapping[str, Any] | None) -> Mapping[str, Any] | None:
+    if policy_setup is None:
+        return None
+    return {key: value for key, value in policy_setup.items() if key not in SETUP_LOCATIONS}
 
 
 def _identity_of(config_json: Mapping[str, Any]) -> dict[str, Any]:
     """The identity in a header; episode keys written before camera variations get camera ``none``."""
     identity = {key: config_json.get(key) for key in _IDENTITY_KEYS}
+    identity["policy_setup"] = _without_locations(identity["policy_setup"])
     if identity["specs"] is not None:
         identity["specs"] = sorted(list(key) + [DEFAULT_VARIATION] * (5 - len(key)) for key in identity["specs"])
     return identity
