@@ -140,7 +140,7 @@ def lanczos3_spans(in_size: int, out_size: int) -> Spans:
     total = np.zeros(out_size, np.float32)
     for k in range(weights.shape[1]):  # TF adds the span's weights one by one
         total = total + weights[:, k]
-    weights = (weights * (np.float32(1.0) / total)[:, None]).astype(np.float32)
+    weights = weights * (np.float32(1.0) / total)[:, None]
     sources = np.minimum(source, in_size - 1)
     sources.flags.writeable = weights.flags.writeable = False
     return Spans(sources, weights)
