@@ -3,9 +3,10 @@
 :class:`OpenVLA` is the checkpoint: the network (:mod:`vla_spec.model.network`, whose weights it
 holds) with what the checkpoint owns around it, each a stage of its own::
 
-    images, instructions --processor--> pixel_values, prompt ids      (vla_spec.model.processor)
-        --network.embed_prefix--> prefix --decoder--> token ids, margins   (vla_spec.model.decoding)
-        --action_processor(unnorm_key)--> ActionPrediction                (vla_spec.actions)
+    images --processor.resize--> uint8 pixels --network.encode_images--> patches   (queued on the device)
+    instructions --processor.prompt_ids--> prompt ids              (on the host, while the towers run)
+    patches, prompt ids --network.prefix_of_patches--> prefix --decoder--> token ids, margins
+        --action_processor(unnorm_key)--> ActionPrediction         (vla_spec.model.processor, .network, .decoding; vla_spec.actions)
 
 The decoder is swappable: ``model.decoder`` (default :func:`greedy_decode`) or the ``decoder``
 argument of :meth:`OpenVLA.predict_action`, with the signature of
@@ -24,7 +25,7 @@ from vla_spec.actions import ActionPrediction, ActionProcessor
 from vla_spec.model.config import OpenVLAConfig
 from vla_spec.model.decoding import Decoder, greedy_decode
 from vla_spec.model.network import OpenVLANetwork, Prefix
-from vla_spec.model.processor import ImageLike, ModelInputs, OpenVLAProcessor
+from vla_spec.model.processor import ImageLike, OpenVLAProcessor, pixel_values_from_uint8, pixel_values_on
 from vla_spec.normalization import NormStats
 from vla_spec.tokens import ActionTokenizer
 
@@ -38,7 +39,7 @@ class OpenVLA(OpenVLANetwork):
     and statistics (``norm_stats``), and a ``decoder``.
 
     ``pixels_on_device`` (default True): the resized uint8 images go to the model's device and are
-    normalized there, in the model's dtype (:meth:`ModelInputs.pixel_values_on`); False builds the
+    normalized there, in the model's dtype (:func:`~vla_spec.model.processor.pixel_values_on`); False builds the
     float32 ``pixel_values`` on the CPU first, as the reference does. Both give the same values.
 
     ``call_runner`` (default None; set by :func:`vla_spec.model.fast_decoding.accelerate`): where it
@@ -70,12 +71,16 @@ class OpenVLA(OpenVLANetwork):
     @torch.inference_mode()
     def prefix(self, images: ImageLike | Sequence[ImageLike], instructions: str | Sequence[str]) -> Prefix:
         """The decoder input for a batch (one image per instruction; a single pair is a batch of 1)."""
-        return self._prefix_of(self.processor(images, instructions))
+        return self._prefix(*self.processor.pairs(images, instructions))
 
     @torch.inference_mode()
-    def _prefix_of(self, inputs: ModelInputs) -> Prefix:
-        pixels = inputs.pixel_values_on(self.device, self.dtype) if self.pixels_on_device else inputs.pixel_values
-        return self.embed_prefix(pixels, inputs.input_ids)
+    def _prefix(self, images: list[ImageLike], instructions: list[str]) -> Prefix:
+        """The towers are queued on the device first; the host tokenizes while they run."""
+        pixels = self.processor.resize(images)
+        pixel_values = pixel_values_on(pixels, self.device, self.dtype) if self.pixels_on_device else (
+            pixel_values_from_uint8(pixels))
+        patches = self.encode_images(pixel_values)
+        return self.prefix_of_patches(patches, self.processor.prompt_ids(instructions))
 
     def predict_action(
         self,
@@ -95,12 +100,13 @@ class OpenVLA(OpenVLANetwork):
         ``self.decoder`` for this call.
         """
         outputs = self.action_processor(unnorm_key)
-        inputs = self.processor(images, instructions)
+        image_list, instruction_list = self.processor.pairs(images, instructions)
         runner = self.call_runner if decoder is None else None
-        if runner is not None and runner.applies(len(inputs.input_ids)):
-            result = runner(inputs.pixels, inputs.input_ids, outputs.action_dim)
+        if runner is not None and runner.applies(len(image_list)):
+            pixels = self.processor.resize(image_list)
+            result = runner(pixels, self.processor.prompt_ids(instruction_list), outputs.action_dim)
         else:
-            prefix = self._prefix_of(inputs)
+            prefix = self._prefix(image_list, instruction_list)
             result = (decoder or self.decoder)(
                 self.language_model, prefix.inputs_embeds, prefix.attention_mask, outputs.action_dim
             )

@@ -48,6 +48,13 @@ class PrefixLayout(NamedTuple):
     attention_mask: torch.Tensor
 
 
+def _to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host tensor on ``device``; to CUDA through pinned memory without blocking the host."""
+    if device.type != "cuda":
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)
+
+
 class OpenVLANetwork(nn.Module):
     """OpenVLA-7B's modules (or a tiny model of the same architecture) built from an :class:`OpenVLAConfig`."""
 
@@ -119,16 +126,18 @@ class OpenVLANetwork(nn.Module):
         return source[index]
 
     def embed_prefix(self, pixel_values: torch.Tensor, input_ids: Sequence[Sequence[int]]) -> Prefix:
-        """Embed ``[BOS] + patches + ids[1:]`` per sample and left-pad the batch.
+        """Embed ``[BOS] + patches + ids[1:]`` per sample and left-pad the batch: the towers
+        (:meth:`encode_images`), then :meth:`prefix_of_patches`."""
+        return self.prefix_of_patches(self.encode_images(pixel_values), input_ids)
 
-        The layout (:meth:`prefix_layout`) is copied to the device together with the ids *before*
-        the towers are queued (a host-to-device copy queued behind them would make the host wait
-        for them); the prefix is then one gather (:meth:`assemble_prefix`), with no per-row work."""
-        if len(input_ids) != pixel_values.shape[0]:
-            raise ValueError(f"{pixel_values.shape[0]} images but {len(input_ids)} prompts: give one prompt per image")
-        layout = self.prefix_layout(input_ids)
-        ids, index, mask = (t.to(self.device) for t in layout)
-        patches = self.encode_images(pixel_values)
+    def prefix_of_patches(self, patches: torch.Tensor, input_ids: Sequence[Sequence[int]]) -> Prefix:
+        """The prefix of projected ``patches`` [B, 256, H] (the towers may still be running on the
+        device) and one prompt per row: the layout (:meth:`prefix_layout`) is worked out on the host
+        and copied to the device without waiting for the towers (pinned, non-blocking: a pageable
+        copy queued behind them would make the host wait), then one gather (:meth:`assemble_prefix`)."""
+        if len(input_ids) != patches.shape[0]:
+            raise ValueError(f"{patches.shape[0]} images but {len(input_ids)} prompts: give one prompt per image")
+        ids, index, mask = (_to_device(t, self.device) for t in self.prefix_layout(input_ids))
         return Prefix(inputs_embeds=self.assemble_prefix(ids, index, patches), attention_mask=mask)
 
     @torch.inference_mode()

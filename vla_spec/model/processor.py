@@ -137,9 +137,14 @@ class ModelInputs:
         return pixel_values_from_uint8(self.pixels)
 
     def pixel_values_on(self, device: torch.device | str, dtype: torch.dtype) -> torch.Tensor:
-        """``pixel_values`` in ``dtype``, expanded on ``device`` from the uint8 pixels (1 byte per
-        pixel channel crosses to the device instead of 6 float32 values)."""
-        return pixel_values_from_uint8(self.pixels.to(device, non_blocking=True), dtype)
+        """``pixel_values`` in ``dtype``, expanded on ``device`` (:func:`pixel_values_on`)."""
+        return pixel_values_on(self.pixels, device, dtype)
+
+
+def pixel_values_on(pixels: torch.Tensor, device: torch.device | str, dtype: torch.dtype) -> torch.Tensor:
+    """uint8 [B, H, W, 3] host pixels -> ``pixel_values`` [B, 6, H, W] in ``dtype``, expanded on
+    ``device`` (1 byte per pixel channel crosses to the device instead of 6 float32 values)."""
+    return pixel_values_from_uint8(pixels.to(device, non_blocking=True), dtype)
 
 
 @dataclass(frozen=True, eq=False)
@@ -155,10 +160,21 @@ class OpenVLAProcessor:
             raise RuntimeError("this model has no tokenizer: load it with vla_spec.model.from_pretrained(path)")
         return [prompt_ids(self.tokenizer, instruction) for instruction in instructions]
 
-    def __call__(self, images: ImageLike | Sequence[ImageLike], instructions: str | Sequence[str]) -> ModelInputs:
-        """One image per instruction (a single pair is a batch of 1; [B, H, W, 3] is a batch)."""
+    def pairs(
+        self, images: ImageLike | Sequence[ImageLike], instructions: str | Sequence[str]
+    ) -> tuple[list[ImageLike], list[str]]:
+        """One image per instruction, as two lists (a single pair is a batch of 1; [B, H, W, 3] is a batch)."""
         image_list = _as_list(images, (np.ndarray,))
         instruction_list = _as_list(instructions, (str,))
         if len(image_list) != len(instruction_list):
             raise ValueError(f"{len(image_list)} images but {len(instruction_list)} instructions: give one per image")
-        return ModelInputs(resize_images(image_list, self.image_size), self.prompt_ids(instruction_list))
+        return image_list, instruction_list
+
+    def resize(self, images: Sequence[ImageLike]) -> torch.Tensor:
+        """The images at this processor's size, uint8 [B, size, size, 3] (:func:`resize_images`)."""
+        return resize_images(list(images), self.image_size)
+
+    def __call__(self, images: ImageLike | Sequence[ImageLike], instructions: str | Sequence[str]) -> ModelInputs:
+        """Both inputs at once (:meth:`pairs`, :meth:`resize`, :meth:`prompt_ids`)."""
+        image_list, instruction_list = self.pairs(images, instructions)
+        return ModelInputs(self.resize(image_list), self.prompt_ids(instruction_list))
