@@ -69,7 +69,7 @@ from vla_spec.model.agreement import near_tie_divergences, near_ties  # noqa: E4
 from vla_spec.model.config import OpenVLAConfig  # noqa: E402
 from vla_spec.model.fast_decoding import FastGreedyDecoder, accelerate, restore  # noqa: E402
 from vla_spec.model.modeling import OpenVLA  # noqa: E402
-from vla_spec.model.static_llama import ATTENTION_BACKENDS, STEP_ATTENTION_BACKENDS  # noqa: E402
+from vla_spec.model.static_llama import SDPA_BACKENDS, STEP_ATTENTION_BACKENDS  # noqa: E402
 
 TINY = ROOT / "golden" / "tiny-openvla"
 INSTRUCTION = "put the bowl on the plate"
@@ -307,9 +307,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tiny-fp8", action="store_true",
                         help="first, the tiny checkpoint's tokens with a float8 prefill against bfloat16 and naive")
     parser.add_argument("--host-pixels", action="store_true", help="also ours with float32 pixels made on the host")
-    parser.add_argument("--attention-backend", default=None, choices=["default", *ATTENTION_BACKENDS],
-                        help="ours: the prefill's kernel, SDPA's or triton (FastGreedyDecoder(attention_backend=...); "
-                             "default: torch's choice)")
+    parser.add_argument("--attention-backend", default=None, choices=["default", *SDPA_BACKENDS],
+                        help="ours: the SDPA kernel (FastGreedyDecoder(attention_backend=...); default: torch's choice)")
     parser.add_argument("--step-attention-backend", default=None, choices=["default", *STEP_ATTENTION_BACKENDS],
                         help="ours: the decode steps' kernel (an SDPA backend or triton), if not --attention-backend's")
     parser.add_argument("--vision-compile-mode", default=None,

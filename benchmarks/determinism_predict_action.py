@@ -114,7 +114,6 @@ def decoder_variants(model: Any, prefix: Any, count: int, iters: int, graphs: bo
                                                     for b in BACKENDS]
     variants += [("default prefill, efficient steps", {"step_attention_backend": "efficient"}, None),
                  ("default prefill, triton steps", {"step_attention_backend": "triton"}, None),
-                 ("triton prefill and steps", {"attention_backend": "triton"}, None),
                  ("torch's SDPA choice everywhere", {"step_attention_backend": "sdpa"}, None),
                  ("default, no CUDA graph", {"use_cuda_graphs": False}, None),
                  ("default, deterministic algorithms", {}, "deterministic"),

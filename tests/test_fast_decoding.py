@@ -278,9 +278,7 @@ def test_attention_backend_option():
         FastGreedyDecoder(attention_backend="fast")
     with pytest.raises(ValueError, match="unknown step_attention_backend 'fast'.*triton"):
         FastGreedyDecoder(step_attention_backend="fast")
-    with pytest.raises(ValueError, match="unknown attention_backend 'sdpa'.*triton"):
-        FastGreedyDecoder(attention_backend="sdpa")  # a decode-step choice only
-    with pytest.raises(ValueError, match="attention_backend='triton' needs CUDA tensors"):
-        FastGreedyDecoder(attention_backend="triton")(model, embeds, mask, 7)
+    with pytest.raises(ValueError, match="unknown attention_backend 'triton'"):
+        FastGreedyDecoder(attention_backend="triton")  # a decode-step kernel only
     with pytest.raises(ValueError, match="triton.*needs CUDA tensors"):
         FastGreedyDecoder(step_attention_backend="triton")(model, embeds, mask, 7)

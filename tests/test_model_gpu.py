@@ -16,7 +16,6 @@ Run: ``pytest -m gpu``. Record the CUDA golden once per device class with ``--sn
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -427,72 +426,6 @@ def test_triton_decode_attention_matches_sdpa():
         assert torch.equal(decode_attention(q, k, v, mask), got)
         unmasked = decode_attention(q, k, v, torch.zeros_like(mask))
         assert (unmasked.double() - want).abs().max().item() > 10 * tol
-
-
-def test_triton_prefill_attention_matches_sdpa():
-    """``attention_backend="triton"``'s prefill kernel against SDPA in float64 under the decoder's
-    prefill mask (causal, left padding over a whole key block, a padded query sees itself):
-    bfloat16 and float32, head sizes 128 (7B) and 8 (the tiny model), grouped K/V heads, lengths
-    that are no multiple of the kernel's blocks; returned as [B, L, H, d]; replays bitwise equal.
-    Negative control: with a zero mask (padding attended) far off."""
-    import torch
-
-    from vla_spec.model.triton_attention import prefill_attention
-
-    generator = torch.Generator(device="cuda").manual_seed(0)
-    for dtype, dim, heads, kv_heads, length, cache in [(torch.bfloat16, 128, 32, 32, 280, 288),
-                                                       (torch.float32, 8, 4, 4, 37, 48),
-                                                       (torch.bfloat16, 64, 8, 2, 200, 208)]:
-        batch = 3
-        q = torch.randn(batch, length, heads, dim, device="cuda", generator=generator).to(dtype).transpose(1, 2)
-        k, v = (torch.randn(batch, kv_heads, cache, dim, device="cuda", generator=generator).to(dtype) for _ in range(2))
-        valid = torch.ones(batch, cache, dtype=torch.bool, device="cuda")
-        valid[1, :100 if length > 100 else 20] = False
-        causal = torch.ones(length, cache, dtype=torch.bool, device="cuda").tril()
-        eye = torch.eye(length, cache, dtype=torch.bool, device="cuda")
-        allowed = ((causal[None] & valid[:, None, :]) | eye[None])[:, None]
-        mask = torch.zeros(allowed.shape, device="cuda", dtype=dtype).masked_fill_(~allowed, float("-inf"))
-        rep = heads // kv_heads
-        want = torch.nn.functional.scaled_dot_product_attention(
-            q.double(), k.double().repeat_interleave(rep, 1), v.double().repeat_interleave(rep, 1),
-            attn_mask=mask.double()).transpose(1, 2)
-        got = prefill_attention(q, k, v, mask)
-        assert got.shape == (batch, length, heads, dim) and got.dtype == dtype
-        tol = 1e-5 if dtype == torch.float32 else 1e-2
-        assert (got.double() - want).abs().max().item() <= tol
-        assert torch.equal(prefill_attention(q, k, v, mask), got)
-        unmasked = prefill_attention(q, k, v, torch.zeros_like(mask))
-        assert (unmasked.double() - want).abs().max().item() > 10 * tol
-
-
-def test_triton_prefill_attention_decoder(cuda_model):
-    """The decoder with ``attention_backend="triton"`` (our kernels for the prefill and the steps)
-    on a left-padded batch: the naive tokens up to near-ties in bfloat16; replays bitwise equal
-    (ids, margins, top-1 logits); the tiny Llama in float32 gives the math backend's tokens."""
-    import torch
-
-    from vla_spec.model.decoding import greedy_decode
-    from vla_spec.model.fast_decoding import FastGreedyDecoder
-    from tests.test_fast_decoding import left_padded_batch, tiny_llama
-
-    decoder = FastGreedyDecoder(attention_backend="triton")
-    llama = decoder.static_llama(cuda_model.language_model, cuda_model.device)
-    assert llama.prefill_triton and llama.step_triton
-    cases = golden_cases()[::3]
-    prefix = cuda_model.prefix([load_image(image) for image, _ in cases], [text for _, text in cases])
-    naive = greedy_decode(cuda_model.language_model, prefix.inputs_embeds, prefix.attention_mask, 7)
-    fast = decoder(cuda_model.language_model, prefix.inputs_embeds, prefix.attention_mask, 7)
-    assert near_tie_divergences(
-        fast.token_ids.cpu().numpy(), naive.token_ids.cpu().numpy(), _ties(naive, cuda_model.dtype, 1e-3)
-    ) == []
-    again = decoder(cuda_model.language_model, prefix.inputs_embeds, prefix.attention_mask, 7)
-    assert all(torch.equal(getattr(again, f), getattr(fast, f)) for f in ("token_ids", "margins", "top_logits"))
-    model = copy.deepcopy(tiny_llama(4)).cuda()
-    embeds, mask = (t.cuda() for t in left_padded_batch())
-    ours = FastGreedyDecoder(attention_backend="triton")(model, embeds, mask, 7)
-    math = FastGreedyDecoder(attention_backend="math")(model, embeds, mask, 7)
-    assert torch.equal(ours.token_ids, math.token_ids)
-    assert (ours.margins - math.margins).abs().max().item() < 1e-4
 
 
 def test_triton_step_attention_decoder(cuda_model):

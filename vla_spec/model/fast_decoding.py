@@ -55,7 +55,7 @@ from vla_spec.model.decoding import GreedyResult, check_decoder_inputs, position
 from vla_spec.model.fast_vision import GraphedVision, captured, has_hooks
 from vla_spec.model.network import PrefixLayout
 from vla_spec.model.processor import pixel_values_from_uint8
-from vla_spec.model.static_llama import StaticLlama, check_attention_backend, check_step_attention_backend
+from vla_spec.model.static_llama import StaticLlama, check_step_attention_backend, sdpa_backend
 
 __all__ = ["FastGreedyDecoder", "GraphedCall", "accelerate", "restore", "is_accelerated", "first_difference"]
 
@@ -192,12 +192,11 @@ class FastGreedyDecoder:
     instead of cuBLAS (None = on CUDA; the kernel autotunes on first use). ``fp8`` (default off):
     the prefill's projections in float8 e4m3 (:func:`vla_spec.model.static_llama.fp8_linear`; a
     float8 copy of those weights, +6.5 GB at 7B); this changes tokens beyond near-ties, so it is
-    an option only, measured in benchmarks/README.md. ``attention_backend``: the prefill's kernel,
-    an SDPA backend (:func:`vla_spec.model.static_llama.sdpa_backend`; None = torch's choice, cuDNN's
-    kernel on an H200) or ``"triton"`` (:func:`vla_spec.model.triton_attention.prefill_attention`).
-    ``step_attention_backend``: the decode steps' kernel. None = ``"triton"``
+    an option only, measured in benchmarks/README.md. ``attention_backend``: the SDPA kernel
+    (:func:`vla_spec.model.static_llama.sdpa_backend`; None = torch's choice, cuDNN's kernel on an
+    H200). ``step_attention_backend``: the decode steps' kernel. None = ``"triton"``
     (:func:`vla_spec.model.triton_attention.decode_attention`) on CUDA when ``attention_backend`` is
-    None or ``"triton"``, else ``attention_backend``'s; ``"sdpa"`` = torch's choice (the default before session 12:
+    None, else ``attention_backend``'s; ``"sdpa"`` = torch's choice (the default before session 12:
     on an H200 cuDNN's single-query kernel, whose replays are not bitwise equal at batch 8 and 32;
     ``"efficient"`` is reproducible and slower; the Triton kernel is reproducible and costs about
     1.6 % of the decoder at batch 32, benchmarks/README.md, session 12).
@@ -219,7 +218,7 @@ class FastGreedyDecoder:
     ) -> None:
         if pad_multiple < 1 or max_buckets < 1:
             raise ValueError("pad_multiple and max_buckets must be >= 1")
-        check_attention_backend(attention_backend), check_step_attention_backend(step_attention_backend)
+        sdpa_backend(attention_backend), check_step_attention_backend(step_attention_backend)  # bad names fail here
         self.use_cuda_graphs = use_cuda_graphs
         self.pad_multiple = pad_multiple
         self.max_buckets = max_buckets
@@ -259,7 +258,7 @@ class FastGreedyDecoder:
             use_gemv = (self.gemv if self.gemv is not None else True) and device.type == "cuda"
             fused = self.fuse if self.fuse is not None else device.type == "cuda"
             step = self.step_attention_backend
-            if step is None and self.attention_backend in (None, "triton") and device.type == "cuda":
+            if step is None and self.attention_backend is None and device.type == "cuda":
                 step = "triton"
             self._llamas[key] = StaticLlama(language_model, fused, compiled, use_gemv, self.fp8, self.attention_backend,
                                             step)

@@ -18,8 +18,7 @@ Options, per :class:`StaticLlama`:
   products in float8 e4m3 (:func:`fp8_linear`), with per-output-row weight scales (a float8 copy of
   those weights, about 6.5 GB for a 7B Llama) and per-token activation scales computed on the fly;
   the decode steps (one row per sequence, weight-bandwidth bound) stay in the model dtype.
-* ``attention_backend``: the prefill's kernel: an SDPA backend (:func:`sdpa_backend`; default torch's
-  choice) or ``"triton"`` (:func:`vla_spec.model.triton_attention.prefill_attention`, CUDA only);
+* ``attention_backend``: the SDPA kernel (:func:`sdpa_backend`; default torch's choice);
   ``step_attention_backend``: the decode steps' (single query row) kernel, if another: an SDPA
   backend, ``"sdpa"`` (torch's choice) or ``"triton"``
   (:func:`vla_spec.model.triton_attention.decode_attention`, CUDA only).
@@ -35,7 +34,7 @@ from typing import Any, Callable, ContextManager, NamedTuple
 import torch
 import torch.nn.functional as F
 
-from vla_spec.model.triton_attention import decode_attention, prefill_attention
+from vla_spec.model.triton_attention import decode_attention
 from vla_spec.model.triton_gemv import gemv
 
 
@@ -187,9 +186,6 @@ def _attention_output_and_mlp(
 
 
 SDPA_BACKENDS = ("cudnn", "efficient", "flash", "math")
-ATTENTION_BACKENDS = ("triton", *SDPA_BACKENDS)
-"""The prefill's kernels: ours (:func:`vla_spec.model.triton_attention.prefill_attention`, causal
-blocks skipped) or one SDPA backend (None: torch's choice)."""
 STEP_ATTENTION_BACKENDS = ("triton", "sdpa", *SDPA_BACKENDS)
 """The decode steps' kernels: ours (:mod:`vla_spec.model.triton_attention`), SDPA with torch's
 choice of kernel (``"sdpa"``), or one SDPA backend."""
@@ -207,12 +203,6 @@ def sdpa_backend(name: str | None) -> Callable[[], ContextManager[None]]:
     if name not in backends:
         raise ValueError(f"unknown attention_backend {name!r}: use None (torch's choice) or one of {SDPA_BACKENDS}")
     return functools.partial(sdpa_kernel, backends[name])
-
-
-def check_attention_backend(name: str | None) -> None:
-    """Raise a ValueError unless ``name`` is None or one of :data:`ATTENTION_BACKENDS`."""
-    if name is not None and name not in ATTENTION_BACKENDS:
-        raise ValueError(f"unknown attention_backend {name!r}: use None (torch's choice) or one of {ATTENTION_BACKENDS}")
 
 
 def check_step_attention_backend(name: str | None) -> None:
@@ -300,12 +290,10 @@ class StaticLlama:
         self.head_dim = int(getattr(config, "head_dim", None) or config.hidden_size // self.n_heads)
         self.hidden = int(config.hidden_size)
         self.use_gemv = use_gemv
-        check_attention_backend(attention_backend), check_step_attention_backend(step_attention_backend)
-        self.prefill_triton = attention_backend == "triton"
-        prefill_sdpa = None if self.prefill_triton else attention_backend
-        self.attention_backend = sdpa_backend(prefill_sdpa)
+        check_step_attention_backend(step_attention_backend)
+        self.attention_backend = sdpa_backend(attention_backend)
         self.step_triton = step_attention_backend == "triton"
-        step_sdpa = {None: prefill_sdpa, "triton": prefill_sdpa, "sdpa": None}
+        step_sdpa = {None: attention_backend, "triton": attention_backend, "sdpa": None}
         self.step_attention_backend = sdpa_backend(step_sdpa.get(step_attention_backend, step_attention_backend))
         self.weights = [self._layer_weights(layer, fuse) for layer in model.layers]
         if fp8:
@@ -380,11 +368,8 @@ class StaticLlama:
         if last_only:
             q, h, mask, q_len = q[:, :, -1:], h[:, -1:], mask[:, :, -1:], 1
             gemv_rows = self.use_gemv and batch == 1
-        ours = self.step_triton if step else self.prefill_triton
-        if ours and q_len == 1:
+        if step and self.step_triton:
             out = decode_attention(q, keys, values, mask)
-        elif ours:
-            out = prefill_attention(q, keys, values, mask).transpose(1, 2)  # [B, L, H, d] memory
         else:
             if self.n_kv != self.n_heads:
                 rep = self.n_heads // self.n_kv

@@ -1,24 +1,15 @@
-"""Triton attention kernels over the static KV cache: the prefill's and the decode steps'.
+"""A Triton attention kernel for the decode steps: one query row per (sequence, head) over the whole cache.
 
-Both compute ``softmax(q . K^T / sqrt(d) + mask) V`` with float32 accumulation over the cache
-K, V [B, KV, T, d] read as they are (query head h reads K/V head ``h // (H / KV)``), with no atomics
-and no order that depends on timing, so a replay gives bitwise the same result.
-
-* :func:`decode_attention`, one query row per (sequence, head) (the decode steps), in two kernels:
-  each block of :data:`BLOCK_T` keys of each (b, h) gives its partial softmax (max score, sum of
-  exponentials, weighted sum of values), then one program per (b, h) combines the blocks in a fixed
-  order. torch's cuDNN kernel for this shape is not reproducible (benchmarks/README.md, session 10),
-  and its "efficient" kernel is reproducible but slower.
-* :func:`prefill_attention`, the prefill's L query rows at cache positions 0 .. L-1: a
-  flash-attention forward (one program per block of queries of one (b, h), an online softmax over
-  blocks of keys) that applies the causal rule itself and reads only the keys at or before each
-  block's last query, so that about half of the [L, L] scores are never computed; the additive mask
-  (left padding) is read per tile. SDPA's kernels compute every score under the full mask.
-
-Registered as the custom ops ``vla_spec::decode_attention`` and ``vla_spec::prefill_attention``
-(opaque to ``torch.compile``, captured in CUDA graphs). CUDA only; Triton is imported on first use.
-Used by :mod:`vla_spec.model.static_llama` (``step_attention_backend="triton"``,
-``attention_backend="triton"``).
+``out[b, h] = softmax(q[b, h] . K[b, g(h)]^T / sqrt(d) + mask[b]) V[b, g(h)]`` with q [B, H, 1, d], the
+cache K, V [B, KV, T, d] read as they are (``g(h) = h // (H / KV)``), an additive mask [B, 1, 1, T] and
+float32 accumulation, in two kernels: each block of :data:`BLOCK_T` keys of each (b, h) gives its
+partial softmax (max score, sum of exponentials, weighted sum of values), then one program per (b, h)
+combines the blocks in a fixed order. No atomics, no order that depends on timing, so a replay gives
+bitwise the same result: torch's cuDNN kernel for this shape does
+not (benchmarks/README.md, session 10), and its "efficient" kernel is reproducible but slower.
+Registered as the custom op ``vla_spec::decode_attention`` (opaque to ``torch.compile``, captured in
+CUDA graphs). CUDA only; Triton is imported on first use. Used by
+:mod:`vla_spec.model.static_llama` when ``step_attention_backend="triton"``.
 """
 
 from __future__ import annotations
@@ -127,120 +118,3 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: to
 @decode_attention.register_fake
 def _(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return q.new_empty(q.shape)
-
-
-_PREFILL: dict[str, Any] = {}
-
-
-def _prefill_kernel() -> Any:
-    """The flash-attention forward of :func:`prefill_attention`, autotuned per (length, head size)."""
-    if "kernel" not in _PREFILL:
-        import triton
-        import triton.language as tl
-
-        @triton.autotune(
-            configs=[
-                triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=stages)
-                for m, n, w, stages in ((64, 64, 4, 2), (64, 64, 4, 3), (128, 64, 8, 2), (128, 32, 4, 3),
-                                        (64, 32, 4, 3), (128, 64, 4, 3))
-            ],
-            key=["length", "D_PAD"],
-        )
-        @triton.jit
-        def prefill_kernel(
-            q_ptr, k_ptr, v_ptr, mask_ptr, out_ptr, heads, group, length, scale,
-            sq_b, sq_h, sq_l, sk_b, sk_h, sk_t, sv_b, sv_h, sv_t, sm_b, sm_l, sm_t, so_b, so_l, so_h,
-            D: tl.constexpr, D_PAD: tl.constexpr, PRECISION: tl.constexpr, BLOCK_M: tl.constexpr,
-            BLOCK_N: tl.constexpr,
-        ):
-            """Program (m, b * heads + h): queries m * BLOCK_M ... of sequence b, head h, over the keys
-            0 .. (m + 1) * BLOCK_M - 1 (the causal rule), in blocks of BLOCK_N, in order."""
-            block = tl.program_id(0)
-            bh = tl.program_id(1)
-            b = (bh // heads).to(tl.int64)
-            h = bh % heads
-            g = h // group
-            rows = block * BLOCK_M + tl.arange(0, BLOCK_M)
-            rows_ok = rows < length
-            d = tl.arange(0, D_PAD)
-            d_ok = d < D
-            q = tl.load(q_ptr + b * sq_b + h * sq_h + rows[:, None] * sq_l + d[None, :],
-                        mask=rows_ok[:, None] & d_ok[None, :], other=0.0)
-            k_base = k_ptr + b * sk_b + g * sk_h
-            v_base = v_ptr + b * sv_b + g * sv_h
-            best = tl.full([BLOCK_M], float("-inf"), tl.float32)
-            total = tl.zeros([BLOCK_M], tl.float32)
-            acc = tl.zeros([BLOCK_M, D_PAD], tl.float32)
-            stop = tl.minimum((block + 1) * BLOCK_M, length)
-            for start in range(0, stop, BLOCK_N):
-                keys = start + tl.arange(0, BLOCK_N)
-                keys_ok = keys < length
-                kv_ok = keys_ok[:, None] & d_ok[None, :]
-                k = tl.load(k_base + keys[:, None] * sk_t + d[None, :], mask=kv_ok, other=0.0)
-                s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale
-                bias = tl.load(mask_ptr + b * sm_b + rows[:, None] * sm_l + keys[None, :] * sm_t,
-                               mask=rows_ok[:, None] & keys_ok[None, :], other=float("-inf")).to(tl.float32)
-                s = tl.where(keys[None, :] <= rows[:, None], s + bias, float("-inf"))
-                new_best = tl.maximum(best, tl.max(s, axis=1))
-                shift = tl.where(new_best == float("-inf"), 0.0, new_best)  # all masked so far: no NaN
-                p = tl.exp(s - shift[:, None])
-                alpha = tl.exp(best - shift)
-                total = total * alpha + tl.sum(p, axis=1)
-                v = tl.load(v_base + keys[:, None] * sv_t + d[None, :], mask=kv_ok, other=0.0)
-                acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
-                best = new_best
-            out = acc / total[:, None]
-            tl.store(out_ptr + b * so_b + rows[:, None] * so_l + h * so_h + d[None, :],
-                     out.to(out_ptr.dtype.element_ty), mask=rows_ok[:, None] & d_ok[None, :])
-
-        _PREFILL["kernel"] = prefill_kernel
-    return _PREFILL["kernel"]
-
-
-@torch.library.custom_op("vla_spec::prefill_attention", mutates_args=())
-def prefill_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """The prefill's attention: q [B, H, L, d] for cache positions 0 .. L-1, k and v [B, KV, T, d]
-    (T >= L, H a multiple of KV, last dimensions contiguous), the additive mask [B, 1, L, T] (0 /
-    -inf), on top of which key j > query i is never attended (the causal rule, applied by the kernel:
-    the prefill's mask has it already). Every query row needs one finite key at or before it.
-    Returns [B, L, H, d] (the layout o_proj reads) in q's dtype; equal to
-    ``scaled_dot_product_attention(q, k, v, attn_mask=mask).transpose(1, 2)`` up to rounding."""
-    batch, heads, length, dim = q.shape
-    kv_heads, cache = k.shape[1], k.shape[2]
-    if not q.is_cuda:
-        raise ValueError("attention_backend='triton' needs CUDA tensors: on the CPU use an SDPA backend (None)")
-    if heads % kv_heads or cache < length or tuple(mask.shape[-2:]) != (length, cache) or not (
-        q.stride(-1) == k.stride(-1) == v.stride(-1) == 1
-    ):
-        raise ValueError(f"prefill_attention needs q [B, H, L, d], k/v [B, KV, T, d] with T >= L, H a multiple of KV "
-                         f"and contiguous last dims, mask [B, 1, L, T]; got q {list(q.shape)}, k {list(k.shape)}, "
-                         f"mask {list(mask.shape)}")
-    return _prefill(q, k, v, mask)
-
-
-def _prefill(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, blocks: tuple[int, int] | None = None
-) -> torch.Tensor:
-    """:func:`prefill_attention`'s launch, unchecked: autotuned, or with ``blocks`` = (BLOCK_M,
-    BLOCK_N) as given (so it also runs on CPU tensors under ``TRITON_INTERPRET=1``)."""
-    batch, heads, length, dim = q.shape
-    kv_heads, cache = k.shape[1], k.shape[2]
-    out = torch.empty(batch, length, heads, dim, dtype=q.dtype, device=q.device)
-    mask = mask.expand(batch, 1, length, cache)
-    d_pad = max(16, 1 << (dim - 1).bit_length())
-    kernel, config = _prefill_kernel(), {}
-    if blocks is not None:
-        kernel, config = kernel.fn, {"BLOCK_M": blocks[0], "BLOCK_N": blocks[1]}
-    kernel[lambda meta: (-(-length // meta["BLOCK_M"]), batch * heads)](
-        q, k, v, mask, out, heads, heads // kv_heads, length, 1.0 / math.sqrt(dim),
-        q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
-        v.stride(0), v.stride(1), v.stride(2), mask.stride(0), mask.stride(2), mask.stride(3),
-        out.stride(0), out.stride(1), out.stride(2),
-        D=dim, D_PAD=d_pad, PRECISION="ieee" if q.dtype == torch.float32 else "tf32", **config,
-    )
-    return out
-
-
-@prefill_attention.register_fake
-def _(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    return q.new_empty(q.shape[0], q.shape[2], q.shape[1], q.shape[3])
