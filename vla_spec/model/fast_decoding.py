@@ -189,7 +189,7 @@ class FastGreedyDecoder:
     snapshot of the weights at first use, +9 GB at 7B; None = on CUDA). ``compile``: ``torch.compile`` the per-layer pieces around
     attention (None = on CUDA; the first call of a new shape then takes seconds). ``warmup``: eager
     runs before a capture. ``gemv``: single-row decode steps (batch 1) use a Triton GEMV kernel
-    instead of cuBLAS (None = on CUDA; the kernel autotunes on first use). ``fp8`` (default off):
+    instead of cuBLAS (None = on CUDA; one fixed launch configuration, so the same bits in every process). ``fp8`` (default off):
     the prefill's projections in float8 e4m3 (:func:`vla_spec.model.static_llama.fp8_linear`; a
     float8 copy of those weights, +6.5 GB at 7B); this changes tokens beyond near-ties, so it is
     an option only, measured in benchmarks/README.md. ``attention_backend``: the SDPA kernel
