@@ -95,6 +95,28 @@ def test_parameter_names_follow_the_official_pattern(tiny):
     assert tiny.action_tokenizer.vocab_size == 32000
 
 
+def test_towers_stop_after_the_block_they_take(tiny):
+    """Each tower returns the reference's features, ``get_intermediate_layers(x, n={len - 2})``
+    (bitwise, on the tiny checkpoint), without running its last block (whose output the reference
+    computes and drops): a forward hook counts the calls of the last two blocks."""
+    import torch
+
+    calls = {}
+    images = torch.rand(2, 3, tiny.config.image_size, tiny.config.image_size, generator=torch.Generator().manual_seed(0))
+    for name in ("featurizer", "fused_featurizer"):
+        tower = getattr(tiny.vision_backbone, name)
+        (reference,) = tower.get_intermediate_layers(images, n={len(tower.blocks) - 2})
+        hooks = [block.register_forward_hook(lambda *_, key=(name, k): calls.__setitem__(key, calls.get(key, 0) + 1))
+                 for k, block in (("second to last", tower.blocks[-2]), ("last", tower.blocks[-1]))]
+        with torch.no_grad():
+            got = tower(images)
+        for hook in hooks:
+            hook.remove()
+        assert torch.equal(got, reference.detach())
+        assert got.shape == (2, tiny.vision_backbone.num_patches, tower.embed_dim)
+    assert calls == {("featurizer", "second to last"): 1, ("fused_featurizer", "second to last"): 1}
+
+
 def test_real_openvla_7b_shapes_on_meta_device():
     """The official config builds the official shapes (no memory: meta tensors).
 

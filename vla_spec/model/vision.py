@@ -5,7 +5,8 @@ As ``prismatic/extern/hf/modeling_prismatic.py`` (openvla c8f03f4, L85-123):
 * each tower is ``timm.create_model(id, pretrained=False, num_classes=0, img_size=224)``;
 * its features are the output of the *second-to-last* block,
   ``get_intermediate_layers(x, n={len(blocks) - 2})``, without the final norm and with the prefix
-  tokens (DINOv2: class + 4 registers; SigLIP: none) dropped: 256 patch tokens at 224 px / patch 14;
+  tokens (DINOv2: class + 4 registers; SigLIP: none) dropped: 256 patch tokens at 224 px / patch 14
+  (:func:`second_to_last_patches`: the same features without running the last block);
 * ``pixel_values`` [B, 6, 224, 224] float: channels 0-2 go to DINOv2, 3-5 to SigLIP (each already
   normalized by its own mean/std, see :mod:`vla_spec.model.processor`);
 * output [B, 256, D_dino + D_siglip] (1024 + 1152 = 2176 for the real towers), DINOv2 first.
@@ -74,8 +75,14 @@ def create_tower(timm_id: str, image_size: int, overrides: Mapping[str, Any] | N
 
 
 def second_to_last_patches(tower: nn.Module, images: torch.Tensor) -> torch.Tensor:
-    """Patch features [B, N, D] after block ``len(blocks) - 2``, prefix tokens dropped, no final norm."""
-    (features,) = tower.get_intermediate_layers(images, n={len(tower.blocks) - 2})
+    """Patch features [B, N, D] after block ``len(blocks) - 2``, prefix tokens dropped, no final norm.
+
+    The reference's ``get_intermediate_layers`` runs every block and drops the last one's output;
+    here the blocks stop at the one taken (``stop_early``): the same features, one block less per
+    tower (1/24 of DINOv2's blocks, 1/27 of SigLIP's)."""
+    (features,) = tower.forward_intermediates(
+        images, indices=[len(tower.blocks) - 2], norm=False, stop_early=True, output_fmt="NLC", intermediates_only=True
+    )
     return features
 
 
