@@ -10,7 +10,7 @@ threads count; on a shared machine wall time says little) by wrapping the functi
 * ``rotate``: the 180 degree rotation of the frame (:func:`vla_spec.sim.interface.policy_image`);
 * ``jpeg encode`` / ``jpeg decode`` / ``lanczos`` / ``crop``: the image path (:mod:`vla_spec.images`);
 * ``processor``: the model's processor (resize check, prompt ids);
-* ``towers``: vision towers + projector; ``prefix``: the rest of ``embed_prefix`` (layout, gather);
+* ``towers``: vision towers + projector; ``prefix``: ``prefix_of_patches`` (layout, gather);
 * ``decode``: the greedy decoder (prefill + 6 steps), split into ``prefill`` and ``decode steps``;
 * ``actions``: un-normalization and the LIBERO output transform; ``other``: the rest of a step.
 
@@ -87,9 +87,10 @@ def instrument(stages: Stages) -> None:
     stages.wrap(images, "jpeg_decode", "jpeg decode")
     stages.wrap(images, "resize_lanczos", "lanczos")
     stages.wrap(images, "center_crop", "crop")
-    stages.wrap(OpenVLAProcessor, "__call__", "processor")
+    stages.wrap(OpenVLAProcessor, "resize", "processor")
+    stages.wrap(OpenVLAProcessor, "prompt_ids", "processor")
     stages.wrap(network.OpenVLANetwork, "encode_images", "towers")
-    stages.wrap(network.OpenVLANetwork, "embed_prefix", "prefix")
+    stages.wrap(network.OpenVLANetwork, "prefix_of_patches", "prefix")
     stages.wrap(LiberoOutputs, "env_command", "actions")
     from transformers import LlamaForCausalLM
 
