@@ -1,22 +1,26 @@
 """The batch-1 GEMV's launch configurations at Llama-7B shapes on one GPU: time and bits of each.
 
 ```bash
-python3 benchmarks/bench_gemv.py --json gemv_configs.json
+python3 benchmarks/bench_gemv.py --json gemv_configs.json            # a launch per call
+python3 benchmarks/bench_gemv.py --graph --json gemv_configs_graph.json  # 32 layers' weights in a CUDA graph
 ```
 
 For each projection of a decode step (q/k/v fused, o, gate/up fused, down, lm_head; bf16, one row):
-each candidate (BLOCK_N, BLOCK_K, warps, stages) of :func:`vla_spec.model.triton_gemv.gemv`'s
-kernel, timed with ``triton.testing.do_bench`` (a launch per call, no CUDA graph), its weight
+cuBLAS (``F.linear``), then each candidate (BLOCK_N, BLOCK_K, warps, stages) of
+:mod:`vla_spec.model.triton_gemv`'s kernel (the plain product: no norm, add or gate), its weight
 bandwidth, and whether its output has the same bits as the first candidate's (the rows' sums are
-taken in an order that depends on BLOCK_K). ``CONFIG`` in that module is the one chosen from
-these (H200, session 15: ``results/h200_s15_gemv_configs.json``, measured when the kernel was still
-autotuned over these same ten candidates).
+taken in an order that depends on BLOCK_K). Timed either with ``triton.testing.do_bench`` (a launch
+per call: small products are then partly the host's launch time) or, with ``--graph``, as a decode
+step runs them: 32 distinct weights (one per layer, so that none is served from L2) launched back to
+back in one CUDA graph, per launch the median of 20 replays / 32. ``CONFIG`` in that module is the
+one chosen from these (H200, session 15: ``results/h200_s15_gemv_configs.json``).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 from pathlib import Path
 
@@ -24,14 +28,40 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from vla_spec.model.triton_gemv import CONFIG, _gemv_kernel  # noqa: E402
+from vla_spec.model.triton_gemv import CONFIG  # noqa: E402
 
-CANDIDATES = (  # BLOCK_N, BLOCK_K, num_warps, num_stages: the autotuner's list before session 15
+CANDIDATES = (  # BLOCK_N, BLOCK_K, num_warps, num_stages: the autotuner's list before session 15, then more
     (8, 512, 4, 3), (16, 512, 8, 3), (4, 1024, 4, 3), (8, 1024, 8, 3), (2, 2048, 4, 3),
     (16, 256, 4, 4), (32, 256, 8, 4), (8, 256, 4, 5), (16, 512, 8, 4), (4, 512, 4, 5),
+    (2, 1024, 4, 3), (2, 1024, 2, 3), (4, 1024, 4, 1), (4, 2048, 8, 3), (1, 2048, 4, 3), (4, 1024, 8, 3),
 )
 SHAPES = {"qkv": (12288, 4096), "o": (4096, 4096), "gate_up": (22016, 4096), "down": (4096, 11008),
           "lm_head": (32064, 4096)}
+LAYERS = 32
+
+
+def graph_us(launch, replays: int = 20) -> float:
+    """Median us per launch of ``launch(i)`` for i < LAYERS, captured back to back in one CUDA graph."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for i in range(LAYERS):  # compile and warm up outside the capture
+            launch(i)
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for i in range(LAYERS):
+            launch(i)
+    graph.replay()
+    times = []
+    for _ in range(replays):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        graph.replay()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) * 1e3 / LAYERS)
+    return statistics.median(times)
 
 
 def main() -> int:
@@ -39,27 +69,42 @@ def main() -> int:
     import triton.testing
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--graph", action="store_true", help="time 32 layers' launches in one CUDA graph")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
-    kernel = _gemv_kernel()
+    from vla_spec.model.triton_gemv_kernel import gemv as kernel
+
     generator = torch.Generator(device="cuda").manual_seed(0)
-    report = {"chosen": CONFIG, "shapes": {}}
+    report = {"chosen": CONFIG, "timing": "cuda graph of 32 layers" if args.graph else "do_bench", "shapes": {}}
     for name, (n, k) in SHAPES.items():
-        weight = torch.randn(n, k, device="cuda", generator=generator).bfloat16() * 0.02
+        weights = [torch.randn(n, k, device="cuda", generator=generator).bfloat16() * 0.02
+                   for _ in range(LAYERS if args.graph else 1)]
         x = torch.randn(k, device="cuda", generator=generator).bfloat16()
-        first, rows = None, []
+
+        def timing(launch) -> float:
+            if args.graph:
+                return graph_us(launch)
+            return triton.testing.do_bench(lambda: launch(0), warmup=50, rep=300) * 1e3
+
+        outputs = [torch.empty(n, dtype=torch.bfloat16, device="cuda") for _ in weights]
+        us = timing(lambda i: torch.mv(weights[i], x, out=outputs[i]))
+        rows = [{"config": "cublas", "us": round(us, 2), "TB/s": round(n * k * 2 / us / 1e6, 2)}]
+        print(f"{name:8s} [{n}x{k}] {rows[-1]}", flush=True)
+        first = None
         for block_n, block_k, warps, stages in CANDIDATES:
-            y = torch.empty(n, dtype=torch.bfloat16, device="cuda")
 
-            def call() -> None:
-                kernel[(triton.cdiv(n, block_n),)](x, weight, weight, y, n, k, HAS_BIAS=False, BLOCK_N=block_n,
-                                                   BLOCK_K=block_k, num_warps=warps, num_stages=stages)
+            def launch(i: int) -> None:
+                kernel[(triton.cdiv(n, block_n),)](
+                    x, x, weights[i], weights[i], weights[i], weights[i], outputs[i], outputs[i], n, k, 0.0,
+                    NORM=False, HAS_BIAS=False, SWIGLU=False, RESIDUAL=False, BLOCK_N=block_n, BLOCK_K=block_k,
+                    num_warps=warps, num_stages=stages)
 
-            call()
-            first = y.clone() if first is None else first
-            ms = triton.testing.do_bench(call, warmup=50, rep=300)
-            rows.append({"config": f"{block_n}x{block_k} w{warps} s{stages}", "us": round(ms * 1e3, 2),
-                         "TB/s": round(n * k * 2 / ms / 1e9, 2), "same_bits_as_first": bool(torch.equal(y, first))})
+            launch(0)
+            first = outputs[0].clone() if first is None else first
+            same = bool(torch.equal(outputs[0], first))
+            us = timing(launch)
+            rows.append({"config": f"{block_n}x{block_k} w{warps} s{stages}", "us": round(us, 2),
+                         "TB/s": round(n * k * 2 / us / 1e6, 2), "same_bits_as_first": same})
             print(f"{name:8s} [{n}x{k}] {rows[-1]}", flush=True)
         report["shapes"][name] = rows
     if args.json:

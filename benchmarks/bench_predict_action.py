@@ -39,7 +39,8 @@ host. Per batch size, the first calls (which compile and capture graphs) run fir
 and minima of ``--iters`` calls are reported, every call time is in the JSON.
 
 Tokens: ours and transformers' against naive: rows identical, and rows whose first difference is
-NOT at a bfloat16 near-tie of the naive margins (:mod:`vla_spec.model.agreement`), which must be 0.
+NOT at a bfloat16 near-tie of the naive margins (:mod:`vla_spec.model.agreement`, its 7B rule),
+which must be 0.
 Random weights give flat logits and so many more near-ties than a trained checkpoint.
 
 Usage (on the GPU machine)::
@@ -65,7 +66,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from vla_spec.model.agreement import near_tie_divergences, near_ties  # noqa: E402
+from vla_spec.model.agreement import LLAMA_7B_TIE_ULPS, near_tie_divergences, near_ties  # noqa: E402
 from vla_spec.model.config import OpenVLAConfig  # noqa: E402
 from vla_spec.model.fast_decoding import FastGreedyDecoder, accelerate, restore  # noqa: E402
 from vla_spec.model.modeling import OpenVLA  # noqa: E402
@@ -202,9 +203,11 @@ def hf_static_generate(language_model, inputs_embeds: torch.Tensor, attention_ma
 
 
 def agreement(fast_ids: np.ndarray, naive_ids: np.ndarray, naive_margins: np.ndarray, naive_top: np.ndarray) -> dict:
-    """Fast vs naive tokens; a difference counts only at a bfloat16 near-tie of the naive margins."""
+    """Fast vs naive tokens; a difference counts only at a bfloat16 near-tie of the naive margins, under
+    the 7B rule (:data:`vla_spec.model.agreement.LLAMA_7B_TIE_ULPS`)."""
     rows = int((fast_ids == naive_ids).all(axis=1).sum())
-    problems = near_tie_divergences(fast_ids, naive_ids, near_ties(naive_margins, top_logits=naive_top, dtype="bfloat16"))
+    ties = near_ties(naive_margins, top_logits=naive_top, dtype="bfloat16", ulps=LLAMA_7B_TIE_ULPS)
+    problems = near_tie_divergences(fast_ids, naive_ids, ties)
     return {
         "rows": len(naive_ids),
         "rows_identical": rows,

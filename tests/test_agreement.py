@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from vla_spec.model.agreement import near_tie_divergences, near_ties, ulp
+from vla_spec.model.agreement import LLAMA_7B_TIE_ULPS, near_tie_divergences, near_ties, ulp
 
 pytestmark = pytest.mark.cpu
 
@@ -23,6 +23,17 @@ def test_a_bfloat16_margin_of_one_ulp_is_a_tie_but_not_in_float32():
     assert near_ties(margins, top_logits=top, dtype="bfloat16").tolist() == [True, True, True, False]
     assert near_ties([0.125, 0.09], top_logits=[20.0, 20.0], dtype="float32").tolist() == [False, True]
     assert near_ties([0.09, 0.11], dtype="bfloat16").tolist() == [True, False]  # no logits: the 0.1 floor
+
+
+def test_a_7b_llama_in_bfloat16_ties_below_eight_ulps():
+    """The H200 flips of the 7B-shaped benchmark (session 15): margins of 0.125 (4 ulps) and 0.219
+    (7 ulps) at top-1 logits near 5, where one bfloat16 ulp is 1/32, are ties under the 7B rule and
+    not under the tiny checkpoints' 3 ulps; 8 ulps (0.25) is a tie under neither."""
+    margins, top = [0.125, 0.21875, 0.2499, 0.25], [5.3125, 5.125, 5.0, 5.0]
+    assert LLAMA_7B_TIE_ULPS == 8
+    assert near_ties(margins, top_logits=top, dtype="bfloat16", ulps=LLAMA_7B_TIE_ULPS).tolist() == [True] * 3 + [False]
+    assert near_ties(margins, top_logits=top, dtype="bfloat16").tolist() == [False] * 4
+    assert near_ties([0.125, 0.25], top_logits=[5.0, 5.0], dtype="float32", ulps=LLAMA_7B_TIE_ULPS).tolist() == [False] * 2
 
 
 def test_stored_resolution_and_flags():

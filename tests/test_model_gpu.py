@@ -333,6 +333,47 @@ def test_triton_gemv_matches_linear(dtype):
         assert torch.allclose(got.double(), want, atol=tol, rtol=tol)
 
 
+@pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
+def test_folded_gemvs_match_the_eager_ops_they_replace(dtype):
+    """The norm, add and gate folded into the GEMV, against eager PyTorch in the dtype over the plain
+    kernel's products: ``gemv_add`` = ``r + gemv(x)`` bitwise; ``rms_norm_gemv`` =
+    ``gemv(LlamaRMSNorm(x))`` bitwise where the mean of squares is exact in any order (x of +-1 and
+    +-0.5, K a power of two; negative control: without the norm weight it is not), and in general up
+    to one ulp of each normalized input (the squares are summed in another order);
+    ``rms_norm_swiglu_gemv`` = ``F.silu(gate) * up`` of two ``rms_norm_gemv`` within 2 bf16 ulps (the
+    SiLU rounded once more) or 16 float32 ulps (Triton's exp, ``ex2.approx`` after a multiply by
+    log2 e, is a few ulps off libm's)."""
+    import torch
+    import torch.nn.functional as F
+
+    from vla_spec.model.static_llama import _rms_norm
+    from vla_spec.model.triton_gemv import gemv, gemv_add, rms_norm_gemv, rms_norm_swiglu_gemv
+
+    dt = getattr(torch, dtype)
+    ulp = torch.finfo(dt).eps
+    generator = torch.Generator(device="cuda").manual_seed(0)
+
+    def randn(*shape, scale=1.0):
+        return (torch.randn(*shape, device="cuda", generator=generator) * scale).to(dt)
+
+    for rows, cols in [(4096, 4096), (11008, 4096), (4096, 11008), (37, 1000)]:
+        x, r, nw = randn(1, 1, cols), randn(1, 1, rows), randn(cols, scale=0.1) + 1
+        w, w2, b, b2 = randn(rows, cols, scale=cols**-0.5), randn(rows, cols, scale=cols**-0.5), randn(rows), randn(rows)
+        assert torch.equal(gemv_add(x, w, b, r), r + gemv(x, w, b))
+        if cols == 4096:
+            exact = (torch.where(randn(1, 1, cols) > 0, 1.0, 0.5) * torch.where(randn(1, 1, cols) > 0, 1, -1)).to(dt)
+            fused = rms_norm_gemv(exact, nw, 1e-5, w, b)
+            assert torch.equal(fused, gemv(_rms_norm(exact, nw, 1e-5), w, b))
+            assert not torch.equal(fused, gemv(_rms_norm(exact, torch.ones_like(nw), 1e-5), w, b))
+        normed = _rms_norm(x, nw, 1e-5)
+        bound = ulp * (w.double().abs() @ normed.double().abs().reshape(cols))  # one ulp of every input
+        got = rms_norm_gemv(x, nw, 1e-5, w, b).double().reshape(rows)
+        assert ((got - gemv(normed, w, b).double().reshape(rows)).abs() <= bound + ulp * got.abs()).all()
+        gated = rms_norm_swiglu_gemv(x, nw, 1e-5, w, b, w2, b2).double()
+        want = (F.silu(rms_norm_gemv(x, nw, 1e-5, w, b)) * rms_norm_gemv(x, nw, 1e-5, w2, b2)).double()
+        assert ((gated - want).abs() <= {"bfloat16": 2, "float32": 16}[dtype] * ulp * want.abs()).all()
+
+
 def test_gemv_decoder_equals_naive(cuda_model):
     from vla_spec.model.decoding import greedy_decode
     from vla_spec.model.fast_decoding import FastGreedyDecoder

@@ -1,8 +1,9 @@
-"""The batch-1 GEMV kernel on the CPU, through Triton's interpreter (``TRITON_INTERPRET=1``).
+"""The batch-1 GEMV kernels on the CPU, through Triton's interpreter (``TRITON_INTERPRET=1``).
 
-:func:`vla_spec.model.triton_gemv.gemv` runs on CUDA in the gpu tier; here the same Triton source and
-the same launch (its fixed configuration, the grid) run in a child process with the interpreter, so
-CI checks them without a GPU. float32 only (the interpreter's bfloat16 is wrong in Triton 3.8).
+:mod:`vla_spec.model.triton_gemv` runs on CUDA in the gpu tier; here the same Triton source and the
+same launches (the fixed configuration, the grid, the flags) run in child processes with the
+interpreter, so CI checks them without a GPU. float32 only (the interpreter's bfloat16 is wrong in
+Triton 3.8; the bfloat16 roundings are the gpu tier's).
 """
 
 from __future__ import annotations
@@ -14,36 +15,133 @@ import sys
 
 import pytest
 
-CHILD = r"""
+OPS_CHILD = r"""
 import json, torch
-from vla_spec.model.triton_gemv import CONFIG, gemv
+import torch.nn.functional as F
+from vla_spec.model.triton_gemv import CONFIG, gemv, gemv_add, rms_norm_gemv, rms_norm_swiglu_gemv
 
 generator = torch.Generator().manual_seed(0)
-results = []
-for rows, cols, bias in [(37, 1500, False), (64, 3000, True)]:  # neither a multiple of the blocks
-    weight = torch.randn(rows, cols, generator=generator)
-    x = torch.randn(1, 1, cols, generator=generator)
-    b = torch.randn(rows, generator=generator) if bias else None
-    got = gemv(x, weight, b)
-    want = torch.nn.functional.linear(x.double(), weight.double(), None if b is None else b.double())
-    without_bias = torch.nn.functional.linear(x.double(), weight.double())
-    results.append({"shape": list(got.shape), "error": (got.double() - want).abs().max().item(),
-                    "error_against_no_bias": (got.double() - without_bias).abs().max().item() if bias else None})
-print(json.dumps({"config": CONFIG, "results": results}))
+def randn(*shape):
+    return torch.randn(*shape, generator=generator)
+
+def error(got, want):  # relative to the largest wanted value
+    return (got.double() - want).abs().max().item() / want.abs().max().item()
+
+report = {"config": CONFIG}
+n, k, eps = 37, 1500, 1e-5  # neither a multiple of the blocks
+weight, up_weight, norm_weight, bias, up_bias = randn(n, k), randn(n, k), randn(k), randn(n), randn(n)
+for lead in [(1, 1), (1,)]:
+    x, residual = randn(*lead, k), randn(*lead, n)
+    xd = x.double()
+    normed = norm_weight.double() * xd * torch.rsqrt(xd.pow(2).mean(-1, keepdim=True) + eps)  # LlamaRMSNorm
+    gate = F.linear(normed, weight.double(), bias.double())
+    up = F.linear(normed, up_weight.double(), up_bias.double())
+    plain = F.linear(xd, weight.double(), bias.double())
+    gated = rms_norm_swiglu_gemv(x, norm_weight, eps, weight, bias, up_weight, up_bias)
+    report[str(lead)] = {
+        "shape": list(gemv(x, weight, None).shape),
+        "gemv": error(gemv(x, weight, None), F.linear(xd, weight.double())),
+        "gemv_bias": error(gemv(x, weight, bias), plain),
+        "gemv_bias_against_no_bias": error(gemv(x, weight, bias), F.linear(xd, weight.double())),
+        "rms_norm_gemv": error(rms_norm_gemv(x, norm_weight, eps, weight, bias), gate),
+        "rms_norm_gemv_against_unnormed": error(rms_norm_gemv(x, norm_weight, eps, weight, bias), plain),
+        "gemv_add": error(gemv_add(x, weight, bias, residual), residual.double() + plain),
+        "gemv_add_against_no_add": error(gemv_add(x, weight, bias, residual), plain),
+        "swiglu": error(gated, F.silu(gate) * up),
+        "swiglu_against_ungated": error(gated, gate * up),
+    }
+for name, call in [
+    ("mixed_bias_error", lambda: rms_norm_swiglu_gemv(randn(1, k), norm_weight, eps, weight, bias, up_weight, None)),
+    ("strided_weight_error", lambda: gemv(randn(1, k), randn(k, n).t(), None)),
+    ("two_rows_error", lambda: gemv(randn(2, 1, k), weight, None)),
+]:
+    try:
+        call()
+    except ValueError as e:
+        report[name] = str(e)
+"""
+
+DECODER_CHILD = r"""
+from transformers import LlamaConfig, LlamaForCausalLM
+import vla_spec.model.triton_gemv_kernel as kernels
+from vla_spec.model.decoding import greedy_decode
+from vla_spec.model.fast_decoding import FastGreedyDecoder
+
+launches = []
+class Counted:  # the kernel, counting its launches
+    def __init__(self, kernel):
+        self.kernel = kernel
+    def __getitem__(self, grid):
+        launches.append(grid)
+        return self.kernel[grid]
+kernels.gemv = Counted(kernels.gemv)
+
+torch.manual_seed(0)
+config = LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=24, num_hidden_layers=2,  # few programs:
+                     num_attention_heads=2, num_key_value_heads=1, attention_bias=True, mlp_bias=True)  # slow interpreter
+model = LlamaForCausalLM(config).eval()
+with torch.no_grad():
+    model.lm_head.weight.mul_(50)  # margins of O(1)
+    for name, p in model.named_parameters():
+        if name.endswith("bias"):
+            p.normal_(0, 0.1)
+embeds = torch.randn(3, 11, 16, generator=torch.Generator().manual_seed(1))
+mask = torch.ones(3, 11, dtype=torch.long)
+mask[1, :4] = 0  # left padding
+for batch, fuse in [(1, False), (1, True), (3, True)]:
+    naive = greedy_decode(model, embeds[:batch], mask[:batch], 4)
+    launches.clear()
+    fast = FastGreedyDecoder(gemv=True, fuse=fuse, pad_multiple=1)(model, embeds[:batch], mask[:batch], 4)
+    report[f"decoder batch={batch} fuse={fuse}"] = {
+        "same_ids": bool(torch.equal(fast.token_ids, naive.token_ids)),
+        "margin_error": (fast.margins - naive.margins).abs().max().item(),
+        "launches": len(launches),
+    }
 """
 
 
-@pytest.mark.cpu
-def test_gemv_kernel_against_linear_in_the_interpreter():
-    """One row times W [N, K] (+ b) within 1e-4 of float64 ``linear`` for N and K that are no
-    multiple of the fixed blocks; the output keeps x's leading dims. Negative control: with a bias,
-    the bias-free product is far off (the bias is added)."""
+@pytest.fixture(scope="module")
+def report() -> dict:
+    """Both children's results, from one interpreted process (torch and Triton imported once)."""
     env = dict(os.environ, TRITON_INTERPRET="1")
-    child = subprocess.run([sys.executable, "-c", CHILD], env=env, capture_output=True, text=True, timeout=120)
+    source = OPS_CHILD + DECODER_CHILD + "print(json.dumps(report))\n"
+    child = subprocess.run([sys.executable, "-c", source], env=env, capture_output=True, text=True, timeout=120)
     assert child.returncode == 0, child.stderr[-3000:]
-    report = json.loads(child.stdout.strip().splitlines()[-1])
+    return json.loads(child.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.cpu
+def test_gemv_kernels_against_float64_in_the_interpreter(report):
+    """One row times W [N, K] (+ b) within 1e-6 (relative to the largest value) of float64 for N and
+    K that are no multiple of the fixed blocks, with each folded-in part: the RMSNorm prologue
+    (transformers' LlamaRMSNorm), the residual epilogue, the SwiGLU pair (``silu(gate) * up``). The
+    output keeps x's leading dims. Negative controls: each result is far from the same product
+    without its part (bias, norm, add, SiLU), so each part is applied; bad inputs get one-line
+    errors that name the fix."""
     assert report["config"] == {"BLOCK_N": 4, "BLOCK_K": 1024, "num_warps": 4, "num_stages": 3}
-    (plain, biased) = report["results"]
-    assert plain["shape"] == [1, 1, 37] and biased["shape"] == [1, 1, 64]
-    assert plain["error"] <= 1e-4 and biased["error"] <= 1e-4
-    assert biased["error_against_no_bias"] > 0.1
+    for lead in ("(1, 1)", "(1,)"):
+        errors = report[lead]
+        assert errors["shape"] == {"(1, 1)": [1, 1, 37], "(1,)": [1, 37]}[lead]
+        for name in ("gemv", "gemv_bias", "rms_norm_gemv", "gemv_add", "swiglu"):
+            assert errors[name] <= 1e-6, (lead, name, errors[name])
+        for name in ("gemv_bias_against_no_bias", "rms_norm_gemv_against_unnormed", "gemv_add_against_no_add",
+                     "swiglu_against_ungated"):
+            assert errors[name] > 1e-3, (lead, name, errors[name])  # 1000x the bound
+    assert "both a bias or neither" in report["mixed_bias_error"]
+    assert "contiguous" in report["strided_weight_error"]
+    assert "one row of x, got 2 of 1500: use F.linear" in report["two_rows_error"]
+
+
+@pytest.mark.cpu
+def test_decoder_through_the_gemv_kernels_in_the_interpreter(report):
+    """``FastGreedyDecoder(gemv=True)`` on a tiny float32 Llama (biases everywhere, grouped K/V) gives
+    the naive decoder's 4 tokens, margins within 1e-4, at batch 1 (fused weights or not). It launches
+    the kernel 31 times: the prefill's last position 3 (o, gate/up, down) + lm_head, then each of the
+    3 steps 4 per layer x 2 layers + lm_head; nothing else of a single-row layer runs outside it
+    (43 times with q, k and v apart). A left-padded batch of 3 gives naive's tokens without it."""
+    for case in ("decoder batch=1 fuse=False", "decoder batch=1 fuse=True", "decoder batch=3 fuse=True"):
+        assert report[case]["same_ids"], report[case]
+        assert report[case]["margin_error"] <= 1e-4, report[case]
+    assert report["decoder batch=1 fuse=True"]["launches"] == 4 + 3 * (4 * 2 + 1)
+    assert report["decoder batch=3 fuse=True"]["launches"] == 0  # batches above 1 stay on cuBLAS
+    assert report["decoder batch=1 fuse=False"]["launches"] == 4 + 3 * (6 * 2 + 1)  # q, k and v apart

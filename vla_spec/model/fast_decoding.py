@@ -188,8 +188,10 @@ class FastGreedyDecoder:
     7B bucket at B=32 holds ~5 GB of KV cache). ``fuse``: fused q/k/v and gate/up weights (a
     snapshot of the weights at first use, +9 GB at 7B; None = on CUDA). ``compile``: ``torch.compile`` the per-layer pieces around
     attention (None = on CUDA; the first call of a new shape then takes seconds). ``warmup``: eager
-    runs before a capture. ``gemv``: single-row decode steps (batch 1) use a Triton GEMV kernel
-    instead of cuBLAS (None = on CUDA; one fixed launch configuration, so the same bits in every process). ``fp8`` (default off):
+    runs before a capture. ``gemv``: batch-1 decode steps are four Triton GEMVs a layer with the norms,
+    the SiLU gate and the residual adds folded in (:mod:`vla_spec.model.triton_gemv`; one fixed launch
+    configuration, so the same bits in every process) instead of cuBLAS and compiled elementwise
+    kernels (None = on CUDA; True on the CPU needs Triton's interpreter, ``TRITON_INTERPRET=1``). ``fp8`` (default off):
     the prefill's projections in float8 e4m3 (:func:`vla_spec.model.static_llama.fp8_linear`; a
     float8 copy of those weights, +6.5 GB at 7B); this changes tokens beyond near-ties, so it is
     an option only, measured in benchmarks/README.md. ``attention_backend``: the SDPA kernel
@@ -255,7 +257,7 @@ class FastGreedyDecoder:
         key = id(language_model)
         if key not in self._llamas or self._llamas[key].lm is not language_model:
             compiled = self.compile if self.compile is not None else device.type == "cuda"
-            use_gemv = (self.gemv if self.gemv is not None else True) and device.type == "cuda"
+            use_gemv = self.gemv if self.gemv is not None else device.type == "cuda"
             fused = self.fuse if self.fuse is not None else device.type == "cuda"
             step = self.step_attention_backend
             if step is None and self.attention_backend is None and device.type == "cuda":

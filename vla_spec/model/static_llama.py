@@ -13,7 +13,10 @@ Options, per :class:`StaticLlama`:
   graph serves all layers); matrix products stay cuBLAS calls, attention stays SDPA.
 * ``fuse``: q/k/v and gate/up weights concatenated into one matrix each (one GEMM instead of three
   / two); a second copy of those weights (about 9 GB for a 7B Llama), snapshotted at build time.
-* ``use_gemv``: single-row products go through :func:`vla_spec.model.triton_gemv.gemv`.
+* ``use_gemv``: a single-row layer (a batch-1 decode step, the prefill's last position at batch 1)
+  is four Triton GEMVs (:mod:`vla_spec.model.triton_gemv`) with the norms, the SiLU gate and the
+  residual adds folded in: ``rms_norm_gemv`` (q/k/v), ``gemv_add`` (o), ``rms_norm_swiglu_gemv``
+  (gate/up), ``gemv_add`` (down); and the final norm + lm_head is one ``rms_norm_gemv``.
 * ``fp8`` (off by default; it changes the numerics): the prefill's q/k/v, o, gate/up and down
   products in float8 e4m3 (:func:`fp8_linear`), with per-output-row weight scales (a float8 copy of
   those weights, about 6.5 GB for a 7B Llama) and per-token activation scales computed on the fly;
@@ -35,7 +38,7 @@ import torch
 import torch.nn.functional as F
 
 from vla_spec.model.triton_attention import decode_attention
-from vla_spec.model.triton_gemv import gemv
+from vla_spec.model.triton_gemv import gemv_add, rms_norm_gemv, rms_norm_swiglu_gemv
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -103,15 +106,10 @@ def fp8_linear(x: torch.Tensor, weight: Fp8Weight, bias: torch.Tensor | None) ->
     return out if bias is None else out + bias
 
 
-def _linear(
-    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, use_gemv: bool, fp8: Fp8Weight | None = None
-) -> torch.Tensor:
-    """``F.linear``, the Triton GEMV when ``use_gemv`` and x holds a single row, or :func:`fp8_linear`
-    when given the weight's float8 copy ``fp8``."""
+def _linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, fp8: Fp8Weight | None = None) -> torch.Tensor:
+    """``F.linear``, or :func:`fp8_linear` when given the weight's float8 copy ``fp8``."""
     if fp8 is not None:
         return fp8_linear(x, fp8, bias)
-    if use_gemv and x.numel() == x.shape[-1] and weight.is_contiguous():
-        return gemv(x, weight, bias)
     return F.linear(x, weight, bias)
 
 
@@ -143,14 +141,16 @@ def _attention_inputs(
     k and v [B, kv_heads, q, d] into the caches at cache positions ``slots`` [q] (in place, so that a
     compiled version stores them straight into the cache instead of copying afterwards)."""
     batch, q_len, _ = h.shape
-    x = _rms_norm(h, norm_weight, eps)
-    fp8 = qkv_fp8 or [None] * len(qkv_weights)
-    if len(qkv_weights) == 1:  # fused [q; k; v] matrix
-        q, k, v = _linear(x, qkv_weights[0], qkv_biases[0], use_gemv, fp8[0]).split(
-            [n_heads * head_dim, n_kv * head_dim, n_kv * head_dim], dim=-1
-        )
+    if use_gemv:  # one row (never float8, which is the prefill's): the norm is each GEMV's prologue
+        outputs = [rms_norm_gemv(h, norm_weight, eps, w, b) for w, b in zip(qkv_weights, qkv_biases)]
     else:
-        q, k, v = (_linear(x, w, b, use_gemv, f) for w, b, f in zip(qkv_weights, qkv_biases, fp8))
+        x = _rms_norm(h, norm_weight, eps)
+        fp8 = qkv_fp8 or [None] * len(qkv_weights)
+        outputs = [_linear(x, w, b, f) for w, b, f in zip(qkv_weights, qkv_biases, fp8)]
+    if len(outputs) == 1:  # fused [q; k; v] matrix
+        q, k, v = outputs[0].split([n_heads * head_dim, n_kv * head_dim, n_kv * head_dim], dim=-1)
+    else:
+        q, k, v = outputs
     q = q.view(batch, q_len, n_heads, head_dim).transpose(1, 2)
     k = k.view(batch, q_len, n_kv, head_dim).transpose(1, 2)
     v = v.view(batch, q_len, n_kv, head_dim).transpose(1, 2)
@@ -175,14 +175,23 @@ def _attention_output_and_mlp(
 ) -> torch.Tensor:
     """o_proj + residual, post_attention_layernorm, SiLU-gated MLP + residual (attn [B, q, H]);
     ``fp8``: the float8 copies of o, gate/up and down (:func:`fp8_linear`)."""
+    if use_gemv:  # one row: three GEMVs with the adds, the norm and the SiLU gate folded in
+        if len(gate_up_weights) == 1:  # fused [gate; up] matrix: its two halves (contiguous views)
+            gate_weight, up_weight = gate_up_weights[0].chunk(2)
+            gate_bias, up_bias = gate_up_biases[0].chunk(2) if gate_up_biases[0] is not None else (None, None)
+        else:
+            (gate_weight, up_weight), (gate_bias, up_bias) = gate_up_weights, gate_up_biases
+        h = gemv_add(attn, o_weight, o_bias, h)
+        gated = rms_norm_swiglu_gemv(h, norm_weight, eps, gate_weight, gate_bias, up_weight, up_bias)
+        return gemv_add(gated, down_weight, down_bias, h)
     gate_up_fp8 = fp8.gate_up if fp8 is not None else [None] * len(gate_up_weights)
-    h = h + _linear(attn, o_weight, o_bias, use_gemv, fp8.o if fp8 is not None else None)
+    h = h + _linear(attn, o_weight, o_bias, fp8.o if fp8 is not None else None)
     x = _rms_norm(h, norm_weight, eps)
     if len(gate_up_weights) == 1:  # fused [gate; up] matrix
-        gate, up = _linear(x, gate_up_weights[0], gate_up_biases[0], use_gemv, gate_up_fp8[0]).chunk(2, dim=-1)
+        gate, up = _linear(x, gate_up_weights[0], gate_up_biases[0], gate_up_fp8[0]).chunk(2, dim=-1)
     else:
-        gate, up = (_linear(x, w, b, use_gemv, f) for w, b, f in zip(gate_up_weights, gate_up_biases, gate_up_fp8))
-    return h + _linear(F.silu(gate) * up, down_weight, down_bias, use_gemv, fp8.down if fp8 is not None else None)
+        gate, up = (_linear(x, w, b, f) for w, b, f in zip(gate_up_weights, gate_up_biases, gate_up_fp8))
+    return h + _linear(F.silu(gate) * up, down_weight, down_bias, fp8.down if fp8 is not None else None)
 
 
 SDPA_BACKENDS = ("cudnn", "efficient", "flash", "math")
@@ -282,6 +291,7 @@ class StaticLlama:
         self.lm = language_model
         self.n_layers = len(model.layers)
         self.norm = model.norm
+        self.norm_eps = float(model.norm.variance_epsilon)
         self.rotary = model.rotary_emb
         self.embed = language_model.get_input_embeddings()
         self.lm_head = language_model.lm_head
@@ -367,7 +377,7 @@ class StaticLlama:
         step = q_len == 1
         if last_only:
             q, h, mask, q_len = q[:, :, -1:], h[:, -1:], mask[:, :, -1:], 1
-            gemv_rows = self.use_gemv and batch == 1
+            gemv_rows = self.use_gemv and batch == 1 and fp8 is None
         if step and self.step_triton:
             out = decode_attention(q, keys, values, mask)
         else:
@@ -382,5 +392,10 @@ class StaticLlama:
         )
 
     def logits_last(self, h: torch.Tensor) -> torch.Tensor:
-        return self.lm_head(self.norm(h[:, -1:, :]))[:, -1, :]
+        """The final norm and lm_head at the last position of h [B, q, H] -> logits [B, vocab]
+        (one :func:`rms_norm_gemv` when ``use_gemv`` and B == 1)."""
+        last = h[:, -1:, :]
+        if self.use_gemv and h.shape[0] == 1:
+            return rms_norm_gemv(last, self.norm.weight, self.norm_eps, self.lm_head.weight, self.lm_head.bias)[:, -1, :]
+        return self.lm_head(self.norm(last))[:, -1, :]
 
