@@ -13,7 +13,7 @@ taken in an order that depends on BLOCK_K). Timed either with ``triton.testing.d
 per call: small products are then partly the host's launch time) or, with ``--graph``, as a decode
 step runs them: 32 distinct weights (one per layer, so that none is served from L2) launched back to
 back in one CUDA graph, per launch the median of 20 replays / 32. ``CONFIG`` in that module is the
-one chosen from these (H200, session 15: ``results/h200_s15_gemv_configs.json``).
+one chosen from these (H200, session 16, ``--graph``: ``results/h200_s16_run2_gemv_graph.json``).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from vla_spec.model.triton_gemv import CONFIG  # noqa: E402
 
-CANDIDATES = (  # BLOCK_N, BLOCK_K, num_warps, num_stages: the autotuner's list before session 15, then more
+CANDIDATES = (  # BLOCK_N, BLOCK_K, num_warps, num_stages: the autotuner's list before session 15, then six more
     (8, 512, 4, 3), (16, 512, 8, 3), (4, 1024, 4, 3), (8, 1024, 8, 3), (2, 2048, 4, 3),
     (16, 256, 4, 4), (32, 256, 8, 4), (8, 256, 4, 5), (16, 512, 8, 4), (4, 512, 4, 5),
     (2, 1024, 4, 3), (2, 1024, 2, 3), (4, 1024, 4, 1), (4, 2048, 8, 3), (1, 2048, 4, 3), (4, 1024, 8, 3),
