@@ -13,7 +13,7 @@ taken in an order that depends on BLOCK_K). Timed either with ``triton.testing.d
 per call: small products are then partly the host's launch time) or, with ``--graph``, as a decode
 step runs them: 32 distinct weights (one per layer, so that none is served from L2) launched back to
 back in one CUDA graph, per launch the median of 20 replays / 32. ``CONFIG`` in that module is the
-one chosen from these (H200, session 16, ``--graph``: ``results/h200_s16_run2_gemv_graph.json``).
+one chosen, on the whole decoder rather than on these (H200, session 16: its docstring).
 """
 
 from __future__ import annotations

@@ -26,14 +26,14 @@ from __future__ import annotations
 
 import torch
 
-CONFIG = {"BLOCK_N": 2, "BLOCK_K": 1024, "num_warps": 4, "num_stages": 3}
+CONFIG = {"BLOCK_N": 4, "BLOCK_K": 1024, "num_warps": 4, "num_stages": 3}
 """The one launch configuration, for every shape. Fixed, not autotuned: the rows' sums are taken in
 an order that depends on the blocks (and so do their bits), and the autotuner's pick changes between
 processes (H200, session 15: o_proj's config differed in 1 of 3 processes, and so did the margins).
-The fastest of 16 configs over a layer's four products and lm_head when each runs as in a decode step,
-32 layers' distinct weights back to back in one CUDA graph (H200, session 16: 103.1 us a layer against
-112.1 for the 4 x 1024 used before; ``benchmarks/bench_gemv.py --graph``,
-``benchmarks/results/h200_s16_run2_gemv_graph.json``)."""
+Chosen on the whole batch-1 decoder, not on the plain product: in a CUDA graph of 32 layers the plain
+product is 8 % faster with 2 rows a program (``benchmarks/bench_gemv.py --graph``), but the folded
+RMSNorm is recomputed by every program, and the decoder with 2 rows took 32.7-32.8 ms against
+31.9-32.2 with 4, alternating in one process each on one H200 (session 16, run 4)."""
 
 
 def _launch(
