@@ -257,7 +257,9 @@ def test_attention_backend_option():
     """``attention_backend`` picks the SDPA kernel of every call, ``step_attention_backend`` that of
     the decode steps: "math" (torch's reference kernel, on every device) gives the naive tokens; on
     CPU torch has no "efficient" kernel, so asking for it fails in the prefill, or only in the first
-    step when only the steps ask for it; an unknown name fails when the decoder is built."""
+    step when only the steps ask for it; an unknown name fails when the decoder is built. The Triton
+    kernels asked for on CPU tensors (``step_attention_backend="triton"``, ``gemv=True`` without the
+    interpreter) fail with the fix."""
     import torch
 
     from vla_spec.model.fast_decoding import FastGreedyDecoder
@@ -282,3 +284,5 @@ def test_attention_backend_option():
         FastGreedyDecoder(attention_backend="triton")  # a decode-step kernel only
     with pytest.raises(ValueError, match="triton.*needs CUDA tensors"):
         FastGreedyDecoder(step_attention_backend="triton")(model, embeds, mask, 7)
+    with pytest.raises(ValueError, match=r"GEMV \(gemv=True\) needs CUDA tensors, or TRITON_INTERPRET=1"):
+        FastGreedyDecoder(gemv=True)(model, embeds[:1], mask[:1], 7)  # batch 1: the GEMV's path

@@ -24,6 +24,8 @@ Used by :mod:`vla_spec.model.static_llama` when ``use_gemv`` (the benchmark meas
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 CONFIG = {"BLOCK_N": 4, "BLOCK_K": 1024, "num_warps": 4, "num_stages": 3}
@@ -42,6 +44,9 @@ def _launch(
     residual: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """One launch of the kernel on x [..., K] (one row in all); returns [..., N] in x's dtype."""
+    if not x.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
+        raise ValueError("the Triton GEMV (gemv=True) needs CUDA tensors, or TRITON_INTERPRET=1 on the CPU: "
+                         "on the CPU build the decoder with gemv=None or False")
     import triton
 
     from vla_spec.model.triton_gemv_kernel import gemv as kernel
