@@ -49,8 +49,8 @@ def logit_spread(name: str, other: Any, naive: Any) -> None:
     whose conditioning is the same (each row up to and including its first differing token): max,
     p99 and median of the absolute differences, and the max in bfloat16 ulps of naive's top-1 logit
     (the yardstick a dtype-aware tie rule needs)."""
-    same_prefix = np.cumsum(np.asarray(other.token_ids) != np.asarray(naive.token_ids), axis=1)
-    same_prefix = (same_prefix == 0) | ((same_prefix == 1) & (np.asarray(other.token_ids) != np.asarray(naive.token_ids)))
+    differs = np.asarray(other.token_ids) != np.asarray(naive.token_ids)
+    same_prefix = np.cumsum(differs, axis=1) - differs == 0  # no difference before this step
     top = np.asarray(naive.top_logits, dtype=np.float64)[same_prefix]
     d_top = np.abs(np.asarray(other.top_logits, dtype=np.float64)[same_prefix] - top)
     d_margin = np.abs(np.asarray(other.margins, dtype=np.float64)[same_prefix]
