@@ -40,8 +40,10 @@ SHAPES = {"qkv": (12288, 4096), "o": (4096, 4096), "gate_up": (22016, 4096), "do
 LAYERS = 32
 
 
-def graph_us(launch, replays: int = 20) -> float:
-    """Median us per launch of ``launch(i)`` for i < LAYERS, captured back to back in one CUDA graph."""
+def graph_us(launch, replays: int = 20) -> tuple[float, list, bool]:
+    """Median us per launch of ``launch(i)`` for i < LAYERS, captured back to back in one CUDA graph;
+    also what the first replay left in the launches' outputs, and whether the last replay gave the
+    same bits."""
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(stream):
@@ -50,9 +52,9 @@ def graph_us(launch, replays: int = 20) -> float:
     torch.cuda.current_stream().wait_stream(stream)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        for i in range(LAYERS):
-            launch(i)
+        outs = [launch(i) for i in range(LAYERS)]
     graph.replay()
+    first = [o.clone() if isinstance(o, torch.Tensor) else o for o in outs]
     times = []
     for _ in range(replays):
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -61,7 +63,8 @@ def graph_us(launch, replays: int = 20) -> float:
         end.record()
         end.synchronize()
         times.append(start.elapsed_time(end) * 1e3 / LAYERS)
-    return statistics.median(times)
+    same = all(not isinstance(a, torch.Tensor) or torch.equal(a, b) for a, b in zip(first, outs))
+    return statistics.median(times), first, same
 
 
 def main() -> int:
@@ -83,7 +86,7 @@ def main() -> int:
 
         def timing(launch) -> float:
             if args.graph:
-                return graph_us(launch)
+                return graph_us(launch)[0]
             return triton.testing.do_bench(lambda: launch(0), warmup=50, rep=300) * 1e3
 
         outputs = [torch.empty(n, dtype=torch.bfloat16, device="cuda") for _ in weights]

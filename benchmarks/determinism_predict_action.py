@@ -179,25 +179,23 @@ def op_checks(model: Any, decoder: FastGreedyDecoder, batch: int, length: int, r
     cache_len = -(-(length + 6) // 16) * 16
     heads, kv, d = llama.n_heads, llama.n_kv, llama.head_dim
     keys, values = rand(batch, kv, cache_len, d), rand(batch, kv, cache_len, d)
-    causal = torch.ones(length, cache_len, dtype=torch.bool, device=device).tril_()
-    eye = torch.eye(length, cache_len, dtype=torch.bool, device=device)
     valid = torch.ones(batch, cache_len, dtype=torch.bool, device=device)
-    valid[:, :3] = False  # the 3 positions of left padding (277 -> 280)
-    prefill_mask = torch.zeros(batch, 1, length, cache_len, dtype=dtype, device=device).masked_fill_(
-        ~((causal[None] & valid[:, None, :]) | eye[None])[:, None], float("-inf"))
+    valid[:, length - 3 : length] = False  # the 3 positions of padding (277 -> 280), right-aligned rows
     step_valid = valid & (torch.arange(cache_len, device=device) <= length)[None]
     step_mask = torch.zeros(batch, 1, 1, cache_len, dtype=dtype, device=device).masked_fill_(
         ~step_valid[:, None, None, :], float("-inf"))
-    for phase, q, mask in (("prefill", rand(batch, heads, length, d), prefill_mask),
+    for phase, q, mask in (("prefill", rand(batch, heads, length, d), None),  # causal over its own positions
                            ("step", rand(batch, heads, 1, d), step_mask)):
+        stop = length if mask is None else cache_len
         for backend in BACKENDS + ("math",):
             context = sdpa_backend(None if backend == "default" else backend)
 
-            def attend(q=q, mask=mask, context=context) -> torch.Tensor:
+            def attend(q=q, mask=mask, stop=stop, context=context) -> torch.Tensor:
                 with context():
-                    return F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
+                    return F.scaled_dot_product_attention(q, keys[:, :, :stop], values[:, :, :stop], attn_mask=mask,
+                                                          is_causal=mask is None)
 
-            label = f"sdpa {phase} {backend} q{list(q.shape)} kv[{cache_len}]"
+            label = f"sdpa {phase} {backend} q{list(q.shape)} kv[{stop}]{' causal' if mask is None else ''}"
             try:
                 out[label] = {"equal": repeats_equal(attend, repeats), "of": repeats, "ms": device_ms(attend, iters)}
             except RuntimeError as error:

@@ -1,6 +1,7 @@
-"""The batch-1 GEMV kernels on the CPU, through Triton's interpreter (``TRITON_INTERPRET=1``).
+"""The Triton kernels on the CPU, through Triton's interpreter (``TRITON_INTERPRET=1``).
 
-:mod:`vla_spec.model.triton_gemv` runs on CUDA in the gpu tier; here the same Triton source and the
+:mod:`vla_spec.model.triton_gemv` (the batch-1 GEMVs) and :mod:`vla_spec.model.triton_attention`
+(the decode steps' attention) run on CUDA in the gpu tier; here the same Triton source and the
 same launches (the fixed configuration, the grid, the flags) run in child processes with the
 interpreter, so CI checks them without a GPU. float32 only (the interpreter's bfloat16 is wrong in
 Triton 3.8; the bfloat16 roundings are the gpu tier's).
@@ -99,12 +100,36 @@ for batch, fuse in [(1, False), (1, True), (3, True)]:
     }
 """
 
+ATTENTION_CHILD = r"""
+import vla_spec.model.triton_attention as step_attention
+generator = torch.Generator().manual_seed(2)
+batch, heads, kv_heads, length, dim = 2, 4, 2, 45, 24  # grouped K/V; 45 keys: no multiple of any chunk
+q = torch.randn(batch, heads, 1, dim, generator=generator)
+k, v = (torch.randn(batch, kv_heads, length, dim, generator=generator) for _ in range(2))
+real = torch.ones(batch, length, dtype=torch.bool)
+real[0, :20] = False  # whole chunks of masked keys
+real[1, 30:] = False
+mask = torch.zeros(batch, 1, 1, length).masked_fill_(~real[:, None, None, :], float("-inf"))
+def reference(mask):
+    return F.scaled_dot_product_attention(q.double(), k.double().repeat_interleave(2, 1),
+                                          v.double().repeat_interleave(2, 1), attn_mask=mask.double())
+report["step_attention_config"] = step_attention.CONFIG._asdict()
+for config in [step_attention.CONFIG, (8, 1, 4, 1), (8, 3, 4, 2), (4, 16, 2, 3)]:  # 64 keys: 45 fit in one
+    step_attention.CONFIG = step_attention.StepAttentionConfig(*config)
+    got = step_attention.decode_attention(q, k, v, mask).double()
+    report[f"step_attention {list(config)}"] = {
+        "shape": list(got.shape),
+        "error": (got - reference(mask)).abs().max().item(),
+        "error_against_unmasked": (got - reference(torch.zeros_like(mask))).abs().max().item(),
+    }
+"""
+
 
 @pytest.fixture(scope="module")
 def report() -> dict:
     """Both children's results, from one interpreted process (torch and Triton imported once)."""
     env = dict(os.environ, TRITON_INTERPRET="1")
-    source = OPS_CHILD + DECODER_CHILD + "print(json.dumps(report))\n"
+    source = OPS_CHILD + DECODER_CHILD + ATTENTION_CHILD + "print(json.dumps(report))\n"
     child = subprocess.run([sys.executable, "-c", source], env=env, capture_output=True, text=True, timeout=120)
     assert child.returncode == 0, child.stderr[-3000:]
     return json.loads(child.stdout.strip().splitlines()[-1])
@@ -130,6 +155,22 @@ def test_gemv_kernels_against_float64_in_the_interpreter(report):
     assert "both a bias or neither" in report["mixed_bias_error"]
     assert "contiguous" in report["strided_weight_error"]
     assert "one row of x, got 2 of 1500: use F.linear" in report["two_rows_error"]
+
+
+@pytest.mark.cpu
+def test_step_attention_against_float64_in_the_interpreter(report):
+    """The decode steps' attention kernel (one query row per sequence and head, grouped K/V, an additive
+    mask) within 1e-6 of float64 SDPA, in the configuration used and in three others: chunks of 8
+    keys one or three to a program (an online softmax over the chunks, pipelined), chunks of 4
+    sixteen to a program; whole chunks of masked keys give no NaN. Negative control: each is far
+    from the same attention without the mask, so the mask is applied."""
+    assert report["step_attention_config"] == {"chunk": 64, "chunks": 1, "warps": 4, "stages": 1}
+    cases = [name for name in report if name.startswith("step_attention [")]
+    assert len(cases) == 4
+    for name in cases:
+        assert report[name]["shape"] == [2, 4, 1, 24], name
+        assert report[name]["error"] <= 1e-6, (name, report[name])
+        assert report[name]["error_against_unmasked"] > 1e-2, (name, report[name])
 
 
 @pytest.mark.cpu

@@ -10,9 +10,14 @@ How it is fast
 * **Static KV cache.** One preallocated K and V buffer per layer, [B, kv_heads, T, head_dim] with
   T = L + n - 1 rounded up to a multiple of :data:`CACHE_ALIGN`, written in place (prefill writes
   ``[:L]``, decode step j writes position ``L + j - 1``), by the Llama forward of
-  :mod:`vla_spec.model.static_llama` over the model's own weights. Every attention call reads the
-  whole cache (no copies of a slice) under an additive mask over all T keys (causal AND key is
-  real AND written; a padded query also sees itself, so pad rows stay finite), built once per call.
+  :mod:`vla_spec.model.static_llama` over the model's own weights.
+* **A causal prefill.** The prefill right-aligns each row (its real positions first, in order, so
+  at their position ids; its left padding after them, where no real position looks), so that its
+  attention is plain ``is_causal`` over the positions just written: no mask, and the kernels skip
+  the blocks above the diagonal (7B shapes, H200, 280 positions: 121 against 251 us a layer at
+  batch 32 for a mask over the cache, benchmarks/README.md, session 17). Its last layer goes on
+  from each row's last real position only. The decode steps read the whole cache (no copies of a
+  slice) under an additive mask over all T keys (real AND written), built once per call.
 * **One CUDA graph per (batch, padded prefix length, n_tokens) bucket** holding the whole decode:
   the prefill, the first argmax, and the ``n - 1`` single-token steps unrolled (embedding lookup
   of the previous argmax, 32 layers, argmax + margin). A call copies the prefix into the graph's
@@ -51,7 +56,7 @@ from typing import Any
 
 import torch
 
-from vla_spec.model.decoding import GreedyResult, check_decoder_inputs, positions_from_mask, greedy_step
+from vla_spec.model.decoding import GreedyResult, check_decoder_inputs, greedy_step
 from vla_spec.model.fast_vision import GraphedVision, captured, has_hooks
 from vla_spec.model.network import PrefixLayout
 from vla_spec.model.processor import pixel_values_from_uint8
@@ -83,8 +88,6 @@ class _Bucket:
         cache_shape = (batch, llama.n_kv, self.cache_len, llama.head_dim)
         self.k_cache = [torch.zeros(cache_shape, dtype=dtype, device=device) for _ in range(llama.n_layers)]
         self.v_cache = [torch.zeros(cache_shape, dtype=dtype, device=device) for _ in range(llama.n_layers)]
-        self.causal = torch.ones(length, self.cache_len, dtype=torch.bool, device=device).tril_()  # [L, T]
-        self.eye = torch.eye(length, self.cache_len, dtype=torch.bool, device=device)
         self.token_ids = torch.zeros(batch, n_tokens, dtype=torch.int64, device=device)
         self.margins = torch.zeros(batch, n_tokens, dtype=torch.float32, device=device)
         self.top_logits = torch.zeros(batch, n_tokens, dtype=torch.float32, device=device)
@@ -102,22 +105,23 @@ class _Bucket:
     def compute(self) -> None:
         """Prefill + n_tokens greedy steps over the static buffers (eager; captured on CUDA)."""
         llama, n_layers, dtype = self.llama, self.llama.n_layers, self.embeds.dtype
-        valid = self.mask.bool()
-        positions = positions_from_mask(self.mask)
-        # every attention call reads the whole cache [B, kv, T, d] (a slice of it would be copied
-        # for SDPA), with the keys not yet written (or padding) masked out
+        real = self.mask.bool()
+        lengths = real.sum(dim=1)  # [B] real positions per row
+        # right-align the rows: each row's real positions first, in order (so at their position ids
+        # 0 .. n - 1), its padding after them, where causal attention from a real position never looks
+        place = torch.where(real, real.cumsum(dim=1) - 1, lengths[:, None] + (~real).cumsum(dim=1) - 1)  # [B, L]
+        h = torch.empty_like(self.embeds).scatter_(1, place[..., None].expand_as(self.embeds), self.embeds)
+        positions = self.slots[None, : self.length].expand(self.batch, -1)
+        last = (lengths - 1).clamp(min=0)  # [B] each row's last real position (0 for a row of padding only)
         written = self.n_tokens - 1
-        keys_valid = torch.cat([valid, valid.new_ones(self.batch, written),
-                                valid.new_zeros(self.batch, self.cache_len - self.length - written)], dim=1)  # [B, T]
-        allowed = ((self.causal[None] & keys_valid[:, None, :]) | self.eye[None])[:, None]  # [B, 1, L, T]
-        mask = _additive(allowed, dtype)
-        h = self.embeds
+        keys_valid = torch.cat([positions < lengths[:, None], real.new_ones(self.batch, written),
+                                real.new_zeros(self.batch, self.cache_len - self.length - written)], dim=1)  # [B, T]
         cos, sin = llama.rotary(h, positions)
         prefill_slots = self.slots[: self.length]
-        for i in range(n_layers):
-            h = llama.layer(
-                i, h, cos, sin, self.k_cache[i], self.v_cache[i], prefill_slots, mask, last_only=i == n_layers - 1
-            )
+        for i in range(n_layers - 1):
+            h = llama.layer(i, h, cos, sin, self.k_cache[i], self.v_cache[i], prefill_slots, None)
+        last_mask = _additive(self.slots[None, :] <= last[:, None], dtype)[:, None, None, :]  # [B, 1, 1, T]
+        h = llama.layer(n_layers - 1, h, cos, sin, self.k_cache[-1], self.v_cache[-1], prefill_slots, last_mask, last)
         token, margin, top = greedy_step(llama.logits_last(h))
         self.token_ids[:, 0].copy_(token)
         self.margins[:, 0].copy_(margin)
@@ -125,10 +129,9 @@ class _Bucket:
         step_slots = self.slots[self.length : self.length + written]  # step j writes (and sees up to) slot L + j - 1
         seen = self.slots[None, :] <= step_slots[:, None]  # [n - 1, T]
         step_masks = _additive(keys_valid[None] & seen[:, None, :], dtype)[:, :, None, None, :]  # [n - 1, B, 1, 1, T]
-        last = positions[:, -1:]
         for step in range(1, self.n_tokens):
             h = llama.embed(token[:, None])
-            cos, sin = llama.rotary(h, last + step)
+            cos, sin = llama.rotary(h, last[:, None] + step)
             step_mask = step_masks[step - 1]
             step_slot = step_slots[step - 1 : step]
             for i in range(n_layers):

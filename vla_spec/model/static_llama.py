@@ -2,8 +2,8 @@
 
 The layer math is transformers' Llama (RMSNorm in float32, rotary from the model's own
 ``rotary_emb``, SiLU-gated MLP, final norm and lm_head modules); the attention core is
-``scaled_dot_product_attention`` with an explicit additive mask, and K/V are written in place into
-caller-owned buffers. Nothing depends on transformers' cache or mask classes, which change between
+``scaled_dot_product_attention``, causal for a prefill of right-aligned rows and under an explicit
+additive mask otherwise, and K/V are written in place into caller-owned buffers. Nothing depends on transformers' cache or mask classes, which change between
 releases. Only the last position goes through lm_head.
 
 Options, per :class:`StaticLlama`:
@@ -352,17 +352,22 @@ class StaticLlama:
         k_cache: torch.Tensor,
         v_cache: torch.Tensor,
         slots: torch.Tensor,
-        mask: torch.Tensor,
-        last_only: bool = False,
+        mask: torch.Tensor | None,
+        last: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """One decoder layer on h [B, q, H]; writes K/V to the caches at positions ``slots`` [q]
-        (consecutive, ``start .. start + q - 1``) and attends to cache[:, :, :S] under ``mask``
-        [B, 1, q, S] (additive: 0 = attend, -inf = masked). With S the cache's whole length the keys
-        and values go to SDPA as they are (a shorter slice is not contiguous and SDPA copies it).
+        (consecutive, ``start .. start + q - 1``), then attends:
 
-        ``last_only``: after the K/V writes, only the last query position goes on (attention, o_proj,
-        MLP): what the last layer of a prefill needs, since only its last position reaches lm_head.
-        Returns [B, q, H], or [B, 1, H] with ``last_only``."""
+        * ``mask`` None (a prefill of right-aligned rows, ``slots`` from 0): causal over the q positions
+          just written (``is_causal``, no mask, so the kernels skip the blocks above the diagonal);
+        * else to cache[:, :, :S] under ``mask`` [B, 1, q, S] (additive: 0 = attend, -inf = masked).
+          With S the cache's whole length the keys and values go to SDPA as they are (a shorter slice
+          is not contiguous and SDPA copies it).
+
+        ``last`` [B] (int64): after the K/V writes, only position ``last[b]`` of each row goes on
+        (attention under ``mask`` [B, 1, 1, S], o_proj, MLP): what the last layer of a prefill needs,
+        since only each row's last real position reaches lm_head. Returns [B, q, H], or [B, 1, H]
+        with ``last``."""
         w = self.weights[index]
         batch, q_len, _ = h.shape
         gemv_rows = self.use_gemv and batch * q_len == 1
@@ -372,11 +377,13 @@ class StaticLlama:
             h, w.norm1, w.eps1, w.qkv, w.qkv_bias, cos, sin, k_cache, v_cache, slots,
             self.n_heads, self.n_kv, self.head_dim, gemv_rows, fp8.qkv if fp8 is not None else None,
         )
-        stop = mask.shape[-1]
+        step = q_len == 1 and mask is not None  # a decode step (not a one-position prefill)
+        stop = q_len if mask is None else mask.shape[-1]
         keys, values = k_cache[:, :, :stop], v_cache[:, :, :stop]
-        step = q_len == 1
-        if last_only:
-            q, h, mask, q_len = q[:, :, -1:], h[:, -1:], mask[:, :, -1:], 1
+        if last is not None:
+            q = q.gather(2, last.view(batch, 1, 1, 1).expand(batch, q.shape[1], 1, q.shape[3]))
+            h = h.gather(1, last.view(batch, 1, 1).expand(batch, 1, h.shape[2]))
+            q_len = 1
             gemv_rows = self.use_gemv and batch == 1 and fp8 is None
         if step and self.step_triton:
             out = decode_attention(q, keys, values, mask)
@@ -385,7 +392,7 @@ class StaticLlama:
                 rep = self.n_heads // self.n_kv
                 keys, values = keys.repeat_interleave(rep, dim=1), values.repeat_interleave(rep, dim=1)
             with attention_backend():
-                out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
+                out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, is_causal=mask is None)
         out = out.transpose(1, 2).reshape(batch, q_len, self.n_heads * self.head_dim)
         return self.attention_output_and_mlp(
             h, out, w.o, w.o_bias, w.norm2, w.eps2, w.gate_up, w.gate_up_bias, w.down, w.down_bias, gemv_rows, fp8,

@@ -2,20 +2,22 @@
 
 ``out[b, h] = softmax(q[b, h] . K[b, g(h)]^T / sqrt(d) + mask[b]) V[b, g(h)]`` with q [B, H, 1, d], the
 cache K, V [B, KV, T, d] read as they are (``g(h) = h // (H / KV)``), an additive mask [B, 1, 1, T] and
-float32 accumulation, in two kernels: each block of :data:`BLOCK_T` keys of each (b, h) gives its
+float32 accumulation, in two kernels: each block of keys of each (b, h) (:data:`CONFIG`) gives its
 partial softmax (max score, sum of exponentials, weighted sum of values), then one program per (b, h)
 combines the blocks in a fixed order. No atomics, no order that depends on timing, so a replay gives
 bitwise the same result: torch's cuDNN kernel for this shape does
 not (benchmarks/README.md, session 10), and its "efficient" kernel is reproducible but slower.
 Registered as the custom op ``vla_spec::decode_attention`` (opaque to ``torch.compile``, captured in
-CUDA graphs). CUDA only; Triton is imported on first use. Used by
+CUDA graphs). CUDA, or the CPU through Triton's interpreter (``TRITON_INTERPRET=1``); Triton is imported
+on first use. Used by
 :mod:`vla_spec.model.static_llama` when ``step_attention_backend="triton"``.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any
+import os
+from typing import Any, NamedTuple
 
 import torch
 
@@ -32,30 +34,43 @@ def _kernels() -> tuple[Any, Any]:
         def partial_kernel(
             q_ptr, k_ptr, v_ptr, mask_ptr, part_ptr, heads, group, length, scale,
             sq_b, sq_h, sk_b, sk_h, sk_t, sv_b, sv_h, sv_t, sm_b, sm_t,
-            D: tl.constexpr, D_PAD: tl.constexpr, BLOCK_T: tl.constexpr, SPLITS: tl.constexpr,
+            D: tl.constexpr, D_PAD: tl.constexpr, CHUNK: tl.constexpr, CHUNKS: tl.constexpr, SPLITS: tl.constexpr,
+            STAGES: tl.constexpr,
         ):
-            """Program (b * heads + h, s): keys s * BLOCK_T ... of sequence b, head h -> (max score,
-            sum of exp, exp-weighted sum of values) in float32 at part[b * heads + h, s]."""
+            """Program (b * heads + h, s): keys s * CHUNK * CHUNKS ... of sequence b, head h, in CHUNKS
+            chunks of CHUNK keys (an online softmax over them, in order) -> (max score, sum of exp,
+            exp-weighted sum of values) in float32 at part[b * heads + h, s]."""
             bh = tl.program_id(0)
             split = tl.program_id(1)
             b = bh // heads
             g = (bh % heads) // group
             d = tl.arange(0, D_PAD)
             d_ok = d < D
-            t = split * BLOCK_T + tl.arange(0, BLOCK_T)
-            t_ok = t < length
-            both = t_ok[:, None] & d_ok[None, :]
             q = tl.load(q_ptr + b * sq_b + (bh % heads) * sq_h + d, mask=d_ok, other=0.0).to(tl.float32) * scale
-            k = tl.load(k_ptr + b.to(tl.int64) * sk_b + g * sk_h + t[:, None] * sk_t + d[None, :], mask=both, other=0.0)
-            v = tl.load(v_ptr + b.to(tl.int64) * sv_b + g * sv_h + t[:, None] * sv_t + d[None, :], mask=both, other=0.0)
-            bias = tl.load(mask_ptr + b * sm_b + t * sm_t, mask=t_ok, other=float("-inf")).to(tl.float32)
-            s = tl.sum(k.to(tl.float32) * q[None, :], axis=1) + bias
-            m = tl.max(s, axis=0)
-            p = tl.exp(s - tl.where(m == float("-inf"), 0.0, m))  # a block of masked keys: p = 0, no NaN
+            k_base = k_ptr + b.to(tl.int64) * sk_b + g * sk_h
+            v_base = v_ptr + b.to(tl.int64) * sv_b + g * sv_h
+            m = tl.full((), float("-inf"), tl.float32)
+            total = tl.zeros((), tl.float32)
+            acc = tl.zeros((D_PAD,), tl.float32)
+            for c in tl.range(0, CHUNKS, num_stages=STAGES):
+                t = (split * CHUNKS + c) * CHUNK + tl.arange(0, CHUNK)
+                t_ok = t < length
+                both = t_ok[:, None] & d_ok[None, :]
+                k = tl.load(k_base + t[:, None] * sk_t + d[None, :], mask=both, other=0.0)
+                v = tl.load(v_base + t[:, None] * sv_t + d[None, :], mask=both, other=0.0)
+                bias = tl.load(mask_ptr + b * sm_b + t * sm_t, mask=t_ok, other=float("-inf")).to(tl.float32)
+                s = tl.sum(k.to(tl.float32) * q[None, :], axis=1) + bias
+                m_new = tl.maximum(m, tl.max(s, axis=0))
+                shift = tl.where(m_new == float("-inf"), 0.0, m_new)  # all keys so far masked: p = 0, no NaN
+                alpha = tl.exp(m - shift)
+                p = tl.exp(s - shift)
+                total = total * alpha + tl.sum(p, axis=0)
+                acc = acc * alpha + tl.sum(p[:, None] * v.to(tl.float32), axis=0)
+                m = m_new
             out = part_ptr + (bh * SPLITS + split) * (D_PAD + 2)
-            tl.store(out + d, tl.sum(p[:, None] * v.to(tl.float32), axis=0))
+            tl.store(out + d, acc)
             tl.store(out + D_PAD, m)
-            tl.store(out + D_PAD + 1, tl.sum(p, axis=0))
+            tl.store(out + D_PAD + 1, total)
 
         @triton.jit
         def combine_kernel(part_ptr, out_ptr, splits, D: tl.constexpr, D_PAD: tl.constexpr, SPLITS: tl.constexpr,
@@ -79,9 +94,24 @@ def _kernels() -> tuple[Any, Any]:
     return _KERNELS["kernels"]
 
 
-BLOCK_T = 32
-"""Keys per program of the first kernel: (B * H) x ceil(T / BLOCK_T) programs, each loading its keys
-and values at once (a 288-key cache at 7B shapes: 9 programs per sequence and head)."""
+class StepAttentionConfig(NamedTuple):
+    """The first kernel's launch: ``chunk`` keys loaded at a time (a power of 2), ``chunks`` of them per
+    program (so (B * H) x ceil(T / (chunk * chunks)) programs), ``warps``, and ``stages`` of Triton's
+    software pipelining of the chunk loop. The split of the keys into programs and chunks fixes the
+    order of the sums, so another configuration gives other bits (each one reproducible)."""
+
+    chunk: int
+    chunks: int
+    warps: int
+    stages: int
+
+
+CONFIG = StepAttentionConfig(chunk=64, chunks=1, warps=4, stages=1)
+"""The launch configuration used: one 64-key block per program (a 288-key cache at 7B shapes: 5
+programs per sequence and head). Of 12 candidates (benchmarks/bench_step_attention.py, H200,
+session 17) the fastest at batch 32: 50.6 us a layer against 67.0 for one 32-key block (the
+configuration before), 2.98 against 2.26 TB/s of K/V; batch 8 18.5 against 21.8 us, batch 1 7.0
+against 7.2. Longer loops per program (online softmax over 2-9 chunks) and 8 warps were slower."""
 
 
 @torch.library.custom_op("vla_spec::decode_attention", mutates_args=())
@@ -91,8 +121,9 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: to
     (0 / -inf; every row needs one finite key). Returns [B, H, 1, d] in q's dtype."""
     batch, heads, rows, dim = q.shape
     kv_heads, length = k.shape[1], k.shape[2]
-    if not q.is_cuda:
-        raise ValueError("step_attention_backend='triton' needs CUDA tensors: on the CPU use an SDPA backend (None)")
+    if not q.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
+        raise ValueError("step_attention_backend='triton' needs CUDA tensors, or TRITON_INTERPRET=1 on the CPU: "
+                         "on the CPU use an SDPA backend (None)")
     if rows != 1 or heads % kv_heads or mask.shape[-1] != length or not (
         q.stride(-1) == k.stride(-1) == v.stride(-1) == 1
     ):
@@ -100,7 +131,8 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: to
                          f"contiguous last dims, mask [B, 1, 1, T]; got q {list(q.shape)}, k {list(k.shape)}, "
                          f"mask {list(mask.shape)}")
     partial_kernel, combine_kernel = _kernels()
-    splits = -(-length // BLOCK_T)
+    config = CONFIG
+    splits = -(-length // (config.chunk * config.chunks))
     d_pad = max(16, 1 << (dim - 1).bit_length())
     parts = torch.empty(batch * heads, splits, d_pad + 2, dtype=torch.float32, device=q.device)
     out = torch.empty(batch, heads, 1, dim, dtype=q.dtype, device=q.device)
@@ -108,7 +140,8 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: to
     partial_kernel[(batch * heads, splits)](
         q, k, v, mask, parts, heads, heads // kv_heads, length, 1.0 / math.sqrt(dim),
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), k.stride(2), v.stride(0), v.stride(1), v.stride(2),
-        mask.stride(0), mask.stride(3), D=dim, D_PAD=d_pad, BLOCK_T=BLOCK_T, SPLITS=splits, num_warps=4,
+        mask.stride(0), mask.stride(3), D=dim, D_PAD=d_pad, CHUNK=config.chunk, CHUNKS=config.chunks, SPLITS=splits,
+        STAGES=config.stages, num_warps=config.warps,
     )
     combine_kernel[(batch * heads,)](parts, out, splits, D=dim, D_PAD=d_pad, SPLITS=splits,
                                      S_PAD=max(2, 1 << (splits - 1).bit_length()), num_warps=4)
