@@ -11,6 +11,8 @@ from functools import cache
 from typing import TYPE_CHECKING
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 if TYPE_CHECKING:
     from vla_spec.model.decoding import GreedyResult
@@ -89,6 +91,47 @@ def test_padded_row_equals_its_single_call():
     batch = FastGreedyDecoder()(model, embeds, mask, 7)
     alone = FastGreedyDecoder()(model, embeds[1:2, 4:], mask[1:2, 4:], 7)
     assert torch.equal(alone.token_ids[0], batch.token_ids[1])
+
+
+@given(st.lists(st.lists(st.booleans(), min_size=1, max_size=12), min_size=1, max_size=4).filter(
+    lambda rows: len({len(r) for r in rows}) == 1))
+@settings(max_examples=60, deadline=None)
+def test_right_aligned_places_move_real_positions_first_in_order(rows):
+    """For any mask (left-padded or not), each row's places are a permutation of 0 .. L - 1 that puts
+    its n real positions at 0 .. n - 1 and its pads at n .. L - 1, each group in its own order."""
+    import torch
+
+    from vla_spec.model.fast_decoding import right_aligned_places
+
+    places = right_aligned_places(torch.tensor(rows)).tolist()
+    for row, place in zip(rows, places):
+        real = [p for p, is_real in zip(place, row) if is_real]
+        pads = [p for p, is_real in zip(place, row) if not is_real]
+        assert real == list(range(len(real)))
+        assert pads == list(range(len(real), len(row)))
+
+
+def test_prefill_attention_is_causal_without_a_mask(monkeypatch):
+    """The prefill's layers call SDPA with ``is_causal`` and no mask over their own positions; only the
+    prefill's last layer (each row's last real position) and the decode steps pass a mask. Two
+    layers, a left-padded batch of 3, 3 tokens: 1 causal call, then 1 + 2 x 2 masked single-row calls."""
+    import torch
+    import torch.nn.functional as F
+
+    from vla_spec.model.fast_decoding import FastGreedyDecoder
+
+    calls = []
+    sdpa = F.scaled_dot_product_attention
+
+    def recorded(q, k, v, attn_mask=None, is_causal=False, **kwargs):
+        calls.append((q.shape[2], k.shape[2], attn_mask is None, is_causal))
+        return sdpa(q, k, v, attn_mask=attn_mask, is_causal=is_causal, **kwargs)
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", recorded)
+    embeds, mask = left_padded_batch()
+    fast = FastGreedyDecoder(pad_multiple=1)(tiny_llama(4), embeds, mask, 3)
+    assert calls == [(13, 13, True, True)] + [(1, 16, False, False)] * 5  # cache: 13 + 2 rounded up to 16
+    assert torch.equal(fast.token_ids, naive_decode(4, 3).token_ids)
 
 
 @pytest.mark.parametrize("n_tokens", [1, 2, 9])

@@ -62,7 +62,8 @@ from vla_spec.model.network import PrefixLayout
 from vla_spec.model.processor import pixel_values_from_uint8
 from vla_spec.model.static_llama import StaticLlama, check_step_attention_backend, sdpa_backend
 
-__all__ = ["FastGreedyDecoder", "GraphedCall", "accelerate", "restore", "is_accelerated", "first_difference"]
+__all__ = ["FastGreedyDecoder", "GraphedCall", "accelerate", "restore", "is_accelerated", "first_difference",
+           "right_aligned_places"]
 
 
 CACHE_ALIGN = 16
@@ -74,6 +75,16 @@ def _additive(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """Boolean mask (True = attend) -> additive bias (0 / -inf), built once per call, not per layer."""
     return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill_(~allowed, float("-inf"))
 
+
+
+def right_aligned_places(real: torch.Tensor) -> torch.Tensor:
+    """Where each position of a row goes when the row is right-aligned: ``real`` [B, L] (True = a real
+    position) -> [B, L] int64, a permutation of 0 .. L - 1 per row that puts the row's n real
+    positions at 0 .. n - 1 and its pads at n .. L - 1, each group in its order. A left-padded row's
+    real positions so land on their position ids (``cumsum(mask) - 1``), and its padding behind
+    them, where causal attention from a real position never looks."""
+    lengths = real.sum(dim=1, keepdim=True)
+    return torch.where(real, real.cumsum(dim=1) - 1, lengths + (~real).cumsum(dim=1) - 1)
 
 
 class _Bucket:
@@ -107,9 +118,7 @@ class _Bucket:
         llama, n_layers, dtype = self.llama, self.llama.n_layers, self.embeds.dtype
         real = self.mask.bool()
         lengths = real.sum(dim=1)  # [B] real positions per row
-        # right-align the rows: each row's real positions first, in order (so at their position ids
-        # 0 .. n - 1), its padding after them, where causal attention from a real position never looks
-        place = torch.where(real, real.cumsum(dim=1) - 1, lengths[:, None] + (~real).cumsum(dim=1) - 1)  # [B, L]
+        place = right_aligned_places(real)
         h = torch.empty_like(self.embeds).scatter_(1, place[..., None].expand_as(self.embeds), self.embeds)
         positions = self.slots[None, : self.length].expand(self.batch, -1)
         last = (lengths - 1).clamp(min=0)  # [B] each row's last real position (0 for a row of padding only)
