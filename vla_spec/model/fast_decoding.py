@@ -152,8 +152,9 @@ class _Bucket:
 
     def stages(self) -> dict[str, torch.Tensor]:
         """The buffers a run writes, as views, in the order it writes them: per layer the prefill's
-        K and V [B, kv, L, d]; per decode step and layer the step's K and V [B, kv, 1, d]; then the
-        ids, margins and top-1 logits (what :func:`first_difference` compares between replays)."""
+        K and V [B, kv, L, d] (rows right-aligned); per decode step and layer the step's K and V
+        [B, kv, 1, d]; then the ids, margins and top-1 logits (what :func:`first_difference`
+        compares between replays)."""
         out: dict[str, torch.Tensor] = {}
         positions = [("prefill", slice(0, self.length))] + [
             (f"step {j}", slice(self.length + j - 1, self.length + j)) for j in range(1, self.n_tokens)
