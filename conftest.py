@@ -123,6 +123,11 @@ TORCH_TESTS = (
     "tests/test_runner.py::test_the_policy_decodes_fast_by_default_and_naive_on_request_with_the_same_answers",
     "tests/test_tokens.py::test_torch_in_torch_out_same_device",
 )
+
+# cpu test modules whose tests share a module fixture that runs a child process (Triton's
+# interpreter: about 9 s): one unit of work each under the distributed cpu tier, so that one worker
+# pays for the child, not every worker that draws one of its tests.
+ONE_UNIT_CPU_MODULES = ("tests/test_triton_interpreter.py::",)
 _DISTRIBUTED = pytest.StashKey[bool]()
 _TORCH_BEFORE = pytest.StashKey[bool]()
 
@@ -150,8 +155,8 @@ def pytest_cmdline_main(config: pytest.Config) -> None:
 
 @pytest.hookimpl(tryfirst=True, optionalhook=True)
 def pytest_xdist_make_scheduler(config: pytest.Config, log):  # type: ignore[no-untyped-def]
-    """The distributed run's scheduler. The cpu tier alone: TORCH_TESTS one unit of work, every other
-    test its own. With the sim tier: a module is one unit (its module fixtures, a simulator's first
+    """The distributed run's scheduler. The cpu tier alone: TORCH_TESTS one unit of work, each of
+    ONE_UNIT_CPU_MODULES one, every other test its own. With the sim tier: a module is one unit (its module fixtures, a simulator's first
     observations or a closed-loop run, are shared), handed out in collection order, which puts
     LONG_SIM_MODULES first. (xdist's ``loadgroup`` would group by marks, but it loses them under
     pytest 9.2: pytest-dev/pytest-xdist#1386.)"""
@@ -164,7 +169,9 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log):  # type: ignore[no-
     class TierScheduling(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
             if cpu_tier_alone:
-                return "torch" if nodeid.startswith(TORCH_TESTS) else nodeid
+                if nodeid.startswith(TORCH_TESTS):
+                    return "torch"
+                return nodeid.partition("::")[0] if nodeid.startswith(ONE_UNIT_CPU_MODULES) else nodeid
             return nodeid.partition("::")[0]
 
         def _assign_work_unit(self, node) -> None:  # type: ignore[no-untyped-def]
