@@ -3,8 +3,9 @@
 The layer math is transformers' Llama (RMSNorm in float32, rotary from the model's own
 ``rotary_emb``, SiLU-gated MLP, final norm and lm_head modules); the attention core is
 ``scaled_dot_product_attention``, causal for a prefill of right-aligned rows and under an explicit
-additive mask otherwise, and K/V are written in place into caller-owned buffers. Nothing depends on transformers' cache or mask classes, which change between
-releases. Only the last position goes through lm_head.
+additive mask otherwise, and K/V are written in place into caller-owned buffers. Nothing depends on
+transformers' cache or mask classes, which change between releases. Only each row's last position
+goes through lm_head.
 
 Options, per :class:`StaticLlama`:
 
