@@ -5,7 +5,8 @@ towers + projector graph, of ``embed_prefix`` and of the decoder graph (CUDA eve
 under the torch profiler, summarized to text: the top kernels by device time, the device time by
 kind of kernel (GEMM, GEMV, attention, elementwise/reductions, copies), and the busy time of the
 GPU against the wall span of the call (the difference is idle time: host work, launch gaps).
-``--towers-only``: just the kernels of the compiled towers + projector graph.
+``--towers-only``: just the kernels of the compiled towers + projector graph, then the same compiled
+towers without a graph, with the CPU op that launched each of the top kernels.
 ``--micro`` adds the ceilings (GEMV bandwidth per Llama shape, cuBLAS vs the Triton GEMV).
 
 Usage (GPU machine)::
@@ -21,6 +22,7 @@ import sys
 import time
 from collections import defaultdict
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -32,6 +34,7 @@ from benchmarks.bench_predict_action import (  # noqa: E402
     INSTRUCTION, LLAMA2_7B, UNNORM_KEY, build_random_openvla, cuda_ms, hf_static_generate, openvla_7b_config, timed,
 )
 from vla_spec.model.fast_decoding import FastGreedyDecoder, accelerate  # noqa: E402
+from vla_spec.model.fast_vision import GraphedVision  # noqa: E402
 
 KINDS = (  # (kind, substrings of the kernel name), first match wins
     ("gemv (triton)", ("gemv",)),
@@ -86,17 +89,44 @@ def summarize(prof, title: str, out) -> None:
     out.write(text + "\n\n")
 
 
-def profiled(fn, title: str, out, trace_dir: Path | None = None) -> None:
+def launchers(prof, title: str, out, top: int = 15) -> None:
+    """For the top kernels by device time, the CPU ops that launched them (the innermost recorded op,
+    up to three of its parents, its input shapes) with count and device ms. Only for a profile
+    without CUDA graphs: a replay's kernels have no launching op."""
+    by_kernel: dict[str, dict[tuple[str, str], list[float]]] = defaultdict(lambda: defaultdict(lambda: [0, 0.0]))
+    for event in prof.events():
+        chain, parent = [event.name], event.cpu_parent
+        while parent is not None and len(chain) < 4:
+            chain.append(parent.name)
+            parent = parent.cpu_parent
+        for kernel in event.kernels:
+            entry = by_kernel[kernel.name][(" < ".join(chain)[:160], str(event.input_shapes)[:120])]
+            entry[0] += 1
+            entry[1] += kernel.duration
+    lines = [f"## {title}: who launched the top kernels (count, device ms, op < parents, input shapes)"]
+    for name, sources in sorted(by_kernel.items(), key=lambda kv: -sum(v[1] for v in kv[1].values()))[:top]:
+        lines.append(f"  {name[:150]}")
+        for (chain, shapes), (count, us) in sorted(sources.items(), key=lambda kv: -kv[1][1])[:4]:
+            lines.append(f"      {count:5d} {us / 1e3:7.2f}  {chain}  {shapes}")
+    text = "\n".join(lines)
+    print(text, flush=True)
+    out.write(text + "\n\n")
+
+
+def profiled(fn, title: str, out, record_shapes: bool = False) -> Any:
+    """One call of ``fn`` (after one unprofiled call) under the torch profiler, summarized to ``out``;
+    returns the profile."""
     from torch.profiler import ProfilerActivity, profile
 
     fn()
     torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA], record_shapes=record_shapes) as prof:
         fn()
         torch.cuda.synchronize()
     summarize(prof, title, out)
     cpu_table = prof.key_averages().table(sort_by="cpu_time_total", row_limit=15, max_name_column_width=60)
     out.write(f"## {title}: CPU ops\n{cpu_table}\n\n")
+    return prof
 
 
 def micro_gemv(out) -> None:
@@ -183,6 +213,7 @@ def main() -> int:
     accelerate(model, vision_compile_mode=args.vision_compile_mode)
     from vla_spec.model.processor import process_images
 
+    ungraphed = GraphedVision(model, compile_vision=True, use_cuda_graphs=False, compile_mode=args.vision_compile_mode)
     rng = np.random.default_rng(0)
     for batch in args.batches:
         images = [rng.integers(0, 256, (224, 224, 3), dtype=np.uint8) for _ in range(batch)]
@@ -197,6 +228,8 @@ def main() -> int:
                 vis = cuda_ms(lambda: model.encode_images(pixels), args.iters)
                 profiled(lambda: model.encode_images(pixels), f"batch {batch}: towers+projector, compiled, graph "
                          f"({vis:.2f} ms device)", out)
+                title = f"batch {batch}: towers+projector, compiled, no graph"
+                launchers(profiled(lambda: ungraphed(pixels), title, out, record_shapes=True), title, out)
             continue
 
         wall, times, _ = timed(call, args.iters, 2)
