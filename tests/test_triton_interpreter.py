@@ -28,7 +28,7 @@ def randn(*shape):
 def error(got, want):  # relative to the largest wanted value
     return (got.double() - want).abs().max().item() / want.abs().max().item()
 
-report = {"config": CONFIG}
+report = {"config": dict(CONFIG)}
 n, k, eps = 37, 1500, 1e-5  # neither a multiple of the blocks
 weight, up_weight, norm_weight, bias, up_bias = randn(n, k), randn(n, k), randn(k), randn(n), randn(n)
 for lead in [(1, 1), (1,)]:
@@ -51,6 +51,26 @@ for lead in [(1, 1), (1,)]:
         "swiglu": error(gated, F.silu(gate) * up),
         "swiglu_against_ungated": error(gated, gate * up),
     }
+import vla_spec.model.triton_gemv_kernel as kernels
+plain_kernel, one_pass_flags = kernels.gemv, []
+class Spied:  # the kernel, recording each launch's SWIGLU_ONE_PASS
+    def __getitem__(self, grid):
+        launch = plain_kernel[grid]
+        def spied(*args, **kwargs):
+            one_pass_flags.append(kwargs["SWIGLU_ONE_PASS"])
+            return launch(*args, **kwargs)
+        return spied
+kernels.gemv = Spied()
+x = randn(1, 1, k)
+for gate_bias, up_bias_ in ((bias, up_bias), (None, None)):
+    outputs = []
+    for one_pass in (False, True):  # gate and up one after the other, then side by side
+        CONFIG["SWIGLU_ONE_PASS"] = one_pass
+        outputs.append(rms_norm_swiglu_gemv(x, norm_weight, eps, weight, gate_bias, up_weight, up_bias_))
+    report[f"swiglu_one_pass_same_bits bias={gate_bias is not None}"] = bool(torch.equal(*outputs))
+report["swiglu_one_pass_against_plain"] = error(outputs[1], F.linear(x.double(), weight.double()))
+report["swiglu_one_pass_flags"] = one_pass_flags
+kernels.gemv, CONFIG["SWIGLU_ONE_PASS"] = plain_kernel, report["config"]["SWIGLU_ONE_PASS"]
 for name, call in [
     ("mixed_bias_error", lambda: rms_norm_swiglu_gemv(randn(1, k), norm_weight, eps, weight, bias, up_weight, None)),
     ("strided_weight_error", lambda: gemv(randn(1, k), randn(k, n).t(), None)),
@@ -143,7 +163,12 @@ def test_gemv_kernels_against_float64_in_the_interpreter(report):
     output keeps x's leading dims. Negative controls: each result is far from the same product
     without its part (bias, norm, add, SiLU), so each part is applied; bad inputs get one-line
     errors that name the fix."""
-    assert report["config"] == {"BLOCK_N": 4, "BLOCK_K": 1024, "num_warps": 4, "num_stages": 3}
+    assert report["config"] == {"BLOCK_N": 4, "BLOCK_K": 1024, "num_warps": 4, "num_stages": 3, "SWIGLU_ONE_PASS": False}
+    # SWIGLU_ONE_PASS (gate and up side by side in one pass over x) reaches the kernel and gives the
+    # bits of one after the other, which are far from the plain product
+    assert report["swiglu_one_pass_flags"] == [False, True, False, True]
+    assert report["swiglu_one_pass_same_bits bias=True"] and report["swiglu_one_pass_same_bits bias=False"]
+    assert report["swiglu_one_pass_against_plain"] > 1e-3
     for lead in ("(1, 1)", "(1,)"):
         errors = report[lead]
         assert errors["shape"] == {"(1, 1)": [1, 1, 37], "(1,)": [1, 37]}[lead]

@@ -28,8 +28,11 @@ import os
 
 import torch
 
-CONFIG = {"BLOCK_N": 4, "BLOCK_K": 1024, "num_warps": 4, "num_stages": 3}
-"""The one launch configuration, for every shape. Fixed, not autotuned: the rows' sums are taken in
+CONFIG = {"BLOCK_N": 4, "BLOCK_K": 1024, "num_warps": 4, "num_stages": 3, "SWIGLU_ONE_PASS": False}
+"""The one launch configuration, for every shape. ``SWIGLU_ONE_PASS``: :func:`rms_norm_swiglu_gemv`
+streams gate and up side by side in one pass over x (normalizing each chunk of x once) instead of
+one after the other; the same bits (the same sums in the same order: the cpu tier's interpreter
+test), not yet timed on a GPU, so off. Fixed, not autotuned: the rows' sums are taken in
 an order that depends on the blocks (and so do their bits), and the autotuner's pick changes between
 processes (H200, session 15: o_proj's config differed in 1 of 3 processes, and so did the margins).
 Chosen on the whole batch-1 decoder, not on the plain product: in a CUDA graph of 32 layers the plain
