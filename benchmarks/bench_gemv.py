@@ -69,12 +69,20 @@ def graph_us(launch, replays: int = 20) -> tuple[float, list, bool]:
     return statistics.median(times), first, same
 
 
+def launch_us(launch, graph: bool) -> float:
+    """us per launch of ``launch(i)``: with ``graph``, :func:`graph_us` over the LAYERS launches; else
+    ``triton.testing.do_bench`` of ``launch(0)`` (a launch per call)."""
+    import triton.testing
+
+    if graph:
+        return graph_us(launch)[0]
+    return triton.testing.do_bench(lambda: launch(0), warmup=50, rep=300) * 1e3
+
+
 def swiglu_passes(timing_graph: bool, generator: torch.Generator) -> list[dict]:
     """``rms_norm_swiglu_gemv`` at Llama-7B's gate/up shape (2 x [11008 x 4096]) in the chosen
     configuration, gate and up one after the other and side by side in one pass
     (``CONFIG["SWIGLU_ONE_PASS"]``): us, the bandwidth of both weights, and whether the bits agree."""
-    import triton.testing
-
     from vla_spec.model.triton_gemv import rms_norm_swiglu_gemv
 
     n, k = 11008, 4096
@@ -92,7 +100,7 @@ def swiglu_passes(timing_graph: bool, generator: torch.Generator) -> list[dict]:
 
         out = launch(0)
         first = out if first is None else first
-        us = graph_us(launch)[0] if timing_graph else triton.testing.do_bench(lambda: launch(0), warmup=50, rep=300) * 1e3
+        us = launch_us(launch, timing_graph)
         rows.append({"one_pass": one_pass, "us": round(us, 2), "TB/s": round(2 * n * k * 2 / us / 1e6, 2),
                      "same_bits_as_two_passes": bool(torch.equal(out, first))})
         print(f"swiglu   [2x{n}x{k}] {rows[-1]}", flush=True)
@@ -102,7 +110,6 @@ def swiglu_passes(timing_graph: bool, generator: torch.Generator) -> list[dict]:
 
 def main() -> int:
     import triton
-    import triton.testing
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--graph", action="store_true", help="time 32 layers' launches in one CUDA graph")
@@ -117,13 +124,8 @@ def main() -> int:
                    for _ in range(LAYERS if args.graph else 1)]
         x = torch.randn(k, device="cuda", generator=generator).bfloat16()
 
-        def timing(launch) -> float:
-            if args.graph:
-                return graph_us(launch)[0]
-            return triton.testing.do_bench(lambda: launch(0), warmup=50, rep=300) * 1e3
-
         outputs = [torch.empty(n, dtype=torch.bfloat16, device="cuda") for _ in weights]
-        us = timing(lambda i: torch.mv(weights[i], x, out=outputs[i]))
+        us = launch_us(lambda i: torch.mv(weights[i], x, out=outputs[i]), args.graph)
         rows = [{"config": "cublas", "us": round(us, 2), "TB/s": round(n * k * 2 / us / 1e6, 2)}]
         print(f"{name:8s} [{n}x{k}] {rows[-1]}", flush=True)
         first = None
@@ -138,7 +140,7 @@ def main() -> int:
             launch(0)
             first = outputs[0].clone() if first is None else first
             same = bool(torch.equal(outputs[0], first))
-            us = timing(launch)
+            us = launch_us(launch, args.graph)
             rows.append({"config": f"{block_n}x{block_k} w{warps} s{stages}", "us": round(us, 2),
                          "TB/s": round(n * k * 2 / us / 1e6, 2), "same_bits_as_first": same})
             print(f"{name:8s} [{n}x{k}] {rows[-1]}", flush=True)

@@ -213,7 +213,8 @@ def main() -> int:
     accelerate(model, vision_compile_mode=args.vision_compile_mode)
     from vla_spec.model.processor import process_images
 
-    ungraphed = GraphedVision(model, compile_vision=True, use_cuda_graphs=False, compile_mode=args.vision_compile_mode)
+    if args.towers_only:  # the same compiled towers without a graph, for who launched each kernel
+        ungraphed = GraphedVision(model, compile_vision=True, use_cuda_graphs=False, compile_mode=args.vision_compile_mode)
     rng = np.random.default_rng(0)
     for batch in args.batches:
         images = [rng.integers(0, 256, (224, 224, 3), dtype=np.uint8) for _ in range(batch)]

@@ -29,16 +29,17 @@ import os
 import torch
 
 CONFIG = {"BLOCK_N": 4, "BLOCK_K": 1024, "num_warps": 4, "num_stages": 3, "SWIGLU_ONE_PASS": False}
-"""The one launch configuration, for every shape. ``SWIGLU_ONE_PASS``: :func:`rms_norm_swiglu_gemv`
-streams gate and up side by side in one pass over x (normalizing each chunk of x once) instead of
-one after the other; the same bits (the same sums in the same order: the cpu tier's interpreter
-test), not yet timed on a GPU, so off. Fixed, not autotuned: the rows' sums are taken in
+"""The one launch configuration, for every shape. Fixed, not autotuned: the rows' sums are taken in
 an order that depends on the blocks (and so do their bits), and the autotuner's pick changes between
 processes (H200, session 15: o_proj's config differed in 1 of 3 processes, and so did the margins).
 Chosen on the whole batch-1 decoder, not on the plain product: in a CUDA graph of 32 layers the plain
 product is 8 % faster with 2 rows a program (``benchmarks/bench_gemv.py --graph``), but the folded
 RMSNorm is recomputed by every program, and the decoder with 2 rows took 32.7-32.8 ms against
-31.9-32.2 with 4, alternating in one process each on one H200 (session 16, run 4)."""
+31.9-32.2 with 4, alternating in one process each on one H200 (session 16, run 4).
+
+``SWIGLU_ONE_PASS``: :func:`rms_norm_swiglu_gemv` streams gate and up side by side in one pass over
+x (normalizing each chunk of x once) instead of one after the other; the same bits (the same sums
+in the same order: the cpu tier's interpreter test); off until timed on a GPU."""
 
 
 def _launch(
