@@ -13,9 +13,7 @@ taken in an order that depends on BLOCK_K). Timed either with ``triton.testing.d
 per call: small products are then partly the host's launch time) or, with ``--graph``, as a decode
 step runs them: 32 distinct weights (one per layer, so that none is served from L2) launched back to
 back in one CUDA graph, per launch the median of 20 replays / 32. ``CONFIG`` in that module is the
-one chosen, on the whole decoder rather than on these (H200, session 16: its docstring). Then the
-SwiGLU GEMV (gate and up, the norm folded in) with its two weights streamed one after the other and
-in one pass (``CONFIG["SWIGLU_ONE_PASS"]``, session 17: not yet run on a GPU).
+one chosen, on the whole decoder rather than on these (H200, session 16: its docstring).
 """
 
 from __future__ import annotations
@@ -79,35 +77,6 @@ def launch_us(launch, graph: bool) -> float:
     return triton.testing.do_bench(lambda: launch(0), warmup=50, rep=300) * 1e3
 
 
-def swiglu_passes(timing_graph: bool, generator: torch.Generator) -> list[dict]:
-    """``rms_norm_swiglu_gemv`` at Llama-7B's gate/up shape (2 x [11008 x 4096]) in the chosen
-    configuration, gate and up one after the other and side by side in one pass
-    (``CONFIG["SWIGLU_ONE_PASS"]``): us, the bandwidth of both weights, and whether the bits agree."""
-    from vla_spec.model.triton_gemv import rms_norm_swiglu_gemv
-
-    n, k = 11008, 4096
-    layers = LAYERS if timing_graph else 1
-    gates, ups = ([torch.randn(n, k, device="cuda", generator=generator).bfloat16() * 0.02 for _ in range(layers)]
-                  for _ in range(2))
-    x = torch.randn(1, k, device="cuda", generator=generator).bfloat16()
-    norm_weight = torch.ones(k, device="cuda", dtype=torch.bfloat16)
-    chosen, rows, first = CONFIG["SWIGLU_ONE_PASS"], [], None
-    for one_pass in (False, True):
-        CONFIG["SWIGLU_ONE_PASS"] = one_pass
-
-        def launch(i: int) -> torch.Tensor:
-            return rms_norm_swiglu_gemv(x, norm_weight, 1e-5, gates[i], None, ups[i], None)
-
-        out = launch(0)
-        first = out if first is None else first
-        us = launch_us(launch, timing_graph)
-        rows.append({"one_pass": one_pass, "us": round(us, 2), "TB/s": round(2 * n * k * 2 / us / 1e6, 2),
-                     "same_bits_as_two_passes": bool(torch.equal(out, first))})
-        print(f"swiglu   [2x{n}x{k}] {rows[-1]}", flush=True)
-    CONFIG["SWIGLU_ONE_PASS"] = chosen
-    return rows
-
-
 def main() -> int:
     import triton
 
@@ -145,7 +114,6 @@ def main() -> int:
                          "TB/s": round(n * k * 2 / us / 1e6, 2), "same_bits_as_first": same})
             print(f"{name:8s} [{n}x{k}] {rows[-1]}", flush=True)
         report["shapes"][name] = rows
-    report["swiglu"] = swiglu_passes(timing_graph=args.graph, generator=generator)
     if args.json:
         args.json.write_text(json.dumps(report, indent=1))
     return 0

@@ -68,7 +68,7 @@ def main() -> int:
         ]
         for name, variant in variants:
             if isinstance(variant, tuple):
-                step_attention.CONFIG = step_attention.StepAttentionConfig(*variant)
+                step_attention.CONFIGS = ((None, step_attention.StepAttentionConfig(*variant)),)
                 context = contextlib.nullcontext()
 
                 def call(i):

@@ -2,7 +2,7 @@
 
 ``out[b, h] = softmax(q[b, h] . K[b, g(h)]^T / sqrt(d) + mask[b]) V[b, g(h)]`` with q [B, H, 1, d], the
 cache K, V [B, KV, T, d] read as they are (``g(h) = h // (H / KV)``), an additive mask [B, 1, 1, T] and
-float32 accumulation, in two kernels: each block of keys of each (b, h) (:data:`CONFIG`) gives its
+float32 accumulation, in two kernels: each block of keys of each (b, h) (:data:`CONFIGS`) gives its
 partial softmax (max score, sum of exponentials, weighted sum of values), then one program per (b, h)
 combines the blocks in a fixed order. No atomics, no order that depends on timing, so a replay gives
 bitwise the same result: torch's cuDNN kernel for this shape does
@@ -106,12 +106,23 @@ class StepAttentionConfig(NamedTuple):
     stages: int
 
 
-CONFIG = StepAttentionConfig(chunk=64, chunks=1, warps=4, stages=1)
-"""The launch configuration used: one 64-key block per program (a 288-key cache at 7B shapes: 5
-programs per sequence and head). Of 12 candidates (benchmarks/bench_step_attention.py, H200,
-session 17) the fastest at batch 32: 50.6 us a layer against 67.0 for one 32-key block (the
-configuration before), 2.98 against 2.26 TB/s of K/V; batch 8 18.5 against 21.8 us, batch 1 7.0
-against 7.2. Longer loops per program (online softmax over 2-9 chunks) and 8 warps were slower."""
+CONFIGS: tuple[tuple[int | None, StepAttentionConfig], ...] = (
+    (8, StepAttentionConfig(chunk=16, chunks=1, warps=2, stages=1)),
+    (None, StepAttentionConfig(chunk=64, chunks=1, warps=4, stages=1)),
+)
+"""The launch configurations used, as (largest batch or None, configuration); the first that fits the
+batch wins (:func:`config_for`). Of 12 candidates (benchmarks/bench_step_attention.py, H200, session
+17, a 288-key cache at 7B shapes) one 64-key block per program was the fastest at batch 32: 50.6 us a
+layer against 67.0 for one 32-key block (the configuration before), 2.98 against 2.26 TB/s of K/V;
+16-key blocks with 2 warps at batches 1 and 8: 6.1 and 17.3 us against 7.0 and 18.5. On the whole
+decoder (session 18, run 2, alternating processes) the 16-key blocks took its device time from
+32.09-32.15 to 32.01 ms at batch 1 and from 75.32-75.45 to 75.16 at batch 8. Longer loops per program
+(online softmax over 2-9 chunks) and 8 warps were slower."""
+
+
+def config_for(batch: int) -> StepAttentionConfig:
+    """The launch configuration for ``batch`` sequences (:data:`CONFIGS`)."""
+    return next(config for largest, config in CONFIGS if largest is None or batch <= largest)
 
 
 @torch.library.custom_op("vla_spec::decode_attention", mutates_args=())
@@ -131,7 +142,7 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: to
                          f"contiguous last dims, mask [B, 1, 1, T]; got q {list(q.shape)}, k {list(k.shape)}, "
                          f"mask {list(mask.shape)}")
     partial_kernel, combine_kernel = _kernels()
-    config = CONFIG
+    config = config_for(batch)
     splits = -(-length // (config.chunk * config.chunks))
     d_pad = max(16, 1 << (dim - 1).bit_length())
     parts = torch.empty(batch * heads, splits, d_pad + 2, dtype=torch.float32, device=q.device)

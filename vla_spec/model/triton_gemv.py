@@ -28,7 +28,7 @@ import os
 
 import torch
 
-CONFIG = {"BLOCK_N": 4, "BLOCK_K": 1024, "num_warps": 4, "num_stages": 3, "SWIGLU_ONE_PASS": False}
+CONFIG = {"BLOCK_N": 4, "BLOCK_K": 1024, "num_warps": 4, "num_stages": 3}
 """The one launch configuration, for every shape. Fixed, not autotuned: the rows' sums are taken in
 an order that depends on the blocks (and so do their bits), and the autotuner's pick changes between
 processes (H200, session 15: o_proj's config differed in 1 of 3 processes, and so did the margins).
@@ -37,9 +37,9 @@ product is 8 % faster with 2 rows a program (``benchmarks/bench_gemv.py --graph`
 RMSNorm is recomputed by every program, and the decoder with 2 rows took 32.7-32.8 ms against
 31.9-32.2 with 4, alternating in one process each on one H200 (session 16, run 4).
 
-``SWIGLU_ONE_PASS``: :func:`rms_norm_swiglu_gemv` streams gate and up side by side in one pass over
-x (normalizing each chunk of x once) instead of one after the other; the same bits (the same sums
-in the same order: the cpu tier's interpreter test); off until timed on a GPU."""
+Gate and up are streamed one after the other. Streaming them side by side in one pass over x (each
+chunk of x normalized once, the same bits) was slower: the batch-1 decoder took 35.8 ms against
+32.1-32.2 (session 18, run 2, one H200, alternating processes), so it was removed."""
 
 
 def _launch(

@@ -9,25 +9,19 @@ import triton.language as tl
 
 
 @triton.jit
-def _x_chunk(x_ptr, nw_ptr, cols, col_ok, inv_rms, NORM: tl.constexpr):
-    """x[cols], through the RMSNorm when NORM (inv_rms: its 1 / sqrt(mean of squares + eps))."""
-    x = tl.load(x_ptr + cols, mask=col_ok, other=0.0)
-    if NORM:  # LlamaRMSNorm: rounded to the dtype, times the norm weight, rounded again
-        normed = (x.to(tl.float32) * inv_rms).to(x_ptr.dtype.element_ty)
-        scale = tl.load(nw_ptr + cols, mask=col_ok, other=0.0)
-        x = (scale.to(tl.float32) * normed.to(tl.float32)).to(x_ptr.dtype.element_ty)
-    return x
-
-
-@triton.jit
 def _row_sums(x_ptr, nw_ptr, w_ptr, b_ptr, rows, row_ok, K, inv_rms,
               NORM: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    """(W @ x + b)[rows] in float32, the sums taken in BLOCK_K chunks; x through the RMSNorm when NORM."""
+    """(W @ x + b)[rows] in float32, the sums taken in BLOCK_K chunks; x through the RMSNorm when NORM
+    (inv_rms: its 1 / sqrt(mean of squares + eps))."""
     acc = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
         cols = k0 + tl.arange(0, BLOCK_K)
         col_ok = cols < K
-        x = _x_chunk(x_ptr, nw_ptr, cols, col_ok, inv_rms, NORM)
+        x = tl.load(x_ptr + cols, mask=col_ok, other=0.0)
+        if NORM:  # LlamaRMSNorm: rounded to the dtype, times the norm weight, rounded again
+            normed = (x.to(tl.float32) * inv_rms).to(x_ptr.dtype.element_ty)
+            scale = tl.load(nw_ptr + cols, mask=col_ok, other=0.0)
+            x = (scale.to(tl.float32) * normed.to(tl.float32)).to(x_ptr.dtype.element_ty)
         w = tl.load(
             w_ptr + rows[:, None].to(tl.int64) * K + cols[None, :],
             mask=row_ok[:, None] & col_ok[None, :],
@@ -41,38 +35,12 @@ def _row_sums(x_ptr, nw_ptr, w_ptr, b_ptr, rows, row_ok, K, inv_rms,
 
 
 @triton.jit
-def _row_sums_pair(x_ptr, nw_ptr, w_ptr, b_ptr, w2_ptr, b2_ptr, rows, row_ok, K, inv_rms,
-                   NORM: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    """:func:`_row_sums` of W and of W2 in one pass over K: each chunk of x read (and normalized)
-    once, both weights' rows streamed side by side; the same sums in the same order as two passes."""
-    acc = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
-    acc2 = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
-    for k0 in range(0, K, BLOCK_K):
-        cols = k0 + tl.arange(0, BLOCK_K)
-        col_ok = cols < K
-        x = _x_chunk(x_ptr, nw_ptr, cols, col_ok, inv_rms, NORM).to(tl.float32)[None, :]
-        both_ok = row_ok[:, None] & col_ok[None, :]
-        offsets = rows[:, None].to(tl.int64) * K + cols[None, :]
-        w = tl.load(w_ptr + offsets, mask=both_ok, other=0.0)
-        w2 = tl.load(w2_ptr + offsets, mask=both_ok, other=0.0)
-        acc += w.to(tl.float32) * x
-        acc2 += w2.to(tl.float32) * x
-    y = tl.sum(acc, axis=1)
-    y2 = tl.sum(acc2, axis=1)
-    if HAS_BIAS:
-        y += tl.load(b_ptr + rows, mask=row_ok, other=0.0).to(tl.float32)
-        y2 += tl.load(b2_ptr + rows, mask=row_ok, other=0.0).to(tl.float32)
-    return y, y2
-
-
-@triton.jit
 def gemv(x_ptr, nw_ptr, w_ptr, b_ptr, w2_ptr, b2_ptr, r_ptr, y_ptr, N, K, eps,
          NORM: tl.constexpr, HAS_BIAS: tl.constexpr, SWIGLU: tl.constexpr, RESIDUAL: tl.constexpr,
-         BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SWIGLU_ONE_PASS: tl.constexpr = False):
+         BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     """y[rows] for this program's BLOCK_N rows; x [K], the norm weight [K] (NORM), W and the up weight
     w2 (SWIGLU) [N, K] row-major, biases [N] (HAS_BIAS), the residual [N] (RESIDUAL); divisions
-    rounded as IEEE's (``div_rn``), as PyTorch's kernels do. SWIGLU_ONE_PASS: gate and up in one
-    pass over K (:func:`_row_sums_pair`) instead of one after the other; the same bits."""
+    rounded as IEEE's (``div_rn``), as PyTorch's kernels do."""
     rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     row_ok = rows < N
     dtype = y_ptr.dtype.element_ty
@@ -84,16 +52,11 @@ def gemv(x_ptr, nw_ptr, w_ptr, b_ptr, w2_ptr, b2_ptr, r_ptr, y_ptr, N, K, eps,
             x = tl.load(x_ptr + cols, mask=cols < K, other=0.0).to(tl.float32)
             squares += x * x
         inv_rms = tl.math.rsqrt(tl.math.div_rn(tl.sum(squares, axis=0), K.to(tl.float32)) + eps)
-    if SWIGLU and SWIGLU_ONE_PASS:
-        y, up = _row_sums_pair(x_ptr, nw_ptr, w_ptr, b_ptr, w2_ptr, b2_ptr, rows, row_ok, K, inv_rms, NORM, HAS_BIAS,
-                               BLOCK_N, BLOCK_K)
-    else:
-        y = _row_sums(x_ptr, nw_ptr, w_ptr, b_ptr, rows, row_ok, K, inv_rms, NORM, HAS_BIAS, BLOCK_N, BLOCK_K)
-        if SWIGLU:
-            up = _row_sums(x_ptr, nw_ptr, w2_ptr, b2_ptr, rows, row_ok, K, inv_rms, NORM, HAS_BIAS, BLOCK_N, BLOCK_K)
+    y = _row_sums(x_ptr, nw_ptr, w_ptr, b_ptr, rows, row_ok, K, inv_rms, NORM, HAS_BIAS, BLOCK_N, BLOCK_K)
     if SWIGLU:
         gate = y.to(dtype).to(tl.float32)
-        up = up.to(dtype).to(tl.float32)
+        up = _row_sums(x_ptr, nw_ptr, w2_ptr, b2_ptr, rows, row_ok, K, inv_rms, NORM, HAS_BIAS,
+                       BLOCK_N, BLOCK_K).to(dtype).to(tl.float32)
         silu = tl.math.div_rn(gate, 1.0 + tl.exp(-gate)).to(dtype).to(tl.float32)  # F.silu's x / (1 + e^-x)
         y = silu * up
     if RESIDUAL:
