@@ -237,9 +237,8 @@ def test_graphed_vision_equals_eager(cuda_model, fast_model):
     import torch
 
     from vla_spec.model.processor import process_images
-    from vla_spec.model.fast_vision import TWO_STREAMS_BELOW
 
-    many = ["scene", "marker", "gradient", "black"] * (TWO_STREAMS_BELOW // 4)  # one graph on one stream
+    many = ["scene", "marker", "gradient", "black"] * 4
     for images in (["black"], ["scene", "marker", "gradient"], many):
         pixels = process_images([load_image(name) for name in images]).to("cuda")
         graphed = fast_model.encode_images(pixels)

@@ -329,8 +329,7 @@ class _CallGraph:
 
     def compute(self) -> None:
         model, vision = self.model, self.vision
-        side = vision.side_stream if self.bucket.batch < vision.two_streams_below else None
-        patches = vision.encode(pixel_values_from_uint8(self.pixels, model.dtype), side)
+        patches = vision.encode(pixel_values_from_uint8(self.pixels, model.dtype), vision.stream())
         self.bucket.embeds.copy_(model.assemble_prefix(self.ids, self.index, patches))
         self.bucket.compute()
 
@@ -382,8 +381,6 @@ class GraphedCall:
                 self._graphs.popitem(last=False)
             llama = self.decoder.static_llama(model.language_model, model.device)
             bucket = _Bucket(llama, batch, length, n_tokens, model.dtype, model.device)
-            if self.vision.side_stream is None:
-                self.vision.side_stream = torch.cuda.Stream()
             entry = self._graphs[key] = _CallGraph(model, self.vision, bucket, pixels, layout, self.decoder.warmup)
         self._graphs.move_to_end(key)
         entry.load(pixels, layout)

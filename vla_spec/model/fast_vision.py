@@ -4,9 +4,9 @@
 then calls it instead of :meth:`~vla_spec.model.network.OpenVLANetwork.encode_images_eager`): one
 captured graph per batch size holding both towers and the projector, each optionally through
 ``torch.compile`` (which fuses the LayerNorm, GELU, LayerScale and residual work between the
-matrix products; one compile for the first batch size and one with a dynamic batch for all others).
-Below :data:`TWO_STREAMS_BELOW` images the two towers run side by side on two streams inside the
-graph (each alone leaves most of the GPU idle at small batch). While any forward hook is registered
+matrix products; one compile for the first batch size and one with a dynamic batch for all others;
+:data:`TOWER_COMPILE_OPTIONS`). The two towers run side by side on two streams inside the graph
+(each alone leaves most of the GPU idle at small batch). While any forward hook is registered
 on the towers or the projector (as :func:`vla_spec.model.liveness.check_liveness` does), the eager
 path runs so that the hooks see their calls.
 """
@@ -64,36 +64,50 @@ def has_hooks(modules: list[torch.nn.Module]) -> bool:
     return any(m._forward_hooks or m._forward_pre_hooks for m in modules)
 
 
-TWO_STREAMS_BELOW = 16
-"""Batch sizes below this run SigLIP on a second stream beside DINOv2. Measured on an H200 (eager
-towers in one graph, benchmarks/profile_predict_action.py): batch 1 3.65 -> 2.75 ms, batch 8
-10.29 -> 10.12 ms, batch 32 36.6 -> 40.1 ms."""
+TOWER_COMPILE_OPTIONS = {"comprehensive_padding": False}
+"""Inductor options for the towers and the projector. Inductor's comprehensive padding gives SigLIP's
+MLP hidden activations [B*256, 4304] a row stride of 4352 (128-byte rows) when the batch is static;
+cuBLASLt's bias epilogue then fails for fc1, and torch falls back to copying the bias into the
+output and a GEMM that adds it (26 copies of ~55 us at batch 32). Without it, batch 32's towers +
+projector graph took 28.9 ms against 30.1 (H200, session 18, run 2, static batch); batch 8 7.6 / 7.7."""
 
 
 class GraphedVision:
     """A ``vision_runner``: one CUDA graph per batch size of the towers + projector (each optionally
-    compiled); the towers on two streams below ``two_streams_below`` images."""
+    compiled), the two towers on two streams. Measured on an H200, one graph, one stream against two:
+    compiled towers (as :func:`vla_spec.model.fast_decoding.accelerate` builds them) batch 8 7.56 /
+    7.60 ms, batch 32 30.03 / 29.53 (session 18, run 1); eager towers batch 1 3.65 / 2.75, batch 8
+    10.29 / 10.12, batch 32 36.6 / 40.1 (an earlier session, benchmarks/profile_predict_action.py)."""
 
     def __init__(
-        self, model: Any, compile_vision: bool, use_cuda_graphs: bool, warmup: int = 2,
-        two_streams_below: int = TWO_STREAMS_BELOW, compile_mode: str | None = None,
+        self, model: Any, compile_vision: bool, use_cuda_graphs: bool, warmup: int = 2, compile_mode: str | None = None,
     ) -> None:
         """``compile_mode``: ``torch.compile``'s mode for the towers and the projector (None = its
         default; e.g. ``"max-autotune-no-cudagraphs"`` autotunes the matrix products, minutes of compile)."""
         self.model = model
         self.hookable = hookable_modules(model)
-        self.two_streams_below = two_streams_below
         self.eager: Callable[[torch.Tensor], torch.Tensor] = model.encode_images_eager
         backbone = model.vision_backbone
+        options = dict(TOWER_COMPILE_OPTIONS)
+        if compile_mode is not None:  # torch.compile takes a mode or options, not both
+            import torch._inductor
+
+            options = {**torch._inductor.list_mode_options(compile_mode), **options}
         wrap: Callable[[Any], Any] = (
-            (lambda module: torch.compile(module, mode=compile_mode)) if compile_vision else (lambda module: module)
+            (lambda module: torch.compile(module, options=options)) if compile_vision else (lambda module: module)
         )
         self.towers = (wrap(backbone.featurizer), wrap(backbone.fused_featurizer))
         self.projector = wrap(model.projector)
         self.use_cuda_graphs = use_cuda_graphs
         self.warmup = warmup
         self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor]] = {}
-        self.side_stream: torch.cuda.Stream | None = None
+        self._side_stream: torch.cuda.Stream | None = None
+
+    def stream(self) -> torch.cuda.Stream:
+        """The side stream SigLIP runs on inside the graphs (made at the first capture)."""
+        if self._side_stream is None:
+            self._side_stream = torch.cuda.Stream()
+        return self._side_stream
 
     def encode(self, pixel_values: torch.Tensor, side_stream: torch.cuda.Stream | None = None) -> torch.Tensor:
         """Towers (SigLIP on ``side_stream`` when given) + projector, as :meth:`encode_images_eager`."""
@@ -118,10 +132,8 @@ class GraphedVision:
             return self.encode(pixel_values)
         batch = pixel_values.shape[0]
         if batch not in self.graphs:
-            if self.side_stream is None:
-                self.side_stream = torch.cuda.Stream()
-            side = self.side_stream if batch < self.two_streams_below else None
             static_in = pixel_values.clone()
+            side = self.stream()
             graph, static_out = captured(lambda: self.encode(static_in, side), self.warmup)
             self.graphs[batch] = (graph, static_in, static_out)
         graph, static_in, static_out = self.graphs[batch]
