@@ -134,6 +134,40 @@ def test_prefill_attention_is_causal_without_a_mask(monkeypatch):
     assert torch.equal(fast.token_ids, naive_decode(4, 3).token_ids)
 
 
+def test_o_and_down_products_add_into_the_residual_stream_in_place(monkeypatch):
+    """o_proj and down_proj (batch > 1) are ``addmm_`` on the residual stream h itself (a GEMM with h as
+    C: no add kernel, no new h): two per layer call, 2 layers x (prefill + its last position + 2
+    steps) = 12 for 3 tokens, each writing into the h it was given. :func:`add_product_` is
+    ``h + x W^T + b`` within float32 rounding of float64; negative controls: without the bias, and
+    the h it started from, are far from it."""
+    import torch
+
+    from vla_spec.model.fast_decoding import FastGreedyDecoder
+    from vla_spec.model.static_llama import add_product_
+
+    generator = torch.Generator().manual_seed(0)
+    h, x = torch.randn(2, 3, 64, generator=generator), torch.randn(2, 3, 32, generator=generator)
+    weight, bias = torch.randn(64, 32, generator=generator), torch.randn(64, generator=generator)
+    want = h.double() + x.double() @ weight.double().T + bias.double()
+    start = h.clone()
+    got = add_product_(h, x, weight, bias)
+    assert got is h and (got.double() - want).abs().max() < 1e-5
+    assert (want - bias.double() - got.double()).abs().max() > 0.1 and (start.double() - got.double()).abs().max() > 1
+
+    writes = []
+    addmm_ = torch.Tensor.addmm_
+
+    def recorded(self, *args, **kwargs):
+        writes.append(self.data_ptr())
+        return addmm_(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.Tensor, "addmm_", recorded)
+    embeds, mask = left_padded_batch()
+    fast = FastGreedyDecoder(pad_multiple=1)(tiny_llama(4), embeds, mask, 3)
+    assert len(writes) == 12 and all(writes[i] == writes[i + 1] for i in range(0, 12, 2))  # o, then down, into one h
+    assert torch.equal(fast.token_ids, naive_decode(4, 3).token_ids)
+
+
 @pytest.mark.parametrize("n_tokens", [1, 2, 9])
 def test_token_counts(n_tokens):
     import torch

@@ -9,9 +9,11 @@ goes through lm_head.
 
 Options, per :class:`StaticLlama`:
 
-* ``compiled``: RMSNorm + q/k/v + rotary, and o_proj + residual + RMSNorm + SiLU-gated MLP +
-  residual, each one ``torch.compile``-d function taking the weights as tensors (one compiled
-  graph serves all layers); matrix products stay cuBLAS calls, attention stays SDPA.
+* ``compiled``: RMSNorm + q/k/v + rotary, and RMSNorm + gate/up + SiLU gate, each one
+  ``torch.compile``-d function taking the weights as tensors (one compiled graph serves all
+  layers); matrix products stay cuBLAS calls, attention stays SDPA. Compiled or not, o_proj and
+  down_proj add into the residual stream in place (:func:`add_product_`: GEMMs with h as C, no add
+  kernels).
 * ``fuse``: q/k/v and gate/up weights concatenated into one matrix each (one GEMM instead of three
   / two); a second copy of those weights (about 9 GB for a 7B Llama), snapshotted at build time.
 * ``use_gemv``: a single-row layer (a batch-1 decode step, the prefill's last position at batch 1)
@@ -160,39 +162,59 @@ def _attention_inputs(
     return _apply_rope(q, cos, sin)
 
 
-def _attention_output_and_mlp(
+def _gated_mlp_input(
     h: torch.Tensor,
-    attn: torch.Tensor,
-    o_weight: torch.Tensor,
-    o_bias: torch.Tensor | None,
     norm_weight: torch.Tensor,
     eps: float,
     gate_up_weights: list[torch.Tensor],
     gate_up_biases: list[torch.Tensor | None],
-    down_weight: torch.Tensor,
-    down_bias: torch.Tensor | None,
-    use_gemv: bool = False,
-    fp8: "_Fp8Layer | None" = None,
+    gate_up_fp8: list[Fp8Weight] | None = None,
 ) -> torch.Tensor:
-    """o_proj + residual, post_attention_layernorm, SiLU-gated MLP + residual (attn [B, q, H]);
-    ``fp8``: the float8 copies of o, gate/up and down (:func:`fp8_linear`)."""
-    if use_gemv:  # one row: three GEMVs with the adds, the norm and the SiLU gate folded in
-        if len(gate_up_weights) == 1:  # fused [gate; up] matrix: its two halves (contiguous views)
-            gate_weight, up_weight = gate_up_weights[0].chunk(2)
-            gate_bias, up_bias = gate_up_biases[0].chunk(2) if gate_up_biases[0] is not None else (None, None)
-        else:
-            (gate_weight, up_weight), (gate_bias, up_bias) = gate_up_weights, gate_up_biases
-        h = gemv_add(attn, o_weight, o_bias, h)
-        gated = rms_norm_swiglu_gemv(h, norm_weight, eps, gate_weight, gate_bias, up_weight, up_bias)
-        return gemv_add(gated, down_weight, down_bias, h)
-    gate_up_fp8 = fp8.gate_up if fp8 is not None else [None] * len(gate_up_weights)
-    h = h + _linear(attn, o_weight, o_bias, fp8.o if fp8 is not None else None)
+    """post_attention_layernorm -> gate/up projections -> ``silu(gate) * up``, the down projection's
+    input [B, q, intermediate]; ``gate_up_fp8``: their float8 copies (:func:`fp8_linear`)."""
     x = _rms_norm(h, norm_weight, eps)
+    fp8 = gate_up_fp8 or [None] * len(gate_up_weights)
     if len(gate_up_weights) == 1:  # fused [gate; up] matrix
-        gate, up = _linear(x, gate_up_weights[0], gate_up_biases[0], gate_up_fp8[0]).chunk(2, dim=-1)
+        gate, up = _linear(x, gate_up_weights[0], gate_up_biases[0], fp8[0]).chunk(2, dim=-1)
     else:
-        gate, up = (_linear(x, w, b, f) for w, b, f in zip(gate_up_weights, gate_up_biases, gate_up_fp8))
-    return h + _linear(F.silu(gate) * up, down_weight, down_bias, fp8.down if fp8 is not None else None)
+        gate, up = (_linear(x, w, b, f) for w, b, f in zip(gate_up_weights, gate_up_biases, fp8))
+    return F.silu(gate) * up
+
+
+def add_product_(
+    h: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, fp8: Fp8Weight | None = None
+) -> torch.Tensor:
+    """``h += F.linear(x, weight, bias)`` in place on the residual stream h [B, q, H] (contiguous).
+
+    In the model dtype it is one cuBLAS GEMM that takes h as its C operand (beta = 1): no add kernel
+    reads the product and h and writes h again, and the float32 sum of the product and h is rounded
+    once (eager ``h + F.linear(x, W)`` rounds the product to the dtype first); a bias is added after.
+    With ``fp8``, the float8 product (:func:`fp8_linear`), then an add."""
+    if fp8 is not None:
+        return h.add_(fp8_linear(x, fp8, bias))
+    rows = h.view(-1, h.shape[-1])
+    rows.addmm_(x.reshape(-1, x.shape[-1]), weight.t())
+    if bias is not None:
+        rows.add_(bias)
+    return h
+
+
+def _attention_output_and_mlp_gemv(
+    h: torch.Tensor,
+    attn: torch.Tensor,
+    weights: _LayerWeights,
+) -> torch.Tensor:
+    """o_proj + residual, post_attention_layernorm, SiLU-gated MLP + residual for one row (h and
+    attn [1, 1, H]): three GEMVs with the adds, the norm and the SiLU gate folded in."""
+    w = weights
+    if len(w.gate_up) == 1:  # fused [gate; up] matrix: its two halves (contiguous views)
+        gate_weight, up_weight = w.gate_up[0].chunk(2)
+        gate_bias, up_bias = w.gate_up_bias[0].chunk(2) if w.gate_up_bias[0] is not None else (None, None)
+    else:
+        (gate_weight, up_weight), (gate_bias, up_bias) = w.gate_up, w.gate_up_bias
+    h = gemv_add(attn, w.o, w.o_bias, h)
+    gated = rms_norm_swiglu_gemv(h, w.norm2, w.eps2, gate_weight, gate_bias, up_weight, up_bias)
+    return gemv_add(gated, w.down, w.down_bias, h)
 
 
 SDPA_BACKENDS = ("cudnn", "efficient", "flash", "math")
@@ -314,10 +336,10 @@ class StaticLlama:
         if compiled:
             _raise_recompile_limit()
             self.attention_inputs = torch.compile(_attention_inputs)
-            self.attention_output_and_mlp = torch.compile(_attention_output_and_mlp)
+            self.gated_mlp_input = torch.compile(_gated_mlp_input)
         else:
             self.attention_inputs = _attention_inputs
-            self.attention_output_and_mlp = _attention_output_and_mlp
+            self.gated_mlp_input = _gated_mlp_input
 
     @staticmethod
     def _layer_weights(layer: Any, fuse: bool) -> _LayerWeights:
@@ -356,8 +378,9 @@ class StaticLlama:
         mask: torch.Tensor | None,
         last: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """One decoder layer on h [B, q, H]; writes K/V to the caches at positions ``slots`` [q]
-        (consecutive, ``start .. start + q - 1``), then attends:
+        """One decoder layer on h [B, q, H] (the residual stream, contiguous, updated in place: pass a
+        tensor the caller owns); writes K/V to the caches at positions ``slots`` [q] (consecutive,
+        ``start .. start + q - 1``), then attends:
 
         * ``mask`` None (a prefill of right-aligned rows, ``slots`` from 0): causal over the q positions
           just written (``is_causal``, no mask, so the kernels skip the blocks above the diagonal);
@@ -395,9 +418,11 @@ class StaticLlama:
             with attention_backend():
                 out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, is_causal=mask is None)
         out = out.transpose(1, 2).reshape(batch, q_len, self.n_heads * self.head_dim)
-        return self.attention_output_and_mlp(
-            h, out, w.o, w.o_bias, w.norm2, w.eps2, w.gate_up, w.gate_up_bias, w.down, w.down_bias, gemv_rows, fp8,
-        )
+        if gemv_rows:
+            return _attention_output_and_mlp_gemv(h, out, w)
+        add_product_(h, out, w.o, w.o_bias, fp8.o if fp8 is not None else None)
+        gated = self.gated_mlp_input(h, w.norm2, w.eps2, w.gate_up, w.gate_up_bias, fp8.gate_up if fp8 is not None else None)
+        return add_product_(h, gated, w.down, w.down_bias, fp8.down if fp8 is not None else None)
 
     def logits_last(self, h: torch.Tensor) -> torch.Tensor:
         """The final norm and lm_head at the last position of h [B, q, H] -> logits [B, vocab]
