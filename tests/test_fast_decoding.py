@@ -237,6 +237,22 @@ def test_vision_runner_is_explicit():
     assert load_tiny().vision_runner is None and "encode_images" not in vars(model)
 
 
+def test_compiled_towers_take_the_tower_options():
+    """Compiled, the towers and the projector get :data:`TOWER_COMPILE_OPTIONS` (no comprehensive
+    padding), with or without a ``compile_mode`` (whose options they keep); built only, the compile
+    itself runs in the gpu tier."""
+    from tests.goldens import load_tiny
+    from vla_spec.model.fast_vision import TOWER_COMPILE_OPTIONS, GraphedVision
+
+    assert TOWER_COMPILE_OPTIONS == {"comprehensive_padding": False}
+    model = copy.copy(load_tiny())
+    for mode, autotune in ((None, False), ("max-autotune-no-cudagraphs", True)):
+        vision = GraphedVision(model, compile_vision=True, use_cuda_graphs=False, compile_mode=mode)
+        for module in (*vision.towers, vision.projector):
+            config = module.get_compiler_config()
+            assert config["comprehensive_padding"] is False and config["max_autotune"] is autotune, mode
+
+
 @pytest.mark.parametrize("seed", [0, 1])
 def test_fp8_linear_within_e4m3_rounding(seed):
     """float8 e4m3 keeps 3 fraction bits: each quantized factor is within 2**-4 of its value (relative)

@@ -90,9 +90,9 @@ class GraphedVision:
         backbone = model.vision_backbone
         options = dict(TOWER_COMPILE_OPTIONS)
         if compile_mode is not None:  # torch.compile takes a mode or options, not both
-            import torch._inductor
+            from torch._inductor import list_mode_options
 
-            options = {**torch._inductor.list_mode_options(compile_mode), **options}
+            options = {**list_mode_options(compile_mode), **options}
         wrap: Callable[[Any], Any] = (
             (lambda module: torch.compile(module, options=options)) if compile_vision else (lambda module: module)
         )
