@@ -68,16 +68,18 @@ TOWER_COMPILE_OPTIONS = {"comprehensive_padding": False}
 """Inductor options for the towers and the projector. Inductor's comprehensive padding gives SigLIP's
 MLP hidden activations [B*256, 4304] a row stride of 4352 (128-byte rows) when the batch is static;
 cuBLASLt's bias epilogue then fails for fc1, and torch falls back to copying the bias into the
-output and a GEMM that adds it (26 copies of ~55 us at batch 32). Without it, batch 32's towers +
-projector graph took 28.9 ms against 30.1 (H200, session 18, run 2, static batch); batch 8 7.6 / 7.7."""
+output and a GEMM that adds it (26 copies of ~60 us at batch 32). Without it, batch 32's towers +
+projector graph (a static compile) took 28.47 ms against 29.59 on two streams, 29.03 against 30.02 on
+one (H200, session 18, run 5: ``benchmarks/bench_towers.py graphs``)."""
 
 
 class GraphedVision:
     """A ``vision_runner``: one CUDA graph per batch size of the towers + projector (each optionally
     compiled), the two towers on two streams. Measured on an H200, one graph, one stream against two:
-    compiled towers (as :func:`vla_spec.model.fast_decoding.accelerate` builds them) batch 8 7.56 /
-    7.60 ms, batch 32 30.03 / 29.53 (session 18, run 1); eager towers batch 1 3.65 / 2.75, batch 8
-    10.29 / 10.12, batch 32 36.6 / 40.1 (an earlier session, benchmarks/profile_predict_action.py)."""
+    compiled towers (as :func:`vla_spec.model.fast_decoding.accelerate` builds them) batch 8 7.84 /
+    7.56 ms, batch 32 29.03 / 28.47 (session 18, run 5: ``benchmarks/bench_towers.py graphs``); eager
+    towers batch 1 3.65 / 2.75, batch 8 10.29 / 10.12, batch 32 36.6 / 40.1 (an earlier session,
+    benchmarks/profile_predict_action.py)."""
 
     def __init__(
         self, model: Any, compile_vision: bool, use_cuda_graphs: bool, warmup: int = 2, compile_mode: str | None = None,
