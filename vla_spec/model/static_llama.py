@@ -13,7 +13,7 @@ Options, per :class:`StaticLlama`:
   ``torch.compile``-d function taking the weights as tensors (one compiled graph serves all
   layers); matrix products stay cuBLAS calls, attention stays SDPA. Compiled or not, o_proj and
   down_proj add into the residual stream in place (:func:`add_product_`: GEMMs with h as C, no add
-  kernels).
+  kernels), except in float8 (``fp8``).
 * ``fuse``: q/k/v and gate/up weights concatenated into one matrix each (one GEMM instead of three
   / two); a second copy of those weights (about 9 GB for a 7B Llama), snapshotted at build time.
 * ``use_gemv``: a single-row layer (a batch-1 decode step, the prefill's last position at batch 1)
@@ -181,22 +181,23 @@ def _gated_mlp_input(
     return F.silu(gate) * up
 
 
-def add_product_(
-    h: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, fp8: Fp8Weight | None = None
-) -> torch.Tensor:
+def add_product_(h: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """``h += F.linear(x, weight, bias)`` in place on the residual stream h [B, q, H] (contiguous).
 
-    In the model dtype it is one cuBLAS GEMM that takes h as its C operand (beta = 1): no add kernel
-    reads the product and h and writes h again, and the float32 sum of the product and h is rounded
-    once (eager ``h + F.linear(x, W)`` rounds the product to the dtype first); a bias is added after.
-    With ``fp8``, the float8 product (:func:`fp8_linear`), then an add."""
-    if fp8 is not None:
-        return h.add_(fp8_linear(x, fp8, bias))
+    One cuBLAS GEMM that takes h as its C operand (beta = 1): no add kernel reads the product and h
+    and writes h again, and the float32 sum of the product and h is rounded once (eager
+    ``h + F.linear(x, W)`` rounds the product to the dtype first); a bias is added after."""
     rows = h.view(-1, h.shape[-1])
     rows.addmm_(x.reshape(-1, x.shape[-1]), weight.t())
     if bias is not None:
         rows.add_(bias)
     return h
+
+
+def _add_fp8_product(h: torch.Tensor, x: torch.Tensor, weight: Fp8Weight, bias: torch.Tensor | None) -> torch.Tensor:
+    """``h + fp8_linear(x, weight, bias)``: the float8 prefill's o_proj and down_proj (compiled, the
+    quantization of x fuses with its neighbours)."""
+    return h + fp8_linear(x, weight, bias)
 
 
 def _attention_output_and_mlp_gemv(
@@ -337,9 +338,11 @@ class StaticLlama:
             _raise_recompile_limit()
             self.attention_inputs = torch.compile(_attention_inputs)
             self.gated_mlp_input = torch.compile(_gated_mlp_input)
+            self.add_fp8_product = torch.compile(_add_fp8_product)
         else:
             self.attention_inputs = _attention_inputs
             self.gated_mlp_input = _gated_mlp_input
+            self.add_fp8_product = _add_fp8_product
 
     @staticmethod
     def _layer_weights(layer: Any, fuse: bool) -> _LayerWeights:
@@ -420,9 +423,13 @@ class StaticLlama:
         out = out.transpose(1, 2).reshape(batch, q_len, self.n_heads * self.head_dim)
         if gemv_rows:
             return _attention_output_and_mlp_gemv(h, out, w)
-        add_product_(h, out, w.o, w.o_bias, fp8.o if fp8 is not None else None)
-        gated = self.gated_mlp_input(h, w.norm2, w.eps2, w.gate_up, w.gate_up_bias, fp8.gate_up if fp8 is not None else None)
-        return add_product_(h, gated, w.down, w.down_bias, fp8.down if fp8 is not None else None)
+        if fp8 is not None:
+            h = self.add_fp8_product(h, out, fp8.o, w.o_bias)
+            gated = self.gated_mlp_input(h, w.norm2, w.eps2, w.gate_up, w.gate_up_bias, fp8.gate_up)
+            return self.add_fp8_product(h, gated, fp8.down, w.down_bias)
+        add_product_(h, out, w.o, w.o_bias)
+        gated = self.gated_mlp_input(h, w.norm2, w.eps2, w.gate_up, w.gate_up_bias)
+        return add_product_(h, gated, w.down, w.down_bias)
 
     def logits_last(self, h: torch.Tensor) -> torch.Tensor:
         """The final norm and lm_head at the last position of h [B, q, H] -> logits [B, vocab]
