@@ -17,8 +17,11 @@ tokens of 1152) and batch:
 
 ``graphs``: the towers + projector as :class:`vla_spec.model.fast_vision.GraphedVision` compiles
 them, in a CUDA graph, batch 32 first (a static compile) then 8 (dynamic): with
-:data:`~vla_spec.model.fast_vision.TOWER_COMPILE_OPTIONS` and without (inductor's comprehensive
-padding on), each on one stream and on two; device ms per replay and the kernel time by family.
+:data:`~vla_spec.model.fast_vision.TOWER_COMPILE_OPTIONS`, without (inductor's comprehensive
+padding on), and with inductor's ``triton.multi_kernel`` added (it times persistent against looped
+reductions: the towers' LayerNorm kernels; not yet run), each on one stream and on two; device ms
+per replay and the kernel time by family. About 40 s of compile per variant and batch on a fresh
+machine.
 
 Times: median of 15 CUDA-event timings of 10 back-to-back calls (ops) or 3 replays (graphs).
 """
@@ -197,7 +200,9 @@ def graphs(model: Any) -> None:
     pixels = {b: torch.randn(b, 6, 224, 224, device="cuda", dtype=BF16, generator=generator) for b in (32, 8)}
     shipped = fast_vision.TOWER_COMPILE_OPTIONS
     first_out: dict[tuple[int, bool], torch.Tensor] = {}
-    for label, options in (("shipped options", shipped), ("comprehensive padding on", {})):
+    variants = (("shipped options", shipped), ("comprehensive padding on", {}),
+                ("shipped + multi_kernel", {**shipped, "triton.multi_kernel": 1}))
+    for label, options in variants:
         torch._dynamo.reset()
         fast_vision.TOWER_COMPILE_OPTIONS = options  # read by GraphedVision() when it wraps the towers
         try:
