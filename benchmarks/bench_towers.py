@@ -29,7 +29,6 @@ Times: median of 15 CUDA-event timings of 10 back-to-back calls (ops) or 3 repla
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import time
 from collections import defaultdict
@@ -41,7 +40,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.bench_predict_action import LLAMA2_7B, build_random_openvla, openvla_7b_config  # noqa: E402
+from benchmarks.bench_predict_action import LLAMA2_7B, build_random_openvla, cuda_ms, openvla_7b_config  # noqa: E402
 
 BF16 = torch.bfloat16
 GELU_CONFIGS = [(128, 128, 64, 4, 3), (128, 128, 64, 8, 3), (128, 256, 64, 8, 3), (128, 128, 64, 8, 4),
@@ -55,18 +54,7 @@ def log(line: str) -> None:
 
 def us(fn: Callable[[], Any], reps: int = 10, iters: int = 15) -> float:
     """Median us per call of ``fn``, ``reps`` calls per timed region (launch gaps amortized)."""
-    for _ in range(3):
-        fn()
-    times = []
-    for _ in range(iters):
-        start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for _ in range(reps):
-            fn()
-        stop.record()
-        stop.synchronize()
-        times.append(start.elapsed_time(stop) * 1e3 / reps)
-    return statistics.median(times)
+    return cuda_ms(lambda: [fn() for _ in range(reps)], iters, warmup=1) * 1e3 / reps
 
 
 def _linear_gelu_kernel():
