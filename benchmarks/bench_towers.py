@@ -2,6 +2,7 @@
 
 ```bash
 python3 benchmarks/bench_towers.py micro    # each op against its ceiling, and the candidates tried
+python3 benchmarks/bench_towers.py patch    # the patch embeddings: cuDNN against one matrix product
 python3 benchmarks/bench_towers.py graphs   # the compiled towers + projector graph, variants
 ```
 
@@ -15,13 +16,15 @@ tokens of 1152) and batch:
 * SigLIP's MLP with its 4304 hidden units padded to 4352 (zero rows and columns: the same result);
 * SDPA per backend, on timm's permuted q/k/v views and on contiguous copies.
 
+``patch``: each tower's patch embedding at batch 32 and 8, eager (cuDNN), through inductor's own
+lowering (cuDNN) and through :class:`~vla_spec.model.fast_vision.TowerCompiler` (one matrix product).
+
 ``graphs``: the towers + projector as :class:`vla_spec.model.fast_vision.GraphedVision` compiles
-them, in a CUDA graph, batch 32 first (a static compile) then 8 (dynamic): with
-:data:`~vla_spec.model.fast_vision.TOWER_COMPILE_OPTIONS`, without (inductor's comprehensive
-padding on), and with inductor's ``triton.multi_kernel`` added (it times persistent against looped
-reductions: the towers' LayerNorm kernels; not yet run), each on one stream and on two; device ms
-per replay and the kernel time by family. About 40 s of compile per variant and batch on a fresh
-machine.
+them, in a CUDA graph on two streams, batch 32 first (a static compile) then 8 (dynamic): as
+shipped, without inductor's ``triton.multi_kernel`` (it times persistent against looped
+reductions: SigLIP's LayerNorm kernels, 1152 wide, are looped without it), and as session 18
+shipped them (plain inductor, no multi-kernel: cuDNN patch embeddings); device ms per replay and
+the kernel time by family. About 40 s of compile per variant and batch on a fresh machine.
 
 Times: median of 15 CUDA-event timings of 10 back-to-back calls (ops) or 3 replays (graphs).
 """
@@ -174,11 +177,33 @@ def kernel_families(fn: Callable[[], Any]) -> str:
         if event.device_type != torch.autograd.DeviceType.CUDA:
             continue
         low = event.name.lower()
-        key = next((k for k in ("direct_copy", "gelu", "layer_norm", "sdpa", "badd", "bias", "nvjet", "conv") if k in low),
+        key = next((k for k in ("direct_copy", "gelu", "layer_norm", "sdpa", "badd", "bias", "nvjet", "conv", "nchw", "nhwc")
+                    if k in low),
                    "other")
         families[key][0] += 1
         families[key][1] += event.time_range.end - event.time_range.start
     return ", ".join(f"{k} {int(c)}x {t / 1e3:.2f}ms" for k, (c, t) in sorted(families.items(), key=lambda kv: -kv[1][1]))
+
+
+def patch(model: Any) -> None:
+    """Each tower's patch embedding (on a channel slice of [B, 6, 224, 224], as the towers get it):
+    eager cuDNN, inductor's own lowering (cuDNN) and :class:`~vla_spec.model.fast_vision.TowerCompiler`'s
+    (:func:`~vla_spec.model.fast_vision.patch_embedding_as_matmul`)."""
+    from vla_spec.model.fast_vision import TOWER_COMPILE_OPTIONS, TowerCompiler
+
+    backbone = model.vision_backbone
+    for batch in (32, 8):
+        pixels = torch.randn(batch, 6, 224, 224, device="cuda", dtype=BF16)
+        for name, tower, images in (("dino", backbone.featurizer, pixels[:, :3]), ("siglip", backbone.fused_featurizer, pixels[:, 3:])):
+            conv = tower.patch_embed.proj
+            reference = conv(images)
+            for label, fn in (("eager cuDNN", conv),
+                              ("inductor (cuDNN)", torch.compile(conv, options=TOWER_COMPILE_OPTIONS)),
+                              ("TowerCompiler (matmul)", torch.compile(conv, backend=TowerCompiler(TOWER_COMPILE_OPTIONS)))):
+                out = fn(images)
+                t = us(lambda f=fn: f(images))
+                log(f"patch b{batch} {name:6s} {label:24s} {t:7.1f} us, max|diff| vs eager "
+                    f"{(out.float() - reference.float()).abs().max().item():.3g}, kernels: {kernel_families(lambda f=fn: f(images))}")
 
 
 def graphs(model: Any) -> None:
@@ -187,28 +212,32 @@ def graphs(model: Any) -> None:
     generator = torch.Generator(device="cuda").manual_seed(0)
     pixels = {b: torch.randn(b, 6, 224, 224, device="cuda", dtype=BF16, generator=generator) for b in (32, 8)}
     shipped = fast_vision.TOWER_COMPILE_OPTIONS
-    first_out: dict[tuple[int, bool], torch.Tensor] = {}
-    variants = (("shipped options", shipped), ("comprehensive padding on", {}),
-                ("shipped + multi_kernel", {**shipped, "triton.multi_kernel": 1}))
-    for label, options in variants:
+    first_out: dict[int, torch.Tensor] = {}
+    without_multi_kernel = {k: v for k, v in shipped.items() if k != "triton.multi_kernel"}
+    variants = (("shipped", shipped, True), ("without multi_kernel", without_multi_kernel, True),
+                ("session 18 (plain inductor)", without_multi_kernel, False))
+    backbone = model.vision_backbone
+    for label, options, patch_matmul in variants:
         torch._dynamo.reset()
         fast_vision.TOWER_COMPILE_OPTIONS = options  # read by GraphedVision() when it wraps the towers
         try:
             vision = fast_vision.GraphedVision(model, compile_vision=True, use_cuda_graphs=True)
         finally:
             fast_vision.TOWER_COMPILE_OPTIONS = shipped
+        if not patch_matmul:  # plain inductor, as session 18 shipped it
+            vision.towers = tuple(torch.compile(m, options=options) for m in (backbone.featurizer, backbone.fused_featurizer))
+            vision.projector = torch.compile(model.projector, options=options)
         for batch in (32, 8):
-            for two_streams in (True, False):
-                static_in = pixels[batch]
-                side = vision.stream() if two_streams else None
-                t0 = time.perf_counter()
-                graph, out = fast_vision.captured(lambda v=vision, x=static_in, s=side: v.encode(x, s), warmup=2)
-                first = time.perf_counter() - t0
-                ms = us(graph.replay, reps=3, iters=20) / 1e3
-                reference = first_out.setdefault((batch, two_streams), out.clone())
-                log(f"graph {label:26s} b{batch} {'two streams' if two_streams else 'one stream ':11s}: {ms:6.2f} ms "
-                    f"device (capture {first:5.1f} s), max|diff| vs shipped {(out.float() - reference.float()).abs().max().item():.3g}")
-                log(f"    kernels: {kernel_families(graph.replay)}")
+            static_in = pixels[batch]
+            t0 = time.perf_counter()
+            graph, out = fast_vision.captured(lambda v=vision, x=static_in: v.encode(x, v.stream()), warmup=2)
+            first = time.perf_counter() - t0
+            ms = us(graph.replay, reps=3, iters=20) / 1e3
+            reference = first_out.setdefault(batch, out.clone())
+            log(f"graph {label:28s} b{batch} two streams: {ms:6.2f} ms device (capture {first:5.1f} s), "
+                f"max|diff| vs shipped {(out.float() - reference.float()).abs().max().item():.3g}")
+            log(f"    kernels: {kernel_families(graph.replay)}")
+        del vision
         torch.cuda.empty_cache()
 
 
@@ -216,13 +245,13 @@ def main() -> int:
     import triton
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("parts", nargs="+", choices=["micro", "graphs"])
+    parser.add_argument("parts", nargs="+", choices=["micro", "patch", "graphs"])
     args = parser.parse_args()
     log(f"{torch.cuda.get_device_name(0)}, torch {torch.__version__}, triton {triton.__version__}")
     model = build_random_openvla(openvla_7b_config(text_config=LLAMA2_7B), "cuda", BF16)
     with torch.inference_mode():
         for part in args.parts:
-            {"micro": micro, "graphs": graphs}[part](model)
+            {"micro": micro, "patch": patch, "graphs": graphs}[part](model)
     return 0
 
 

@@ -238,19 +238,94 @@ def test_vision_runner_is_explicit():
 
 
 def test_compiled_towers_take_the_tower_options():
-    """Compiled, the towers and the projector get :data:`TOWER_COMPILE_OPTIONS` (no comprehensive
-    padding), with or without a ``compile_mode`` (whose options they keep); built only, the compile
-    itself runs in the gpu tier."""
+    """Compiled, the towers and the projector go through a :class:`TowerCompiler` with
+    :data:`TOWER_COMPILE_OPTIONS` (no comprehensive padding, multi-kernel reductions), with or without a ``compile_mode``
+    (whose options it keeps); built only, the compile itself runs in the gpu tier."""
+    from torch._dynamo.eval_frame import OptimizedModule
+    from torch._inductor.compile_fx import get_patched_config_dict
+
     from tests.goldens import load_tiny
     from vla_spec.model.fast_vision import TOWER_COMPILE_OPTIONS, GraphedVision
 
-    assert TOWER_COMPILE_OPTIONS == {"comprehensive_padding": False}
+    assert TOWER_COMPILE_OPTIONS == {"comprehensive_padding": False, "triton.multi_kernel": 1}
     model = copy.copy(load_tiny())
     for mode, autotune in ((None, False), ("max-autotune-no-cudagraphs", True)):
         vision = GraphedVision(model, compile_vision=True, use_cuda_graphs=False, compile_mode=mode)
-        for module in (*vision.towers, vision.projector):
-            config = module.get_compiler_config()
-            assert config["comprehensive_padding"] is False and config["max_autotune"] is autotune, mode
+        config = get_patched_config_dict(config_patches=vision.compiler.options)
+        assert config["comprehensive_padding"] is False and config["triton.multi_kernel"] == 1, mode
+        assert config["max_autotune"] is autotune, mode
+        assert all(isinstance(module, OptimizedModule) for module in (*vision.towers, vision.projector))
+
+
+@pytest.mark.parametrize("batch,channels,height,width,patch,bias", [
+    (2, 3, 28, 28, 14, True), (1, 3, 28, 42, 14, False), (3, 2, 8, 12, 4, True), (2, 4, 6, 6, 2, True)])
+def test_patch_embedding_as_matmul_is_the_convolution(batch, channels, height, width, patch, bias):
+    """A convolution whose stride is its kernel, as one matrix product: conv2d's values (float64,
+    to rounding) in conv2d's shape [B, D, H / p, W / p], whether the depth C p p needs padding to a
+    multiple of 8 (588 for 3 x 14 x 14, 16 for 4 x 2 x 2) or not; on a channel slice of a wider
+    tensor as the towers get it."""
+    import torch
+    import torch.nn.functional as F
+
+    from vla_spec.model.fast_vision import patch_embedding_as_matmul
+
+    generator = torch.Generator().manual_seed(batch * 100 + patch)
+    wide = torch.randn(batch, 2 * channels, height, width, dtype=torch.float64, generator=generator)
+    images = wide[:, channels:]
+    weight = torch.randn(5, channels, patch, patch, dtype=torch.float64, generator=generator)
+    b = torch.randn(5, dtype=torch.float64, generator=generator) if bias else None
+    out = patch_embedding_as_matmul(images, weight, b, [patch, patch], [0, 0], [1, 1], False, [0, 0], 1)
+    expected = F.conv2d(images, weight, b, stride=patch)
+    assert out.shape == expected.shape == (batch, 5, height // patch, width // patch)
+    torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
+    # the control: a patch read in the other order (columns first) is not conv2d's
+    swapped = patch_embedding_as_matmul(images, weight.transpose(2, 3), b, [patch, patch], [0, 0], [1, 1], False, [0, 0], 1)
+    assert not torch.allclose(swapped, expected)
+
+
+@pytest.mark.parametrize("change", ["stride", "padding", "dilation", "groups", "transposed", "partial patch"])
+def test_patch_embedding_as_matmul_leaves_other_convolutions_to_inductor(change):
+    """Anything but a whole-patch embedding is NotImplemented: inductor then lowers it as before."""
+    import torch
+
+    from vla_spec.model.fast_vision import patch_embedding_as_matmul
+
+    images, weight = torch.zeros(1, 2, 8, 8), torch.zeros(4, 2, 4, 4)
+    args = {"stride": [4, 4], "padding": [0, 0], "dilation": [1, 1], "transposed": False, "output_padding": [0, 0],
+            "groups": 1}
+    args |= {"stride": {"stride": [2, 2]}, "padding": {"padding": [1, 1]}, "dilation": {"dilation": [2, 2]},
+             "groups": {"groups": 2}, "transposed": {"transposed": True}, "partial patch": {}}[change]
+    if change == "partial patch":
+        images = torch.zeros(1, 2, 10, 8)
+    assert patch_embedding_as_matmul(images, weight, None, **args) is NotImplemented
+    if change == "stride":  # the control: the same call at stride = kernel is taken
+        assert patch_embedding_as_matmul(images, weight, None, **{**args, "stride": [4, 4]}) is not NotImplemented
+
+
+def test_tower_compiler_traces_a_patch_embedding_without_a_convolution():
+    """The towers' compile (its decomposition table, traced as inductor's AOT step traces it) has no
+    ``aten.convolution`` left for a ViT patch embedding, one ``addmm``, and the module's values; inductor's
+    own table (the control) keeps the convolution."""
+    import torch
+    from torch._inductor.decomposition import select_decomp_table
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    from vla_spec.model.fast_vision import TOWER_COMPILE_OPTIONS, TowerCompiler
+
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(3, 8, 14, stride=14)
+    images = torch.randn(2, 3, 28, 28)
+
+    def targets(table):
+        with torch.no_grad():
+            graph = make_fx(conv, decomposition_table=table)(images)
+        return graph, [str(node.target) for node in graph.graph.nodes if node.op == "call_function"]
+
+    graph, ops = targets(TowerCompiler(TOWER_COMPILE_OPTIONS).decompositions())
+    assert "aten.convolution.default" not in ops and ops.count("aten.addmm.default") == 1, ops
+    with torch.no_grad():
+        torch.testing.assert_close(graph(images), conv(images), rtol=1e-5, atol=1e-5)
+    assert "aten.convolution.default" in targets(select_decomp_table())[1]
 
 
 @pytest.mark.parametrize("seed", [0, 1])

@@ -274,6 +274,30 @@ def test_uint8_pixels_on_the_gpu_equal_host_pixels(cuda_model):
     assert np.array_equal(device_path.margins, host_path.margins)
 
 
+def test_pinned_images_equal_pageable_ones_and_the_model_stages_them_pinned(cuda_model, monkeypatch):
+    """``resize_images(..., pin_memory=True)`` gives the same uint8 batch in page-locked memory (so
+    the copy to the GPU is an asynchronous DMA), and a CUDA model's ``predict_action`` asks for it
+    when its pixels go to the device; the CPU path (the control) does not."""
+    import torch
+
+    import vla_spec.model.processor as processor
+
+    cases = golden_cases()[:3]
+    images, texts = [load_image(i) for i, _ in cases], [t for _, t in cases]
+    pinned, pageable = processor.resize_images(images, pin_memory=True), processor.resize_images(images)
+    assert pinned.is_pinned() and not pageable.is_pinned() and torch.equal(pinned, pageable)
+    asked = []
+    original = processor.resize_images
+    monkeypatch.setattr(processor, "resize_images", lambda *a: asked.append(a[-1]) or original(*a))
+    cuda_model.predict_action(images, texts, GOLDEN_UNNORM_KEY)
+    cuda_model.pixels_on_device = False
+    try:
+        cuda_model.predict_action(images, texts, GOLDEN_UNNORM_KEY)
+    finally:
+        cuda_model.pixels_on_device = True
+    assert asked == [True, False]
+
+
 def test_compiled_vision_option(cuda_model):
     """``accelerate(..., compile_vision=True)``: torch.compile inside the per-batch CUDA graph."""
     import torch
@@ -286,6 +310,33 @@ def test_compiled_vision_option(cuda_model):
     result = model.predict_action(load_image("scene"), GOLDEN_INSTRUCTIONS[1], GOLDEN_UNNORM_KEY)
     reference = cuda_model.predict_action(load_image("scene"), GOLDEN_INSTRUCTIONS[1], GOLDEN_UNNORM_KEY)
     assert near_tie_divergences(result.token_ids, reference.token_ids, _ties(reference, torch.bfloat16)) == []
+
+
+def test_tower_compiler_runs_the_patch_embedding_as_a_matmul_after_a_plain_compile(monkeypatch):
+    """The towers' compile lowers a patch embedding through :func:`patch_embedding_as_matmul` even
+    when a plain ``torch.compile`` of the same module ran first in the process (AOTAutograd's cache,
+    whose key leaves decompositions out, would hand back the convolution: session 19, run 1), and gives
+    cuDNN's values (float32, TF32 off). The control: the plain compile itself never calls it."""
+    import torch
+
+    import vla_spec.model.fast_vision as fast_vision
+
+    calls = []
+    original = fast_vision.patch_embedding_as_matmul
+    monkeypatch.setattr(fast_vision, "patch_embedding_as_matmul", lambda *a: calls.append(1) or original(*a))
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(3, 64, 14, stride=14).cuda()
+    images = torch.randn(4, 6, 224, 224, device="cuda")[:, 3:]
+    with torch.inference_mode():
+        expected = conv(images)
+        torch._dynamo.reset()
+        plain = torch.compile(conv, options=fast_vision.TOWER_COMPILE_OPTIONS)(images)
+        assert calls == []
+        torch._dynamo.reset()
+        ours = torch.compile(conv, backend=fast_vision.TowerCompiler(fast_vision.TOWER_COMPILE_OPTIONS))(images)
+    assert calls == [1]
+    torch.testing.assert_close(plain, expected, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(ours, expected, rtol=1e-4, atol=1e-4)
 
 
 def _device_key(model) -> str:

@@ -6,7 +6,9 @@ captured graph per batch size holding both towers and the projector, each option
 ``torch.compile`` (which fuses the LayerNorm, GELU, LayerScale and residual work between the
 matrix products; one compile for the first batch size and one with a dynamic batch for all others;
 :data:`TOWER_COMPILE_OPTIONS`). The two towers run side by side on two streams inside the graph
-(each alone leaves most of the GPU idle at small batch). While any forward hook is registered
+(each alone leaves most of the GPU idle at small batch). Compiled, each tower's patch embedding
+(a convolution whose stride is its kernel) runs as one matrix product (:func:`patch_embedding_as_matmul`)
+instead of cuDNN's convolution. While any forward hook is registered
 on the towers or the projector (as :func:`vla_spec.model.liveness.check_liveness` does), the eager
 path runs so that the hooks see their calls.
 """
@@ -64,13 +66,77 @@ def has_hooks(modules: list[torch.nn.Module]) -> bool:
     return any(m._forward_hooks or m._forward_pre_hooks for m in modules)
 
 
-TOWER_COMPILE_OPTIONS = {"comprehensive_padding": False}
-"""Inductor options for the towers and the projector. Inductor's comprehensive padding gives SigLIP's
-MLP hidden activations [B*256, 4304] a row stride of 4352 (128-byte rows) when the batch is static;
-cuBLASLt's bias epilogue then fails for fc1, and torch falls back to copying the bias into the
-output and a GEMM that adds it (26 copies of ~60 us at batch 32). Without it, batch 32's towers +
-projector graph (a static compile) took 28.47 ms against 29.59 on two streams, 29.03 against 30.02 on
-one (H200, session 18, run 5: ``benchmarks/bench_towers.py graphs``)."""
+TOWER_COMPILE_OPTIONS = {"comprehensive_padding": False, "triton.multi_kernel": 1}
+"""Inductor options for the towers and the projector.
+
+* No comprehensive padding: it gives SigLIP's MLP hidden activations [B*256, 4304] a row stride of
+  4352 (128-byte rows) when the batch is static; cuBLASLt's bias epilogue then fails for fc1, and
+  torch falls back to copying the bias into the output and a GEMM that adds it (26 copies of ~60 us
+  at batch 32). Without it, batch 32's towers + projector graph took 28.47 ms against 29.59 on two
+  streams, 29.03 against 30.02 on one (H200, session 18, run 5: ``benchmarks/bench_towers.py graphs``).
+* ``triton.multi_kernel``: each reduction is compiled both persistent and looped, and the faster is
+  timed and kept at its first run. Inductor's own rule loops any reduction over more than 1024
+  values, so SigLIP's LayerNorms (1152 wide) read each row twice (31-53 us a kernel at batch 32
+  where the data needs about 21). With it: batch 32 27.62 -> 27.07 ms, batch 8 7.42 -> 7.31 (H200,
+  session 19, run 1, same script). The choice is timed, so two processes may pick differently
+  where the two are close; a process keeps its choice.
+"""
+
+
+def patch_embedding_as_matmul(
+    images: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride: list[int], padding: list[int],
+    dilation: list[int], transposed: bool, output_padding: list[int], groups: int,
+) -> torch.Tensor:
+    """``aten.convolution`` (same arguments) where it is a ViT patch embedding, as one matrix product:
+    images [B, C, H, W] cut into (H / kh) x (W / kw) patches of C x kh x kw values each (in the
+    weight's order: channel, row, column), times the weight [D, C x kh x kw] transposed, plus the
+    bias; out [B, D, H / kh, W / kw], its memory channels-last (the layout the ViT reads next).
+
+    The product's depth C x kh x kw is zero-padded to a multiple of 8 (588 -> 592 for 3 x 14 x 14),
+    16-byte rows for cuBLAS; zeros add nothing. NotImplemented (inductor's own lowering, cuDNN)
+    unless the stride equals a 2-d kernel, with no padding, dilation, groups or transposition, over
+    a whole number of patches. Why: cuDNN ran the towers' two patch embeddings (3 channels in) at
+    batch 32 as an sm80 kernel of 261 us each, plus 0.2 ms of layout transposes, for 11 GFLOP each
+    (H200, session 18, benchmarks/results/h200_s18_run1_towers_profile.txt)."""
+    if weight.ndim != 4 or images.ndim != 4:
+        return NotImplemented
+    out_channels, channels, kh, kw = weight.shape
+    height, width = images.shape[-2:]
+    if (transposed or groups != 1 or list(stride) != [kh, kw] or any(padding) or any(d != 1 for d in dilation)
+            or height % kh or width % kw):
+        return NotImplemented
+    rows, cols, depth = height // kh, width // kw, channels * kh * kw
+    patches = images.reshape(-1, channels, rows, kh, cols, kw).permute(0, 2, 4, 1, 3, 5).reshape(-1, depth)
+    flat_weight = weight.reshape(out_channels, depth)
+    pad = -depth % 8
+    if pad:
+        patches, flat_weight = torch.nn.functional.pad(patches, (0, pad)), torch.nn.functional.pad(flat_weight, (0, pad))
+    out = patches @ flat_weight.t() if bias is None else torch.addmm(bias, patches, flat_weight.t())
+    return out.view(-1, rows, cols, out_channels).permute(0, 3, 1, 2)
+
+
+class TowerCompiler:
+    """The ``torch.compile`` backend of the towers and the projector: inductor with ``options``
+    (its config patches) and :func:`patch_embedding_as_matmul` in its decomposition table."""
+
+    def __init__(self, options: dict[str, Any]) -> None:
+        self.options = dict(options)
+
+    def decompositions(self) -> dict[Any, Callable[..., Any]]:
+        """Inductor's own table, with ``aten.convolution`` going through :func:`patch_embedding_as_matmul`."""
+        from torch._inductor.decomposition import select_decomp_table
+
+        return {**select_decomp_table(), torch.ops.aten.convolution.default: patch_embedding_as_matmul}
+
+    def __call__(self, graph: torch.fx.GraphModule, example_inputs: list[Any]) -> Any:
+        """Inductor, without AOTAutograd's cache: its key leaves the decomposition table out, so it
+        would return what a plain ``torch.compile`` of the same module compiled (convolutions and all).
+        Inductor's own cache still serves the graph after decomposition."""
+        from torch._functorch import config as functorch_config
+        from torch._inductor.compile_fx import compile_fx
+
+        with functorch_config.patch(enable_autograd_cache=False):
+            return compile_fx(graph, example_inputs, config_patches=self.options, decompositions=self.decompositions())
 
 
 class GraphedVision:
@@ -91,12 +157,13 @@ class GraphedVision:
         self.eager: Callable[[torch.Tensor], torch.Tensor] = model.encode_images_eager
         backbone = model.vision_backbone
         options = dict(TOWER_COMPILE_OPTIONS)
-        if compile_mode is not None:  # torch.compile takes a mode or options, not both
+        if compile_mode is not None:
             from torch._inductor import list_mode_options
 
             options = {**list_mode_options(compile_mode), **options}
+        self.compiler = TowerCompiler(options)
         wrap: Callable[[Any], Any] = (
-            (lambda module: torch.compile(module, options=options)) if compile_vision else (lambda module: module)
+            (lambda module: torch.compile(module, backend=self.compiler)) if compile_vision else (lambda module: module)
         )
         self.towers = (wrap(backbone.featurizer), wrap(backbone.fused_featurizer))
         self.projector = wrap(model.projector)

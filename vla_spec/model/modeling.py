@@ -76,7 +76,7 @@ class OpenVLA(OpenVLANetwork):
     @torch.inference_mode()
     def _prefix(self, images: list[ImageLike], instructions: list[str]) -> Prefix:
         """The towers are queued on the device first; the host tokenizes while they run."""
-        pixels = self.processor.resize(images)
+        pixels = self.processor.resize(images, pin_memory=self.pixels_on_device and self.device.type == "cuda")
         pixel_values = pixel_values_on(pixels, self.device, self.dtype) if self.pixels_on_device else (
             pixel_values_from_uint8(pixels))
         patches = self.encode_images(pixel_values)

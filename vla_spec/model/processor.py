@@ -49,10 +49,17 @@ def _as_pil(image: ImageLike, index: int) -> Any:
     return Image.fromarray(check_rgb_uint8(image, f"image {index}"), mode="RGB")
 
 
-def resize_images(images: ImageLike | Sequence[ImageLike], size: int = MODEL_IMAGE_SIZE) -> torch.Tensor:
+def resize_images(
+    images: ImageLike | Sequence[ImageLike], size: int = MODEL_IMAGE_SIZE, pin_memory: bool = False
+) -> torch.Tensor:
     """One image or a sequence of images -> uint8 [B, size, size, 3]: bicubic antialiased resize and
     centre crop on PIL images, as the reference; an H x W x 3 uint8 array already ``size`` x ``size``
-    is taken as it is (PIL's resize and crop to its own size are the identity)."""
+    is taken as it is (PIL's resize and crop to its own size are the identity).
+
+    ``pin_memory`` (needs CUDA): the batch is stacked straight into page-locked memory (torch's
+    caching host allocator: reused, no page faults), so that a ``non_blocking`` copy to the GPU is
+    a DMA queued behind the host's next launches instead of a copy staged on the host first
+    (4.8 MB at batch 32)."""
     import torchvision.transforms.functional as TVF
     from torchvision.transforms import InterpolationMode
 
@@ -66,7 +73,11 @@ def resize_images(images: ImageLike | Sequence[ImageLike], size: int = MODEL_IMA
             continue
         resized = TVF.resize(_as_pil(image, index), [size, size], interpolation=InterpolationMode.BICUBIC, antialias=True)
         arrays.append(np.asarray(TVF.center_crop(resized, [size, size]), dtype=np.uint8))
-    return torch.from_numpy(np.stack(arrays))
+    if not pin_memory:
+        return torch.from_numpy(np.stack(arrays))
+    pinned = torch.empty((len(arrays), *arrays[0].shape), dtype=torch.uint8, pin_memory=True)
+    np.stack(arrays, out=pinned.numpy())
+    return pinned
 
 
 @cache
@@ -170,9 +181,9 @@ class OpenVLAProcessor:
             raise ValueError(f"{len(image_list)} images but {len(instruction_list)} instructions: give one per image")
         return image_list, instruction_list
 
-    def resize(self, images: Sequence[ImageLike]) -> torch.Tensor:
+    def resize(self, images: Sequence[ImageLike], pin_memory: bool = False) -> torch.Tensor:
         """The images at this processor's size, uint8 [B, size, size, 3] (:func:`resize_images`)."""
-        return resize_images(list(images), self.image_size)
+        return resize_images(list(images), self.image_size, pin_memory)
 
     def __call__(self, images: ImageLike | Sequence[ImageLike], instructions: str | Sequence[str]) -> ModelInputs:
         """Both inputs at once (:meth:`pairs`, :meth:`resize`, :meth:`prompt_ids`)."""
