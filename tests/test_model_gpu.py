@@ -334,7 +334,7 @@ def test_tower_compiler_runs_the_patch_embedding_as_a_matmul_after_a_plain_compi
         assert calls == []
         torch._dynamo.reset()
         ours = torch.compile(conv, backend=fast_vision.TowerCompiler(fast_vision.TOWER_COMPILE_OPTIONS))(images)
-    assert calls == [1]
+    assert calls, "the towers' compile never called patch_embedding_as_matmul"
     torch.testing.assert_close(plain, expected, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(ours, expected, rtol=1e-4, atol=1e-4)
 
