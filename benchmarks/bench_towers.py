@@ -21,10 +21,10 @@ lowering (cuDNN) and through :class:`~vla_spec.model.fast_vision.TowerCompiler` 
 
 ``graphs``: the towers + projector as :class:`vla_spec.model.fast_vision.GraphedVision` compiles
 them, in a CUDA graph on two streams, batch 32 first (a static compile) then 8 (dynamic): as
-shipped, without inductor's ``triton.multi_kernel`` (it times persistent against looped
-reductions: SigLIP's LayerNorm kernels, 1152 wide, are looped without it), and as session 18
-shipped them (plain inductor, no multi-kernel: cuDNN patch embeddings); device ms per replay and
+shipped (:class:`~vla_spec.model.fast_vision.TowerCompiler`: patch embeddings as matrix products)
+and as session 18 shipped them (plain inductor: cuDNN patch embeddings); device ms per replay and
 the kernel time by family. About 40 s of compile per variant and batch on a fresh machine.
+(Session 19, run 1 also timed inductor's ``triton.multi_kernel``: see benchmarks/README.md.)
 
 Times: median of 15 CUDA-event timings of 10 back-to-back calls (ops) or 3 replays (graphs).
 """
@@ -213,9 +213,7 @@ def graphs(model: Any) -> None:
     pixels = {b: torch.randn(b, 6, 224, 224, device="cuda", dtype=BF16, generator=generator) for b in (32, 8)}
     shipped = fast_vision.TOWER_COMPILE_OPTIONS
     first_out: dict[int, torch.Tensor] = {}
-    without_multi_kernel = {k: v for k, v in shipped.items() if k != "triton.multi_kernel"}
-    variants = (("shipped", shipped, True), ("without multi_kernel", without_multi_kernel, True),
-                ("session 18 (plain inductor)", without_multi_kernel, False))
+    variants = (("shipped", shipped, True), ("session 18 (plain inductor)", shipped, False))
     backbone = model.vision_backbone
     for label, options, patch_matmul in variants:
         torch._dynamo.reset()

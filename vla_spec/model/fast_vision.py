@@ -66,21 +66,18 @@ def has_hooks(modules: list[torch.nn.Module]) -> bool:
     return any(m._forward_hooks or m._forward_pre_hooks for m in modules)
 
 
-TOWER_COMPILE_OPTIONS = {"comprehensive_padding": False, "triton.multi_kernel": 1}
-"""Inductor options for the towers and the projector.
+TOWER_COMPILE_OPTIONS = {"comprehensive_padding": False}
+"""Inductor options for the towers and the projector. Inductor's comprehensive padding gives SigLIP's
+MLP hidden activations [B*256, 4304] a row stride of 4352 (128-byte rows) when the batch is static;
+cuBLASLt's bias epilogue then fails for fc1, and torch falls back to copying the bias into the
+output and a GEMM that adds it (26 copies of ~60 us at batch 32). Without it, batch 32's towers +
+projector graph (a static compile) took 28.47 ms against 29.59 on two streams, 29.03 against 30.02 on
+one (H200, session 18, run 5: ``benchmarks/bench_towers.py graphs``).
 
-* No comprehensive padding: it gives SigLIP's MLP hidden activations [B*256, 4304] a row stride of
-  4352 (128-byte rows) when the batch is static; cuBLASLt's bias epilogue then fails for fc1, and
-  torch falls back to copying the bias into the output and a GEMM that adds it (26 copies of ~60 us
-  at batch 32). Without it, batch 32's towers + projector graph took 28.47 ms against 29.59 on two
-  streams, 29.03 against 30.02 on one (H200, session 18, run 5: ``benchmarks/bench_towers.py graphs``).
-* ``triton.multi_kernel``: each reduction is compiled both persistent and looped, and the faster is
-  timed and kept at its first run. Inductor's own rule loops any reduction over more than 1024
-  values, so SigLIP's LayerNorms (1152 wide) read each row twice (31-53 us a kernel at batch 32
-  where the data needs about 21). With it: batch 32 27.62 -> 27.07 ms, batch 8 7.42 -> 7.31 (H200,
-  session 19, run 1, same script). The choice is timed, so two processes may pick differently
-  where the two are close; a process keeps its choice.
-"""
+Not here: ``triton.multi_kernel`` (SigLIP's 1152-wide LayerNorms persistent instead of looped:
+batch 32 27.62 -> 27.07 ms, session 19, run 1). With torch 2.11 / Triton 3.6 a compile that hits
+inductor's on-disk cache then fails (``MultiKernelCall`` hashes a reloaded Triton function that
+lost its lock: session 19, run 2, benchmarks/README.md)."""
 
 
 def patch_embedding_as_matmul(
