@@ -44,6 +44,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.bench_predict_action import LLAMA2_7B, build_random_openvla, cuda_ms, openvla_7b_config  # noqa: E402
+from benchmarks.profile_predict_action import kind_of  # noqa: E402
 
 BF16 = torch.bfloat16
 GELU_CONFIGS = [(128, 128, 64, 4, 3), (128, 128, 64, 8, 3), (128, 256, 64, 8, 3), (128, 128, 64, 8, 4),
@@ -163,8 +164,14 @@ def micro(model: Any) -> None:
                         f"{layout:10s} {t:7.1f} us, max err vs f32 {(out.float() - reference).abs().max().item():.3g}")
 
 
+TOWER_FAMILIES = tuple((key, (key,)) for key in ("direct_copy", "gelu", "layer_norm", "sdpa", "badd", "bias", "nvjet",
+                                                  "conv", "nchw", "nhwc"))
+"""Kernel families for :func:`kernel_families` (finer than the profile's ``KINDS``: the evidence above
+cites bias copies, "badd" GEMMs and cuDNN's layout transposes); first match wins."""
+
+
 def kernel_families(fn: Callable[[], Any]) -> str:
-    """Device ms by kernel family of one call of ``fn`` under the profiler."""
+    """Device ms by kernel family (:data:`TOWER_FAMILIES`) of one call of ``fn`` under the profiler."""
     from torch.profiler import ProfilerActivity, profile
 
     fn()
@@ -176,10 +183,7 @@ def kernel_families(fn: Callable[[], Any]) -> str:
     for event in prof.events():
         if event.device_type != torch.autograd.DeviceType.CUDA:
             continue
-        low = event.name.lower()
-        key = next((k for k in ("direct_copy", "gelu", "layer_norm", "sdpa", "badd", "bias", "nvjet", "conv", "nchw", "nhwc")
-                    if k in low),
-                   "other")
+        key = kind_of(event.name, TOWER_FAMILIES)
         families[key][0] += 1
         families[key][1] += event.time_range.end - event.time_range.start
     return ", ".join(f"{k} {int(c)}x {t / 1e3:.2f}ms" for k, (c, t) in sorted(families.items(), key=lambda kv: -kv[1][1]))

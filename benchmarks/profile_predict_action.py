@@ -45,9 +45,11 @@ KINDS = (  # (kind, substrings of the kernel name), first match wins
 )
 
 
-def kind_of(name: str) -> str:
+def kind_of(name: str, kinds: tuple[tuple[str, tuple[str, ...]], ...] = KINDS) -> str:
+    """The first kind of ``kinds`` (default :data:`KINDS`) one of whose substrings is in the kernel's
+    name (lower case), else "other"."""
     low = name.lower()
-    return next((kind for kind, keys in KINDS if any(k in low for k in keys)), "other")
+    return next((kind for kind, keys in kinds if any(k in low for k in keys)), "other")
 
 
 def summarize(prof, title: str, out) -> None:
