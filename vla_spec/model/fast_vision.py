@@ -94,7 +94,9 @@ def patch_embedding_as_matmul(
     unless the stride equals a 2-d kernel, with no padding, dilation, groups or transposition, over
     a whole number of patches. Why: cuDNN ran the towers' two patch embeddings (3 channels in) at
     batch 32 as an sm80 kernel of 261 us each, plus 0.2 ms of layout transposes, for 11 GFLOP each
-    (H200, session 18, benchmarks/results/h200_s18_run1_towers_profile.txt)."""
+    (H200, session 18, benchmarks/results/h200_s18_run1_towers_profile.txt). As a product, about
+    0.04 ms of kernels each, and the compiled towers + projector graph at batch 32 took 27.73 ms
+    against 28.50 (session 19, run 4: ``benchmarks/bench_towers.py patch graphs``)."""
     if weight.ndim != 4 or images.ndim != 4:
         return NotImplemented
     out_channels, channels, kh, kw = weight.shape
