@@ -422,9 +422,10 @@ def test_stages_and_first_difference():
 
 def test_attention_backend_option():
     """``attention_backend`` picks the SDPA kernel of every call, ``step_attention_backend`` that of
-    the decode steps: "math" (torch's reference kernel, on every device) gives the naive tokens; on
-    CPU torch has no "efficient" kernel, so asking for it fails in the prefill, or only in the first
-    step when only the steps ask for it; an unknown name fails when the decoder is built. The Triton
+    the decode steps and of the prefill's last layer (one query row per sequence, as a step): "math"
+    (torch's reference kernel, on every device) gives the naive tokens; on CPU torch has no
+    "efficient" kernel, so asking for it fails, for the steps already in a one-token call (the
+    prefill's last layer; the control: "math" there runs); an unknown name fails when the decoder is built. The Triton
     kernels asked for on CPU tensors (``step_attention_backend="triton"``, ``gemv=True`` without the
     interpreter) fail with the fix."""
     import torch
@@ -442,7 +443,9 @@ def test_attention_backend_option():
     for options in ({"attention_backend": "efficient"}, {"step_attention_backend": "efficient"}):
         with pytest.raises(RuntimeError, match="No viable backend"):
             FastGreedyDecoder(**options)(model, embeds, mask, 7)
-    assert FastGreedyDecoder(step_attention_backend="efficient")(model, embeds, mask, 1).token_ids.shape == (3, 1)
+    with pytest.raises(RuntimeError, match="No viable backend"):
+        FastGreedyDecoder(step_attention_backend="efficient")(model, embeds, mask, 1)
+    assert FastGreedyDecoder(step_attention_backend="math")(model, embeds, mask, 1).token_ids.shape == (3, 1)
     with pytest.raises(ValueError, match="unknown attention_backend 'fast'.*cudnn"):
         FastGreedyDecoder(attention_backend="fast")
     with pytest.raises(ValueError, match="unknown step_attention_backend 'fast'.*triton"):

@@ -98,6 +98,21 @@ for batch, fuse in [(1, False), (1, True), (3, True)]:
         "margin_error": (fast.margins - naive.margins).abs().max().item(),
         "launches": len(launches),
     }
+import vla_spec.model.static_llama as static_llama
+attention_calls = []
+def counted_attention(*args):
+    attention_calls.append(args[0].shape)
+    return step_kernel(*args)
+step_kernel, static_llama.decode_attention = static_llama.decode_attention, counted_attention
+naive = greedy_decode(model, embeds, mask, 4)
+fast = FastGreedyDecoder(step_attention_backend="triton", pad_multiple=1)(model, embeds, mask, 4)
+static_llama.decode_attention = step_kernel
+report["decoder step kernel batch=3"] = {
+    "same_ids": bool(torch.equal(fast.token_ids, naive.token_ids)),
+    "margin_error": (fast.margins - naive.margins).abs().max().item(),
+    "calls": len(attention_calls),
+    "query_shapes": sorted({list(shape).__repr__() for shape in attention_calls}),
+}
 """
 
 ATTENTION_CHILD = r"""
@@ -192,3 +207,16 @@ def test_decoder_through_the_gemv_kernels_in_the_interpreter(report):
     assert report["decoder batch=1 fuse=True"]["launches"] == 4 + 3 * (4 * 2 + 1)
     assert report["decoder batch=3 fuse=True"]["launches"] == 0  # batches above 1 stay on cuBLAS
     assert report["decoder batch=1 fuse=False"]["launches"] == 4 + 3 * (6 * 2 + 1)  # q, k and v apart
+
+
+@pytest.mark.cpu
+def test_decoder_through_the_step_attention_kernel_in_the_interpreter(report):
+    """``FastGreedyDecoder(step_attention_backend="triton")`` on the same tiny Llama, a left-padded
+    batch of 3, 4 tokens: naive's ids, margins within 1e-4, and our kernel runs 7 times, one query
+    row per sequence and head each: the 3 steps x 2 layers, and the prefill's last layer at each
+    row's last position (session 19: it went to torch's SDPA, whose cuDNN kernel did not repeat its
+    bits at batch 32 on an H200). 6 calls would mean the prefill's last layer is back on SDPA."""
+    case = report["decoder step kernel batch=3"]
+    assert case["same_ids"] and case["margin_error"] <= 1e-4, case
+    assert case["calls"] == 3 * 2 + 1, case
+    assert case["query_shapes"] == ["[3, 2, 1, 8]"], case

@@ -209,7 +209,8 @@ class FastGreedyDecoder:
     float8 copy of those weights, +6.5 GB at 7B); this changes tokens beyond near-ties, so it is
     an option only, measured in benchmarks/README.md. ``attention_backend``: the SDPA kernel
     (:func:`vla_spec.model.static_llama.sdpa_backend`; None = torch's choice, cuDNN's kernel on an
-    H200). ``step_attention_backend``: the decode steps' kernel. None = ``"triton"``
+    H200). ``step_attention_backend``: the decode steps' kernel, and the prefill's last layer's (one
+    query row per sequence there too, since session 19). None = ``"triton"``
     (:func:`vla_spec.model.triton_attention.decode_attention`) on CUDA when ``attention_backend`` is
     None, else ``attention_backend``'s; ``"sdpa"`` = torch's choice (the default before session 12:
     on an H200 cuDNN's single-query kernel, whose replays are not bitwise equal at batch 8 and 32;

@@ -392,19 +392,17 @@ class StaticLlama:
           is not contiguous and SDPA copies it).
 
         ``last`` [B] (int64): after the K/V writes, only position ``last[b]`` of each row goes on
-        (attention under ``mask`` [B, 1, 1, S], o_proj, MLP): what the last layer of a prefill needs,
+        (attention under ``mask`` [B, 1, 1, S] through the decode steps' kernel, o_proj, MLP): what the last layer of a prefill needs,
         since only each row's last real position reaches lm_head. Returns [B, q, H], or [B, 1, H]
         with ``last``."""
         w = self.weights[index]
         batch, q_len, _ = h.shape
         gemv_rows = self.use_gemv and batch * q_len == 1
         fp8 = w.fp8 if q_len > 1 else None  # float8 for the prefill only
-        attention_backend = self.attention_backend if q_len > 1 else self.step_attention_backend
         q = self.attention_inputs(
             h, w.norm1, w.eps1, w.qkv, w.qkv_bias, cos, sin, k_cache, v_cache, slots,
             self.n_heads, self.n_kv, self.head_dim, gemv_rows, fp8.qkv if fp8 is not None else None,
         )
-        step = q_len == 1 and mask is not None  # a decode step (not a one-position prefill)
         stop = q_len if mask is None else mask.shape[-1]
         keys, values = k_cache[:, :, :stop], v_cache[:, :, :stop]
         if last is not None:
@@ -412,13 +410,18 @@ class StaticLlama:
             h = h.gather(1, last.view(batch, 1, 1).expand(batch, 1, h.shape[2]))
             q_len = 1
             gemv_rows = self.use_gemv and batch == 1 and fp8 is None
-        if step and self.step_triton:
+        # One query row per sequence over the cache under a mask: a decode step, or a prefill's last
+        # layer after the gather (not a one-position prefill, which is causal). Both take the steps'
+        # kernel: cuDNN's single-query kernel, which the last layer used before session 19, did not
+        # repeat its bits at batch 32 (margins moved between replays, benchmarks/README.md).
+        single_query = q_len == 1 and mask is not None
+        if single_query and self.step_triton:
             out = decode_attention(q, keys, values, mask)
         else:
             if self.n_kv != self.n_heads:
                 rep = self.n_heads // self.n_kv
                 keys, values = keys.repeat_interleave(rep, dim=1), values.repeat_interleave(rep, dim=1)
-            with attention_backend():
+            with (self.step_attention_backend if q_len == 1 else self.attention_backend)():
                 out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, is_causal=mask is None)
         out = out.transpose(1, 2).reshape(batch, q_len, self.n_heads * self.head_dim)
         if gemv_rows:
