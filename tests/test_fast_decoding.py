@@ -425,9 +425,9 @@ def test_attention_backend_option():
     the decode steps and of the prefill's last layer (one query row per sequence, as a step): "math"
     (torch's reference kernel, on every device) gives the naive tokens; on CPU torch has no
     "efficient" kernel, so asking for it fails, for the steps already in a one-token call (the
-    prefill's last layer; the control: "math" there runs); an unknown name fails when the decoder is built. The Triton
-    kernels asked for on CPU tensors (``step_attention_backend="triton"``, ``gemv=True`` without the
-    interpreter) fail with the fix."""
+    prefill's last layer; the control: "math" there runs); an unknown name fails when the decoder
+    is built. The Triton kernels asked for on CPU tensors (``step_attention_backend="triton"``,
+    ``gemv=True`` without the interpreter) fail with the fix."""
     import torch
 
     from vla_spec.model.fast_decoding import FastGreedyDecoder

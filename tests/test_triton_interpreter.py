@@ -111,7 +111,7 @@ report["decoder step kernel batch=3"] = {
     "same_ids": bool(torch.equal(fast.token_ids, naive.token_ids)),
     "margin_error": (fast.margins - naive.margins).abs().max().item(),
     "calls": len(attention_calls),
-    "query_shapes": sorted({list(shape).__repr__() for shape in attention_calls}),
+    "query_shapes": sorted({repr(list(shape)) for shape in attention_calls}),
 }
 """
 
@@ -214,8 +214,9 @@ def test_decoder_through_the_step_attention_kernel_in_the_interpreter(report):
     """``FastGreedyDecoder(step_attention_backend="triton")`` on the same tiny Llama, a left-padded
     batch of 3, 4 tokens: naive's ids, margins within 1e-4, and our kernel runs 7 times, one query
     row per sequence and head each: the 3 steps x 2 layers, and the prefill's last layer at each
-    row's last position (session 19: it went to torch's SDPA, whose cuDNN kernel did not repeat its
-    bits at batch 32 on an H200). 6 calls would mean the prefill's last layer is back on SDPA."""
+    row's last position (since session 19: on torch's SDPA it ran cuDNN's single-query kernel on an
+    H200, the likely cause of margins that moved between replays at batch 32). 6 calls would mean
+    the prefill's last layer is back on SDPA."""
     case = report["decoder step kernel batch=3"]
     assert case["same_ids"] and case["margin_error"] <= 1e-4, case
     assert case["calls"] == 3 * 2 + 1, case
