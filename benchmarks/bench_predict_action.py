@@ -290,6 +290,53 @@ def host_profile(fn, iters: int, top: int = 25) -> str:
     return "\n".join(f"# host: {line}" for line in text.getvalue().splitlines() if line.strip())
 
 
+class GpuSampler:
+    """The GPU's SM clock (MHz), temperature (C) and power draw (W) from ``nvidia-smi``, polled every
+    ``period`` s on a thread while the ``with`` block runs (the timed calls), for the JSON and the log:
+    an H200 at its 700 W cap lowers its clock under long GEMMs, one cause a figure can move between
+    processes with the same code. The GPU is torch's current device, found by its PCI address.
+    Without ``nvidia-smi`` the summary is None."""
+
+    def __init__(self, period: float = 0.5) -> None:
+        import threading
+
+        props = torch.cuda.get_device_properties(torch.cuda.current_device())
+        self.address = f"{props.pci_domain_id:08X}:{props.pci_bus_id:02X}:{props.pci_device_id:02X}.0"
+        self.period, self.samples, self.error = period, [], None
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.poll, daemon=True)
+
+    def poll(self) -> None:
+        import subprocess
+
+        query = ["nvidia-smi", "-i", self.address, "--query-gpu=clocks.sm,temperature.gpu,power.draw",
+                 "--format=csv,noheader,nounits"]
+        while not self.stop.is_set():
+            try:
+                line = subprocess.run(query, capture_output=True, text=True, timeout=5, check=True).stdout
+                self.samples.append(tuple(float(v) for v in line.strip().split(",")))
+            except (OSError, subprocess.SubprocessError, ValueError) as error:
+                self.error = repr(error)
+                return
+            self.stop.wait(self.period)
+
+    def __enter__(self) -> GpuSampler:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join()
+
+    def summary(self) -> dict | None:
+        if not self.samples:
+            return None if self.error is None else {"error": self.error}
+        clocks, temperatures, powers = zip(*self.samples)
+        return {"sm_clock_mhz_median": statistics.median(clocks), "sm_clock_mhz_min": min(clocks),
+                "temperature_c_max": max(temperatures), "power_w_median": statistics.median(powers),
+                "samples": len(self.samples)}
+
+
 def spread(times: list[float]) -> dict:
     """Median, 10th and 90th percentile and minimum of per-call ms."""
     p10, p90 = np.percentile(times, [10, 90])
@@ -424,14 +471,16 @@ def main(argv: list[str] | None = None) -> int:
             _, times, naive = timed(lambda: naive_model.predict_action(images, texts, UNNORM_KEY), naive_iters, 2)
             row["naive_ms"] = spread(times)
             print(f"# batch {batch}: naive {fmt(row['naive_ms'])} ms", flush=True)
-        _, times, ours = timed(call, args.iters, args.warmup)
+        with GpuSampler() as gpu:
+            _, times, ours = timed(call, args.iters, args.warmup)
         row["ours_ms"] = spread(times)
         row["ours_times"] = times
+        row["ours_gpu"] = gpu.summary()
         row["one_graph"] = bool(model.call_runner is not None and model.call_runner.applies(batch))
         if naive is not None:
             row["ours_agreement"] = agreement(ours.token_ids, naive.token_ids, naive.margins, naive.top_logits)
         print(f"# batch {batch}: ours {fmt(row['ours_ms'])} ms (one graph: {row['one_graph']}); "
-              f"agreement {row.get('ours_agreement')}", flush=True)
+              f"agreement {row.get('ours_agreement')}; GPU while timed {row['ours_gpu']}", flush=True)
         if args.host_profile:
             print(host_profile(call, args.iters), flush=True)
         if row["one_graph"]:
