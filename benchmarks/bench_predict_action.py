@@ -59,6 +59,7 @@ import sys
 import time
 import traceback
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -68,7 +69,7 @@ sys.path.insert(0, str(ROOT))
 
 from vla_spec.model.agreement import LLAMA_7B_TIE_ULPS, near_tie_divergences, near_ties  # noqa: E402
 from vla_spec.model.config import OpenVLAConfig  # noqa: E402
-from vla_spec.model.fast_decoding import FastGreedyDecoder, accelerate, restore  # noqa: E402
+from vla_spec.model.fast_decoding import FastGreedyDecoder, accelerate, first_difference, restore  # noqa: E402
 from vla_spec.model.modeling import OpenVLA  # noqa: E402
 from vla_spec.model.static_llama import SDPA_BACKENDS, STEP_ATTENTION_BACKENDS  # noqa: E402
 
@@ -219,21 +220,29 @@ def agreement(fast_ids: np.ndarray, naive_ids: np.ndarray, naive_margins: np.nda
     }
 
 
+def replays(decoder: FastGreedyDecoder, lm: Any, prefix: Any, n_tokens: int, count: int) -> dict:
+    """``count`` calls of ``decoder`` on one prefix: each call's first stage that differs bitwise from
+    the first call's (None = all equal), how many stages differ, and the first call's token ids."""
+    args = (lm, prefix.inputs_embeds, prefix.attention_mask, n_tokens)
+    result = decoder(*args)
+    bucket = decoder.bucket(decoder.buckets[-1])
+    reference = {name: t.clone() for name, t in bucket.stages().items()}
+    firsts, counts = [], []
+    for _ in range(count - 1):
+        decoder(*args)
+        current = bucket.stages()
+        firsts.append(first_difference(reference, current))
+        counts.append(sum(first_difference({k: v}, {k: current[k]}) is not None for k, v in reference.items()))
+    return {"replays": count, "bitwise_equal": 1 + firsts.count(None), "first_differences": firsts,
+            "stages_differing": counts, "stages": len(reference), "token_ids": result.token_ids.cpu().numpy()}
+
+
 @torch.inference_mode()
 def checks(model, images, texts, ours, call) -> dict:
-    """Determinism: the tokens of a repeated call; three replays of our decoder on one prefix (every
-    stage it writes, bitwise: the first that differs is named); and the batch composition: the rows
-    in reverse order give the same tokens, reversed."""
-    from vla_spec.model.fast_decoding import first_difference
-
-    prefix = model.prefix(images, texts)
-    decoder = model.decoder
-    stages = []
-    for _ in range(3):
-        decoder(model.language_model, prefix.inputs_embeds, prefix.attention_mask, 7)
-        stages.append({name: t.clone() for name, t in decoder.bucket(decoder.buckets[-1]).stages().items()})
-    differences = [first_difference(stages[0], later) for later in stages[1:]]
-    del stages
+    """Determinism: the tokens of a repeated call; three calls of our decoder on one prefix (every
+    stage it writes, bitwise: :func:`replays` names the first that differs); and the batch
+    composition: the rows in reverse order give the same tokens, reversed."""
+    differences = replays(model.decoder, model.language_model, model.prefix(images, texts), 7, 3)["first_differences"]
     reverse = model.predict_action(images[::-1], texts[::-1], UNNORM_KEY)
     return {
         "repeat_call_same_tokens": bool(np.array_equal(call().token_ids, ours.token_ids)),

@@ -51,7 +51,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.bench_predict_action import (  # noqa: E402
-    INSTRUCTION, LLAMA2_7B, build_random_openvla, cuda_ms, openvla_7b_config,
+    INSTRUCTION, LLAMA2_7B, build_random_openvla, cuda_ms, openvla_7b_config, replays,
 )
 from vla_spec.model.fast_decoding import FastGreedyDecoder, accelerate, first_difference  # noqa: E402
 from vla_spec.model.static_llama import sdpa_backend  # noqa: E402
@@ -75,23 +75,6 @@ def repeats_equal(fn: Callable[[], torch.Tensor], repeats: int) -> int:
     """How many of ``repeats`` calls of ``fn`` give bitwise the first call's tensor (the first included)."""
     reference = {"out": fn().clone()}
     return 1 + sum(first_difference(reference, {"out": fn()}) is None for _ in range(repeats - 1))
-
-
-def replays(decoder: FastGreedyDecoder, lm: Any, prefix: Any, n_tokens: int, count: int) -> dict:
-    """``count`` calls of ``decoder`` on one prefix: each call's first stage that differs bitwise from
-    the first call's (None = all equal), how many stages differ, and the first call's token ids."""
-    args = (lm, prefix.inputs_embeds, prefix.attention_mask, n_tokens)
-    result = decoder(*args)
-    bucket = decoder.bucket(decoder.buckets[-1])
-    reference = {name: t.clone() for name, t in bucket.stages().items()}
-    firsts, counts = [], []
-    for _ in range(count - 1):
-        decoder(*args)
-        current = bucket.stages()
-        firsts.append(first_difference(reference, current))
-        counts.append(sum(first_difference({k: v}, {k: current[k]}) is not None for k, v in reference.items()))
-    return {"replays": count, "bitwise_equal": 1 + firsts.count(None), "first_differences": firsts,
-            "stages_differing": counts, "stages": len(reference), "token_ids": result.token_ids.cpu().numpy()}
 
 
 def with_global(setting: str) -> tuple[Callable[[], None], Callable[[], None]]:
