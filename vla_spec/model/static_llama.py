@@ -200,14 +200,10 @@ def _add_fp8_product(h: torch.Tensor, x: torch.Tensor, weight: Fp8Weight, bias: 
     return h + fp8_linear(x, weight, bias)
 
 
-def _attention_output_and_mlp_gemv(
-    h: torch.Tensor,
-    attn: torch.Tensor,
-    weights: _LayerWeights,
-) -> torch.Tensor:
+def _attention_output_and_mlp_gemv(h: torch.Tensor, attn: torch.Tensor, w: _LayerWeights) -> torch.Tensor:
     """o_proj + residual, post_attention_layernorm, SiLU-gated MLP + residual for one row (h and
-    attn [1, 1, H]): three GEMVs with the adds, the norm and the SiLU gate folded in."""
-    w = weights
+    attn [1, 1, H]) with layer weights ``w``: three GEMVs with the adds, the norm and the SiLU gate
+    folded in."""
     if len(w.gate_up) == 1:  # fused [gate; up] matrix: its two halves (contiguous views)
         gate_weight, up_weight = w.gate_up[0].chunk(2)
         gate_bias, up_bias = w.gate_up_bias[0].chunk(2) if w.gate_up_bias[0] is not None else (None, None)
@@ -392,9 +388,9 @@ class StaticLlama:
           is not contiguous and SDPA copies it).
 
         ``last`` [B] (int64): after the K/V writes, only position ``last[b]`` of each row goes on
-        (attention under ``mask`` [B, 1, 1, S] through the decode steps' kernel, o_proj, MLP): what the last layer of a prefill needs,
-        since only each row's last real position reaches lm_head. Returns [B, q, H], or [B, 1, H]
-        with ``last``."""
+        (attention under ``mask`` [B, 1, 1, S] through the decode steps' kernel, o_proj, MLP): what
+        the last layer of a prefill needs, since only each row's last real position reaches lm_head.
+        Returns [B, q, H], or [B, 1, H] with ``last``."""
         w = self.weights[index]
         batch, q_len, _ = h.shape
         gemv_rows = self.use_gemv and batch * q_len == 1
