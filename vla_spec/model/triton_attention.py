@@ -35,42 +35,72 @@ def _kernels() -> tuple[Any, Any]:
             q_ptr, k_ptr, v_ptr, mask_ptr, part_ptr, heads, group, length, scale,
             sq_b, sq_h, sk_b, sk_h, sk_t, sv_b, sv_h, sv_t, sm_b, sm_t,
             D: tl.constexpr, D_PAD: tl.constexpr, CHUNK: tl.constexpr, CHUNKS: tl.constexpr, SPLITS: tl.constexpr,
-            STAGES: tl.constexpr,
+            STAGES: tl.constexpr, DOT: tl.constexpr, PRECISION: tl.constexpr,
         ):
             """Program (b * heads + h, s): keys s * CHUNK * CHUNKS ... of sequence b, head h, in CHUNKS
             chunks of CHUNK keys (an online softmax over them, in order) -> (max score, sum of exp,
-            exp-weighted sum of values) in float32 at part[b * heads + h, s]."""
+            exp-weighted sum of values) in float32 at part[b * heads + h, s]. ``DOT``: the scores and the
+            weighted sum as tensor-core products (q repeated on 16 rows, the probabilities rounded to the
+            cache's dtype for the second, as flash attention does; ``PRECISION`` "ieee" for float32)
+            instead of float32 multiply-and-reduce."""
             bh = tl.program_id(0)
             split = tl.program_id(1)
             b = bh // heads
             g = (bh % heads) // group
             d = tl.arange(0, D_PAD)
             d_ok = d < D
-            q = tl.load(q_ptr + b * sq_b + (bh % heads) * sq_h + d, mask=d_ok, other=0.0).to(tl.float32) * scale
+            q = tl.load(q_ptr + b * sq_b + (bh % heads) * sq_h + d, mask=d_ok, other=0.0)
             k_base = k_ptr + b.to(tl.int64) * sk_b + g * sk_h
             v_base = v_ptr + b.to(tl.int64) * sv_b + g * sv_h
-            m = tl.full((), float("-inf"), tl.float32)
-            total = tl.zeros((), tl.float32)
-            acc = tl.zeros((D_PAD,), tl.float32)
-            for c in tl.range(0, CHUNKS, num_stages=STAGES):
-                t = (split * CHUNKS + c) * CHUNK + tl.arange(0, CHUNK)
-                t_ok = t < length
-                both = t_ok[:, None] & d_ok[None, :]
-                k = tl.load(k_base + t[:, None] * sk_t + d[None, :], mask=both, other=0.0)
-                v = tl.load(v_base + t[:, None] * sv_t + d[None, :], mask=both, other=0.0)
-                bias = tl.load(mask_ptr + b * sm_b + t * sm_t, mask=t_ok, other=float("-inf")).to(tl.float32)
-                s = tl.sum(k.to(tl.float32) * q[None, :], axis=1) + bias
-                m_new = tl.maximum(m, tl.max(s, axis=0))
-                shift = tl.where(m_new == float("-inf"), 0.0, m_new)  # all keys so far masked: p = 0, no NaN
-                alpha = tl.exp(m - shift)
-                p = tl.exp(s - shift)
-                total = total * alpha + tl.sum(p, axis=0)
-                acc = acc * alpha + tl.sum(p[:, None] * v.to(tl.float32), axis=0)
-                m = m_new
             out = part_ptr + (bh * SPLITS + split) * (D_PAD + 2)
-            tl.store(out + d, acc)
-            tl.store(out + D_PAD, m)
-            tl.store(out + D_PAD + 1, total)
+            if DOT:  # 16 equal rows (a tensor-core product's least), row 0 stored
+                rows = tl.arange(0, 16)
+                q16 = tl.zeros((16, D_PAD), q.dtype) + q[None, :]
+                m16 = tl.full((16,), float("-inf"), tl.float32)
+                total16 = tl.zeros((16,), tl.float32)
+                acc16 = tl.zeros((16, D_PAD), tl.float32)
+                for c in tl.range(0, CHUNKS, num_stages=STAGES):
+                    t = (split * CHUNKS + c) * CHUNK + tl.arange(0, CHUNK)
+                    t_ok = t < length
+                    both = t_ok[:, None] & d_ok[None, :]
+                    k = tl.load(k_base + t[:, None] * sk_t + d[None, :], mask=both, other=0.0)
+                    v = tl.load(v_base + t[:, None] * sv_t + d[None, :], mask=both, other=0.0)
+                    bias = tl.load(mask_ptr + b * sm_b + t * sm_t, mask=t_ok, other=float("-inf")).to(tl.float32)
+                    s16 = tl.dot(q16, tl.trans(k), input_precision=PRECISION) * scale + bias[None, :]
+                    m_new = tl.maximum(m16, tl.max(s16, axis=1))
+                    shift = tl.where(m_new == float("-inf"), 0.0, m_new)  # all keys so far masked: p = 0, no NaN
+                    alpha = tl.exp(m16 - shift)
+                    p16 = tl.exp(s16 - shift[:, None])
+                    total16 = total16 * alpha + tl.sum(p16, axis=1)
+                    acc16 = acc16 * alpha[:, None] + tl.dot(p16.to(v.dtype), v, input_precision=PRECISION)
+                    m16 = m_new
+                first = rows == 0
+                tl.store(out + rows[:, None] * 0 + d[None, :], acc16, mask=first[:, None])
+                tl.store(out + D_PAD + rows * 0, m16, mask=first)
+                tl.store(out + D_PAD + 1 + rows * 0, total16, mask=first)
+            else:
+                qf = q.to(tl.float32) * scale
+                m = tl.full((), float("-inf"), tl.float32)
+                total = tl.zeros((), tl.float32)
+                acc = tl.zeros((D_PAD,), tl.float32)
+                for c in tl.range(0, CHUNKS, num_stages=STAGES):
+                    t = (split * CHUNKS + c) * CHUNK + tl.arange(0, CHUNK)
+                    t_ok = t < length
+                    both = t_ok[:, None] & d_ok[None, :]
+                    k = tl.load(k_base + t[:, None] * sk_t + d[None, :], mask=both, other=0.0)
+                    v = tl.load(v_base + t[:, None] * sv_t + d[None, :], mask=both, other=0.0)
+                    bias = tl.load(mask_ptr + b * sm_b + t * sm_t, mask=t_ok, other=float("-inf")).to(tl.float32)
+                    s = tl.sum(k.to(tl.float32) * qf[None, :], axis=1) + bias
+                    m_new = tl.maximum(m, tl.max(s, axis=0))
+                    shift = tl.where(m_new == float("-inf"), 0.0, m_new)  # all keys so far masked: p = 0, no NaN
+                    alpha = tl.exp(m - shift)
+                    p = tl.exp(s - shift)
+                    total = total * alpha + tl.sum(p, axis=0)
+                    acc = acc * alpha + tl.sum(p[:, None] * v.to(tl.float32), axis=0)
+                    m = m_new
+                tl.store(out + d, acc)
+                tl.store(out + D_PAD, m)
+                tl.store(out + D_PAD + 1, total)
 
         @triton.jit
         def combine_kernel(part_ptr, out_ptr, splits, D: tl.constexpr, D_PAD: tl.constexpr, SPLITS: tl.constexpr,
@@ -104,6 +134,7 @@ class StepAttentionConfig(NamedTuple):
     chunks: int
     warps: int
     stages: int
+    dot: bool = False
 
 
 CONFIGS: tuple[tuple[int | None, StepAttentionConfig], ...] = (
@@ -152,7 +183,8 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: to
         q, k, v, mask, parts, heads, heads // kv_heads, length, 1.0 / math.sqrt(dim),
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), k.stride(2), v.stride(0), v.stride(1), v.stride(2),
         mask.stride(0), mask.stride(3), D=dim, D_PAD=d_pad, CHUNK=config.chunk, CHUNKS=config.chunks, SPLITS=splits,
-        STAGES=config.stages, num_warps=config.warps,
+        STAGES=config.stages, DOT=config.dot, PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
+        num_warps=config.warps,
     )
     combine_kernel[(batch * heads,)](parts, out, splits, D=dim, D_PAD=d_pad, SPLITS=splits,
                                      S_PAD=max(2, 1 << (splits - 1).bit_length()), num_warps=4)
