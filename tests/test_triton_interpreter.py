@@ -131,14 +131,20 @@ def reference(mask):
 shipped = step_attention.CONFIGS
 report["step_attention_configs"] = [[largest, list(config)] for largest, config in shipped]
 report["step_attention_config_for"] = {b: list(step_attention.config_for(b)) for b in (1, 8, 9, 32)}
-for config in [c for _, c in shipped] + [(8, 1, 4, 1), (8, 3, 4, 2), (4, 16, 2, 3)]:  # 64 keys: 45 fit in one
+for config in [c for _, c in shipped] + [(16, 3, 4, 2), (16, 2, 2, 3), (32, 1, 4, 1)]:  # 45 keys: 1-3 programs
     step_attention.CONFIGS = ((None, step_attention.StepAttentionConfig(*config)),)
     got = step_attention.decode_attention(q, k, v, mask).double()
+    half = step_attention.decode_attention(q.half(), k.half(), v.half(), mask.half()).double()
     report[f"step_attention {list(config)}"] = {
         "shape": list(got.shape),
         "error": (got - reference(mask)).abs().max().item(),
+        "float16_error": (half - reference(mask)).abs().max().item(),
         "error_against_unmasked": (got - reference(torch.zeros_like(mask))).abs().max().item(),
     }
+try:
+    step_attention.decode_attention(q.bfloat16(), k.bfloat16(), v.bfloat16(), mask.bfloat16())
+except ValueError as error:
+    report["step_attention_bfloat16_error"] = str(error)
 """
 
 
@@ -177,21 +183,25 @@ def test_gemv_kernels_against_float64_in_the_interpreter(report):
 @pytest.mark.cpu
 def test_step_attention_against_float64_in_the_interpreter(report):
     """The decode steps' attention kernel (one query row per sequence and head, grouped K/V, an additive
-    mask) within 1e-6 of float64 SDPA, in the two configurations used (16-key blocks up to batch 8,
-    64-key blocks above) and in three others: chunks of 8 keys one or three to a program (an online
-    softmax over the chunks, pipelined), chunks of 4 sixteen to a program; whole chunks of masked keys
-    give no NaN. Negative control: each is far from the same attention without the mask, so the mask
-    is applied."""
-    assert report["step_attention_configs"] == [[8, [16, 1, 2, 1]], [None, [64, 1, 4, 1]]]
+    mask) within 1e-6 of float64 SDPA in float32, in the three configurations used (16-key blocks at
+    batch 1, 64-key blocks up to batch 8, three pipelined 32-key chunks above) and in three others
+    (one to three programs for the 45 keys, one to three chunks each); whole chunks of masked keys give
+    no NaN. In float16 (the tensor-core path a GPU takes in bfloat16: probabilities rounded to the
+    cache's dtype) within 1e-3. bfloat16 on the CPU gets a one-line error: the interpreter's bfloat16
+    products are wrong. Negative control: each is far from the same attention without the mask, so
+    the mask is applied."""
+    assert report["step_attention_configs"] == [[1, [16, 1, 2, 1]], [8, [64, 1, 4, 1]], [None, [32, 3, 4, 3]]]
     assert report["step_attention_config_for"] == {
-        "1": [16, 1, 2, 1], "8": [16, 1, 2, 1], "9": [64, 1, 4, 1], "32": [64, 1, 4, 1]
+        "1": [16, 1, 2, 1], "8": [64, 1, 4, 1], "9": [32, 3, 4, 3], "32": [32, 3, 4, 3]
     }
     cases = [name for name in report if name.startswith("step_attention [")]
-    assert len(cases) == 5
+    assert len(cases) == 6
     for name in cases:
         assert report[name]["shape"] == [2, 4, 1, 24], name
         assert report[name]["error"] <= 1e-6, (name, report[name])
+        assert report[name]["float16_error"] <= 1e-3, (name, report[name])
         assert report[name]["error_against_unmasked"] > 1e-2, (name, report[name])
+    assert "float32 or float16" in report["step_attention_bfloat16_error"]
 
 
 @pytest.mark.cpu
