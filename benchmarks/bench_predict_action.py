@@ -243,11 +243,12 @@ def checks(model, images, texts, ours, call) -> dict:
     stage it writes, bitwise: :func:`replays` names the first that differs); and the batch
     composition: the rows in reverse order give the same tokens, reversed."""
     differences = replays(model.decoder, model.language_model, model.prefix(images, texts), 7, 3)["first_differences"]
+    equal = differences == [None, None]
     reverse = model.predict_action(images[::-1], texts[::-1], UNNORM_KEY)
     return {
         "repeat_call_same_tokens": bool(np.array_equal(call().token_ids, ours.token_ids)),
-        "decoder_replays_bitwise_equal": differences == [None, None],
-        **({} if differences == [None, None] else {"decoder_replays_first_difference": differences}),
+        "decoder_replays_bitwise_equal": equal,
+        **({} if equal else {"decoder_replays_first_difference": differences}),
         "reversed_batch_same_tokens": bool(np.array_equal(reverse.token_ids[::-1], ours.token_ids)),
     }
 
