@@ -11,7 +11,8 @@ Options, per :class:`StaticLlama`:
 
 * ``compiled``: RMSNorm + q/k/v + rotary, and RMSNorm + gate/up + SiLU gate, each one
   ``torch.compile``-d function taking the weights as tensors (one compiled graph serves all
-  layers); matrix products stay cuBLAS calls, attention stays SDPA. Compiled or not, o_proj and
+  layers; :class:`BucketCompiled`: static in the model's dimensions, dynamic in the bucket's);
+  matrix products stay cuBLAS calls, attention stays SDPA. Compiled or not, o_proj and
   down_proj add into the residual stream in place (:func:`add_product_`: GEMMs with h as C, no add
   kernels), except in float8 (``fp8``).
 * ``fuse``: q/k/v and gate/up weights concatenated into one matrix each (one GEMM instead of three
@@ -34,6 +35,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import inspect
 from dataclasses import dataclass
 from typing import Any, Callable, ContextManager, NamedTuple
 
@@ -252,6 +254,44 @@ def _raise_recompile_limit(at_least: int = 64) -> None:
         setattr(config, name, at_least)
 
 
+BUCKET_DIMS: dict[str, dict[str, tuple[int, ...]]] = {
+    "attention_inputs": {"h": (0, 1), "cos": (0, 1), "sin": (0, 1), "k_cache": (0, 2), "v_cache": (0, 2), "slots": (0,)},
+    "gated_mlp_input": {"h": (0, 1)},
+    "add_fp8_product": {"h": (0, 1), "x": (0, 1)},
+}
+"""The dimensions of each compiled layer piece's arguments that a decoder bucket sets (batch rows,
+positions, cache length); every other dimension, and every int, is the model's."""
+
+
+class BucketCompiled:
+    """``torch.compile(fn)`` whose graphs are specialized to the model and shared by the buckets: the
+    argument dimensions named in ``dynamic`` (``{argument: dims}``, :data:`BUCKET_DIMS`) are marked
+    dynamic (``maybe_mark_dynamic``: a size of 1 stays specialized), and dynamo's automatic dynamic
+    shapes are off for these calls, so no other dimension or int ever turns symbolic.
+
+    Why: automatic dynamic shapes key their state on the function's source, not on the model. A
+    process that decoded with one model (the tiny checkpoint) and then a 7B one compiled the 7B's
+    pieces with symbolic hidden sizes and head counts: its batch-32 decoder took 247 ms of device
+    time against 212.5 in a process without the tiny model first (H200, session 21, run 1,
+    benchmarks/README.md). Batch and length stay dynamic so that an evaluation whose batches
+    shrink compiles each piece a bounded number of times. Called positionally (as
+    :meth:`StaticLlama.layer` does). ``backend``: ``torch.compile``'s."""
+
+    def __init__(self, fn: Callable[..., Any], dynamic: dict[str, tuple[int, ...]], backend: Any = "inductor") -> None:
+        names = list(inspect.signature(fn).parameters)
+        self.dynamic = [(names.index(name), dims) for name, dims in dynamic.items()]
+        self.compiled = torch.compile(fn, backend=backend)
+
+    def __call__(self, *args: Any) -> Any:
+        import torch._dynamo
+
+        for index, dims in self.dynamic:
+            for dim in dims:
+                torch._dynamo.maybe_mark_dynamic(args[index], dim)
+        with torch._dynamo.config.patch(automatic_dynamic_shapes=False):
+            return self.compiled(*args)
+
+
 class _Fp8Layer(NamedTuple):
     """Float8 copies of one layer's projection weights (the same grouping as :class:`_LayerWeights`)."""
 
@@ -332,9 +372,9 @@ class StaticLlama:
                                   [Fp8Weight.of(t) for t in w.gate_up], Fp8Weight.of(w.down))
         if compiled:
             _raise_recompile_limit()
-            self.attention_inputs = torch.compile(_attention_inputs)
-            self.gated_mlp_input = torch.compile(_gated_mlp_input)
-            self.add_fp8_product = torch.compile(_add_fp8_product)
+            self.attention_inputs = BucketCompiled(_attention_inputs, BUCKET_DIMS["attention_inputs"])
+            self.gated_mlp_input = BucketCompiled(_gated_mlp_input, BUCKET_DIMS["gated_mlp_input"])
+            self.add_fp8_product = BucketCompiled(_add_fp8_product, BUCKET_DIMS["add_fp8_product"])
         else:
             self.attention_inputs = _attention_inputs
             self.gated_mlp_input = _gated_mlp_input
