@@ -529,6 +529,10 @@ def main(argv: list[str] | None = None) -> int:
                 "decoder (graph: prefill + 6 steps)": cuda_ms(decode, args.iters),
             }
             row["ours_decoder_wall_ms"] = spread(timed(lambda: decode().token_ids.cpu(), args.iters, 2)[1])
+            if args.fp8:
+                fp8_decode = lambda: fp8_decoder(model.language_model, prefix.inputs_embeds, prefix.attention_mask, 7)  # noqa: E731
+                row["device_ms"]["decoder --fp8 (graph)"] = cuda_ms(fp8_decode, args.iters)
+                row["ours_fp8_decoder_wall_ms"] = spread(timed(lambda: fp8_decode().token_ids.cpu(), args.iters, 2)[1])
             if batch in args.hf_static_batches:
                 _, times, hf_ids = timed(lambda: hf_static_generate(
                     model.language_model, prefix.inputs_embeds, prefix.attention_mask, 7).cpu(), args.iters, args.warmup)
@@ -537,6 +541,7 @@ def main(argv: list[str] | None = None) -> int:
                     row["hf_static_agreement"] = agreement(hf_ids.numpy(), naive.token_ids, naive.margins,
                                                            naive.top_logits)
         print(f"# batch {batch}: device {row['device_ms']}; our decoder wall {fmt(row['ours_decoder_wall_ms'])}; "
+              f"--fp8 {fmt(row['ours_fp8_decoder_wall_ms']) if 'ours_fp8_decoder_wall_ms' in row else '-'}; "
               f"transformers static {fmt(row['hf_static_ms']) if 'hf_static_ms' in row else '-'}", flush=True)
         model.decoder.clear()
         if fp8_decoder is not None:
@@ -551,17 +556,21 @@ def main(argv: list[str] | None = None) -> int:
           f"(p10-p90) of {args.iters} calls")
     print()
     print("| batch | naive ms | ours ms | ours actions/s | ours --fp8 ms | decoder part: transformers static ms | "
-          "decoder part: ours ms | ratio | towers+projector ms | ours == naive rows | rows not at a near-tie |")
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "decoder part: ours ms | ratio | decoder part: ours --fp8 ms | ratio | towers+projector ms | "
+          "ours == naive rows | rows not at a near-tie |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for row in results:
         agree = row.get("ours_agreement")
         hf = row.get("hf_static_ms")
+        fp8_decoder_ms = row.get("ours_fp8_decoder_wall_ms")
         ratio = f"{hf['median'] / row['ours_decoder_wall_ms']['median']:.2f}x" if hf else "-"
+        fp8_ratio = f"{hf['median'] / fp8_decoder_ms['median']:.2f}x" if hf and fp8_decoder_ms else "-"
         print(
             f"| {row['batch']} | {fmt(row['naive_ms']) if 'naive_ms' in row else '-'} | {fmt(row['ours_ms'])} | "
             f"{1e3 * row['batch'] / row['ours_ms']['median']:.1f} | "
             f"{fmt(row['ours_fp8_ms']) if 'ours_fp8_ms' in row else '-'} | "
             f"{fmt(hf) if hf else '-'} | {fmt(row['ours_decoder_wall_ms'])} | {ratio} | "
+            f"{fmt(fp8_decoder_ms) if fp8_decoder_ms else '-'} | {fp8_ratio} | "
             f"{row['device_ms']['towers+projector (graph)']:.1f} | "
             f"{str(agree['rows_identical']) + '/' + str(agree['rows']) if agree else '-'} | "
             f"{agree['rows_not_explained_by_near_tie'] if agree else '-'} |"
