@@ -200,7 +200,8 @@ class FastGreedyDecoder:
     up to a multiple of this (1 = exact lengths). ``max_buckets``: captured shapes kept (LRU; a
     7B bucket at B=32 holds ~5 GB of KV cache). ``fuse``: fused q/k/v and gate/up weights (a
     snapshot of the weights at first use, +9 GB at 7B; None = on CUDA). ``compile``: ``torch.compile`` the per-layer pieces around
-    attention (None = on CUDA; the first call of a new shape then takes seconds). ``warmup``: eager
+    attention (None = on CUDA; the first calls compile, seconds each, and a bounded number of compiles
+    serves every batch size and prefix length: :class:`vla_spec.model.static_llama.BucketCompiled`). ``warmup``: eager
     runs before a capture. ``gemv``: batch-1 decode steps are four Triton GEMVs a layer with the norms,
     the SiLU gate and the residual adds folded in (:mod:`vla_spec.model.triton_gemv`; one fixed launch
     configuration, so the same bits in every process) instead of cuBLAS and compiled elementwise
