@@ -273,9 +273,9 @@ class BucketCompiled:
     process that decoded with one model (the tiny checkpoint) and then a 7B one compiled the 7B's
     pieces with every dimension that differed symbolic, the hidden size among them: its batch-32
     decoder took 247 ms of device time against 212.5 in a process without the tiny model first
-    (H200, session 21, run 1, benchmarks/README.md). Batch and length stay dynamic so that an evaluation whose batches
-    shrink compiles each piece a bounded number of times. Called positionally (as
-    :meth:`StaticLlama.layer` does). ``backend``: ``torch.compile``'s."""
+    (H200, session 21, run 1, benchmarks/README.md). Batch and length stay dynamic so that an
+    evaluation whose batches shrink compiles each piece a bounded number of times. Called
+    positionally (as :meth:`StaticLlama.layer` does). ``backend``: ``torch.compile``'s."""
 
     def __init__(self, fn: Callable[..., Any], dynamic: dict[str, tuple[int, ...]], backend: Any = "inductor") -> None:
         names = list(inspect.signature(fn).parameters)
